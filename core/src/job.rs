@@ -1,0 +1,127 @@
+//! The job record the server keeps in memory and in its store, the outcome an agent
+//! reports, and the worker summary the CLI lists.
+
+use crate::ids::{Attempt, JobId, WorkerId};
+use crate::spec::JobSpec;
+use crate::state::{JobState, WorkerState};
+use crate::time::Micros;
+
+/// How a job's process ended, as reported by the agent.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Outcome {
+    /// The process exited with this code.
+    Exited(i32),
+    /// The process was killed by this signal (not by Hodei).
+    Signaled(i32),
+    /// Hodei killed its process group at the time limit.
+    TimedOut,
+    /// Hodei killed its process group on a cancel.
+    Cancelled,
+    /// It could not start (missing program, bad working directory...).
+    SpawnFailed(String),
+}
+
+impl Outcome {
+    /// The final job state this outcome leads to.
+    #[must_use]
+    pub const fn state(&self) -> JobState {
+        match self {
+            Self::Exited(0) => JobState::Succeeded,
+            Self::Exited(_) | Self::Signaled(_) | Self::SpawnFailed(_) => JobState::Failed,
+            Self::TimedOut => JobState::TimedOut,
+            Self::Cancelled => JobState::Cancelled,
+        }
+    }
+
+    /// Exit code, if the process exited.
+    #[must_use]
+    pub const fn exit_code(&self) -> Option<i32> {
+        match self {
+            Self::Exited(c) => Some(*c),
+            _ => None,
+        }
+    }
+
+    /// A reason for anything but a clean exit.
+    #[must_use]
+    pub fn error(&self) -> Option<String> {
+        match self {
+            Self::Exited(0) => None,
+            Self::Exited(c) => Some(format!("exited with code {c}")),
+            Self::Signaled(s) => Some(format!("killed by signal {s}")),
+            Self::TimedOut => Some("timed out: process group killed".to_owned()),
+            Self::Cancelled => Some("cancelled".to_owned()),
+            Self::SpawnFailed(e) => Some(format!("could not start: {e}")),
+        }
+    }
+}
+
+/// A job as the server knows it. Stored whole on every state change.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JobRecord {
+    /// Its id (carries the owning shard).
+    pub id: JobId,
+    /// What was submitted.
+    pub spec: JobSpec,
+    /// Current state.
+    pub state: JobState,
+    /// Current (or last) attempt; 0 before the first assignment.
+    pub attempt: Attempt,
+    /// Worker of the current attempt.
+    pub worker: Option<WorkerId>,
+    /// Exit code of the last attempt, if it exited.
+    pub exit_code: Option<i32>,
+    /// Why it did not succeed.
+    pub error: Option<String>,
+    /// Submission time.
+    pub created_at: Micros,
+    /// Start of the current attempt on its agent (agent clock).
+    pub started_at: Option<Micros>,
+    /// When it reached its final state.
+    pub finished_at: Option<Micros>,
+    /// Bytes of output stored for the current attempt (the agent's spool offset).
+    pub output_end: u64,
+}
+
+impl JobRecord {
+    /// A new pending job.
+    #[must_use]
+    pub const fn new(id: JobId, spec: JobSpec, now: Micros) -> Self {
+        Self {
+            id,
+            spec,
+            state: JobState::Pending,
+            attempt: Attempt(0),
+            worker: None,
+            exit_code: None,
+            error: None,
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            output_end: 0,
+        }
+    }
+}
+
+/// A worker as listed by `hodei worker list`.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct WorkerInfo {
+    /// Its id.
+    pub id: WorkerId,
+    /// Host name the agent reported.
+    pub hostname: String,
+    /// State.
+    pub state: WorkerState,
+    /// Slots in total.
+    pub slots: u32,
+    /// Jobs it runs now.
+    pub running: u32,
+    /// CPUs it offers.
+    pub cpus: u32,
+    /// Memory it offers, bytes.
+    pub memory: u64,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+    /// Last message received.
+    pub last_seen: Micros,
+}

@@ -1,0 +1,20 @@
+//! Hodei's core: the vocabulary every other crate speaks, with no runtime, socket or QUIC
+//! dependency.
+//!
+//! - [`ids`]: job, worker and attempt newtypes; job and worker ids carry the shard that minted
+//!   them, so any component routes a message by reading the id.
+//! - [`spec`]: what a user submits ([`spec::JobSpec`]) and its validation.
+//! - [`state`]: the job and worker state machines; every transition goes through one
+//!   `can_transition_to`.
+//! - [`job`]: the job record the server keeps and stores, and its outcome.
+//! - [`wire`]: the versioned rkyv messages, one enum per direction.
+//! - [`frame`]: length framing of those messages, validated before use.
+//! - [`time`]: the clock type shared by the sans-IO shard and its drivers.
+
+pub mod frame;
+pub mod ids;
+pub mod job;
+pub mod spec;
+pub mod state;
+pub mod time;
+pub mod wire;

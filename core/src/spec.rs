@@ -1,0 +1,233 @@
+//! What a user submits: [`JobSpec`], and the checks every submission passes before it is
+//! stored. The server validates again on receipt: a spec that arrives over the wire is
+//! untrusted input.
+
+/// What to run.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Command {
+    /// A program and its arguments, executed directly (no shell).
+    Exec {
+        /// Program name or path, looked up in `PATH`.
+        program: String,
+        /// Arguments.
+        args: Vec<String>,
+    },
+    /// A bash script: written to a file with a `set -euo pipefail` header and executed.
+    Script {
+        /// Script body.
+        body: String,
+    },
+}
+
+impl Command {
+    /// A one-line rendering for listings.
+    #[must_use]
+    pub fn display(&self) -> String {
+        match self {
+            Self::Exec { program, args } => {
+                let mut s = program.clone();
+                for a in args {
+                    s.push(' ');
+                    if a.is_empty() || a.contains(char::is_whitespace) {
+                        s.push('\'');
+                        s.push_str(a);
+                        s.push('\'');
+                    } else {
+                        s.push_str(a);
+                    }
+                }
+                s
+            }
+            Self::Script { body } => {
+                let first = body.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+                format!("script: {}", first.trim())
+            }
+        }
+    }
+}
+
+/// A job as submitted.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct JobSpec {
+    /// Human name (may be empty).
+    pub name: String,
+    /// What to run.
+    pub command: Command,
+    /// Environment variables added to the agent's environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory on the agent, created if missing; the agent's per-job dir if unset.
+    pub workdir: Option<String>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// CPUs reserved on the agent (0 reserves none).
+    pub cpus: u32,
+    /// Memory reserved on the agent, in bytes (0 reserves none).
+    pub memory: u64,
+    /// Labels the agent must carry (`key=value`, all must match).
+    pub labels: Vec<(String, String)>,
+    /// Run-time limit in milliseconds; the whole process group is killed past it.
+    pub timeout_ms: Option<u64>,
+}
+
+impl JobSpec {
+    /// A spec running `program args...` with every other field at its default.
+    #[must_use]
+    pub fn exec(program: &str, args: &[&str]) -> Self {
+        Self {
+            name: String::new(),
+            command: Command::Exec {
+                program: program.to_owned(),
+                args: args.iter().map(|a| (*a).to_owned()).collect(),
+            },
+            env: Vec::new(),
+            workdir: None,
+            priority: 0,
+            cpus: 0,
+            memory: 0,
+            labels: Vec::new(),
+            timeout_ms: None,
+        }
+    }
+
+    /// Checks a spec; the server refuses any spec that fails.
+    ///
+    /// # Errors
+    /// The first problem found.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match &self.command {
+            Command::Exec { program, args } => {
+                if program.trim().is_empty() {
+                    return Err(SpecError::EmptyCommand);
+                }
+                if program.contains('\0') || args.iter().any(|a| a.contains('\0')) {
+                    return Err(SpecError::NulByte("command"));
+                }
+            }
+            Command::Script { body } => {
+                if body.trim().is_empty() {
+                    return Err(SpecError::EmptyScript);
+                }
+                if body.contains('\0') {
+                    return Err(SpecError::NulByte("script"));
+                }
+            }
+        }
+        if self.name.len() > MAX_NAME {
+            return Err(SpecError::TooLong("name", MAX_NAME));
+        }
+        for (k, v) in &self.env {
+            let valid = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(SpecError::BadEnvName(k.clone()));
+            }
+            if v.contains('\0') {
+                return Err(SpecError::NulByte("environment value"));
+            }
+        }
+        for (k, _) in &self.labels {
+            if k.is_empty() {
+                return Err(SpecError::BadLabel);
+            }
+        }
+        if let Some(dir) = &self.workdir
+            && (dir.is_empty() || dir.contains('\0'))
+        {
+            return Err(SpecError::BadWorkdir);
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(SpecError::ZeroTimeout);
+        }
+        Ok(())
+    }
+}
+
+const MAX_NAME: usize = 256;
+
+/// Why a spec was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SpecError {
+    /// The program name is empty.
+    #[error("the command is empty")]
+    EmptyCommand,
+    /// The script body is empty.
+    #[error("the script is empty")]
+    EmptyScript,
+    /// A field contains a NUL byte, which no process can receive.
+    #[error("the {0} contains a NUL byte")]
+    NulByte(&'static str),
+    /// A field is longer than allowed.
+    #[error("the {0} is longer than {1} bytes")]
+    TooLong(&'static str, usize),
+    /// An environment variable name is not `[A-Za-z_][A-Za-z0-9_]*`.
+    #[error("invalid environment variable name {0:?}")]
+    BadEnvName(String),
+    /// A label has an empty key.
+    #[error("a label has an empty key")]
+    BadLabel,
+    /// The working directory is empty or contains NUL.
+    #[error("invalid working directory")]
+    BadWorkdir,
+    /// A timeout of zero would kill the job before it starts.
+    #[error("the timeout must be greater than zero")]
+    ZeroTimeout,
+}
+
+/// Parses `key=value`.
+///
+/// # Errors
+/// When there is no `=` or the key is empty.
+pub fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected KEY=VALUE, got {s:?}")),
+    }
+}
+
+/// Parses a memory size: `512`, `64K`, `512M`, `2G`, `1T` (binary units, optional `i`/`B`).
+///
+/// # Errors
+/// When the number or unit is not recognised, or the value overflows.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}: expected e.g. 512M or 2G"))?;
+    let mult: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches('B').trim_end_matches('I') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => return Err(format!("invalid size {s:?}: unknown unit {unit:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("12Q").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        assert_eq!(JobSpec::exec(" ", &[]).validate(), Err(SpecError::EmptyCommand));
+        let mut s = JobSpec::exec("true", &[]);
+        assert_eq!(s.validate(), Ok(()));
+        s.env.push(("1X".into(), "v".into()));
+        assert!(matches!(s.validate(), Err(SpecError::BadEnvName(_))));
+        assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(parse_key_value("=x").is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! The wire messages: one enum per direction, archived with rkyv, sent in frames
+//! ([`crate::frame`]) stamped with [`PROTOCOL_VERSION`].
+//!
+//! - agent → server: [`FromAgent`]; server → agent: [`ToAgent`]. One bidirectional stream per
+//!   agent connection, opened by the agent, so output and its job's result stay in order.
+//! - client (CLI/API) → server: [`ToServer`]; server → client: [`FromServer`]. One stream per
+//!   request.
+
+use crate::ids::{Attempt, JobId, WorkerId};
+use crate::job::{JobRecord, Outcome, WorkerInfo};
+use crate::spec::JobSpec;
+use crate::state::JobState;
+use crate::time::Micros;
+
+/// Bumped on any incompatible change of these enums; a frame of another version is refused.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// ALPN protocol id for every Hodei QUIC connection.
+pub const ALPN: &[u8] = b"hodei/1";
+
+/// What an agent offers, sent in its [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Resources {
+    /// Concurrent jobs it accepts.
+    pub slots: u32,
+    /// CPUs.
+    pub cpus: u32,
+    /// Memory in bytes.
+    pub memory: u64,
+    /// Labels (`key=value`).
+    pub labels: Vec<(String, String)>,
+}
+
+/// A job an agent still runs (or finished without an acknowledged report) when it
+/// (re)connects.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct HeldJob {
+    /// The job.
+    pub job: JobId,
+    /// Its attempt.
+    pub attempt: Attempt,
+    /// CPUs it reserved.
+    pub cpus: u32,
+    /// Memory it reserved.
+    pub memory: u64,
+}
+
+/// First message on an agent connection.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Hello {
+    /// The id from an earlier registration, when reconnecting.
+    pub worker: Option<WorkerId>,
+    /// Host name, for listings.
+    pub hostname: String,
+    /// What it offers.
+    pub resources: Resources,
+    /// Jobs it holds from before the reconnect.
+    pub held: Vec<HeldJob>,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[rkyv(derive(Debug, PartialEq, Eq))]
+pub enum Stream {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// A piece of a job's output.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Chunk {
+    /// Which stream.
+    pub stream: Stream,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Agent → server.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum FromAgent {
+    /// Registration (first message).
+    Hello(Hello),
+    /// Liveness and load.
+    Heartbeat {
+        /// Jobs running now.
+        running: u32,
+        /// 1-minute load average × 100.
+        load: u32,
+    },
+    /// The job's process started.
+    Started {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+        /// Agent clock at spawn.
+        at: Micros,
+    },
+    /// A batch of output. `offset` is the position of its first byte in the attempt's
+    /// output; a batch the server already has is recognised by it and not stored twice.
+    Output {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+        /// Offset of the first byte.
+        offset: u64,
+        /// Chunks in order.
+        chunks: Vec<Chunk>,
+    },
+    /// The job ended; sent after all of its output.
+    Finished {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+        /// How it ended.
+        outcome: Outcome,
+        /// Agent clock at exit.
+        at: Micros,
+    },
+}
+
+/// Server → agent.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ToAgent {
+    /// Registration accepted.
+    Welcome {
+        /// The agent's worker id (keep it for reconnects).
+        worker: WorkerId,
+        /// Send a heartbeat this often.
+        heartbeat_ms: u64,
+    },
+    /// This shard does not own the worker id: reconnect to this UDP port on the same host.
+    Redirect {
+        /// Port of the owning shard.
+        port: u16,
+    },
+    /// Registration refused; the agent should stop.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+    /// Run a job.
+    Assign {
+        /// Job.
+        job: JobId,
+        /// Attempt (fences every report).
+        attempt: Attempt,
+        /// What to run.
+        spec: JobSpec,
+    },
+    /// Kill a job's process group and report it cancelled.
+    Cancel {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+    },
+    /// This attempt is stale (the job moved on): kill it if running and forget it.
+    Abandon {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+    },
+    /// A held job was re-attached; resend output from `output_end`.
+    Resume {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+        /// Bytes of output the server has stored.
+        output_end: u64,
+    },
+    /// Output up to `output_end` is durable.
+    OutputAck {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+        /// Durable bytes.
+        output_end: u64,
+    },
+    /// The result is durable; the agent may forget the job.
+    FinishedAck {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+    },
+}
+
+/// Client → server. One request per stream.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ToServer {
+    /// Submit jobs; answered once all are durable.
+    Submit {
+        /// The jobs.
+        specs: Vec<JobSpec>,
+    },
+    /// One job.
+    GetJob {
+        /// Job.
+        job: JobId,
+    },
+    /// Jobs, optionally of one state.
+    ListJobs {
+        /// Filter.
+        state: Option<JobState>,
+    },
+    /// Cancel a job (idempotent).
+    Cancel {
+        /// Job.
+        job: JobId,
+    },
+    /// A job's stored output; with `follow`, then live output until it ends.
+    Logs {
+        /// Job.
+        job: JobId,
+        /// Keep streaming.
+        follow: bool,
+    },
+    /// Answer once the job is final.
+    Wait {
+        /// Job.
+        job: JobId,
+    },
+    /// Workers.
+    ListWorkers,
+}
+
+/// Server → client.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum FromServer {
+    /// Ids of submitted jobs, in order; all are durable.
+    Submitted {
+        /// Ids.
+        ids: Vec<JobId>,
+    },
+    /// One job.
+    Job(JobRecord),
+    /// Several jobs.
+    Jobs(Vec<JobRecord>),
+    /// Workers.
+    Workers(Vec<WorkerInfo>),
+    /// Output (more may follow).
+    Log(Vec<Chunk>),
+    /// End of a stream of [`FromServer::Log`].
+    LogEnd,
+    /// The request failed.
+    Error {
+        /// What kind.
+        kind: ErrorKind,
+        /// For humans.
+        message: String,
+    },
+}
+
+/// Kinds of request failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ErrorKind {
+    /// The job or worker does not exist.
+    NotFound,
+    /// The request is invalid.
+    Invalid,
+    /// The server failed (store error, shutting down).
+    Internal,
+}
