@@ -184,7 +184,8 @@ pub enum ToAgent {
         /// Durable bytes.
         output_end: u64,
     },
-    /// The result is durable; the agent may forget the job.
+    /// The server holds a final result for this attempt (the agent's, or a cancel made while
+    /// the agent was away): stop it if it still runs, and forget it.
     FinishedAck {
         /// Job.
         job: JobId,

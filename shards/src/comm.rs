@@ -1,0 +1,195 @@
+//! The shard's only way out: the [`Comm`] trait, and the messages shards exchange.
+
+use hodei_core::ids::{Attempt, JobId, WorkerId};
+use hodei_core::job::{JobRecord, Outcome, WorkerInfo};
+use hodei_core::spec::JobSpec;
+use hodei_core::time::Micros;
+use hodei_core::wire::{Chunk, FromServer, ToAgent, ToServer};
+
+/// An agent connection, numbered by the driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A client request, numbered by the driver of the shard that received it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReqId(pub u64);
+
+/// A write to the store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreOp {
+    /// Replace a job's record.
+    PutJob(JobRecord),
+    /// Append a batch of a job attempt's output at `offset`.
+    PutOutput {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+        /// Offset of its first byte.
+        offset: u64,
+        /// The bytes.
+        chunks: Vec<Chunk>,
+    },
+}
+
+/// What goes back to a client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reply {
+    /// A message for the client.
+    Msg(FromServer),
+    /// Read the stored output of `job` attempt `attempt` below offset `upto` and send it;
+    /// anything beyond arrives as later [`Reply::Msg`] `Log`s. (The driver reads the store;
+    /// the shard keeps no output in memory.)
+    StoredLogs {
+        /// Job.
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+        /// Durable bytes at the time of the request.
+        upto: u64,
+    },
+}
+
+/// Capacity of one worker that a stealing shard offers to the owner of queued jobs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    /// The worker (owned by the stealing shard).
+    pub worker: WorkerId,
+    /// Free slots.
+    pub slots: u32,
+    /// Free CPUs.
+    pub cpus: u32,
+    /// Free memory.
+    pub memory: u64,
+    /// Its labels.
+    pub labels: Vec<(String, String)>,
+}
+
+/// A job the owner assigned to an offered worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Grant {
+    /// Job.
+    pub job: JobId,
+    /// Its new attempt.
+    pub attempt: Attempt,
+    /// The worker it was assigned to.
+    pub worker: WorkerId,
+    /// What to run.
+    pub spec: JobSpec,
+}
+
+/// What a worker's shard reports to a job's owner about an attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// The agent started the process.
+    Started {
+        /// Agent clock.
+        at: Micros,
+    },
+    /// Output batch.
+    Output {
+        /// Offset.
+        offset: u64,
+        /// Bytes.
+        chunks: Vec<Chunk>,
+    },
+    /// The process ended.
+    Finished {
+        /// How.
+        outcome: Outcome,
+        /// Agent clock.
+        at: Micros,
+    },
+    /// The agent (re)connected holding this attempt.
+    Claim,
+    /// The worker lost the attempt (agent lost, restarted, or refused the grant).
+    Lost {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Shard-to-shard messages. The driver delivers them in order per pair of shards.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShardMsg {
+    /// A client request for a job this shard owns (or a fan-out part of a listing).
+    Request {
+        /// Shard that holds the client.
+        origin: usize,
+        /// Its request number there.
+        req: ReqId,
+        /// The request.
+        body: ToServer,
+    },
+    /// An answer to a forwarded request.
+    Reply {
+        /// Request number at the receiving shard.
+        req: ReqId,
+        /// Answer.
+        reply: Reply,
+        /// No more replies follow.
+        last: bool,
+    },
+    /// One shard's part of a listing fan-out.
+    Part {
+        /// Request number at the receiving shard.
+        req: ReqId,
+        /// Jobs found.
+        jobs: Vec<JobRecord>,
+        /// Workers found.
+        workers: Vec<WorkerInfo>,
+    },
+    /// The sender has queued jobs it cannot place on its own workers.
+    WorkAvailable {
+        /// Sender.
+        from: usize,
+    },
+    /// The sender has idle capacity; assign queued jobs to it.
+    StealRequest {
+        /// Sender.
+        from: usize,
+        /// Capacity reserved for this request.
+        offers: Vec<Offer>,
+    },
+    /// Answer to a steal request.
+    StealReply {
+        /// Sender.
+        from: usize,
+        /// Jobs assigned to the offered workers (durably).
+        grants: Vec<Grant>,
+        /// The sender still has queued jobs.
+        more: bool,
+    },
+    /// From a worker's shard to a job's owner.
+    Report {
+        /// Worker.
+        worker: WorkerId,
+        /// Job (owned by the receiver).
+        job: JobId,
+        /// Attempt.
+        attempt: Attempt,
+        /// What happened.
+        report: Report,
+    },
+    /// From a job's owner to a worker's shard: forward this to the agent.
+    ToWorker {
+        /// Worker (owned by the receiver).
+        worker: WorkerId,
+        /// Message.
+        msg: ToAgent,
+    },
+}
+
+/// Every side effect of a shard goes through here, so a test can record exactly what left.
+pub trait Comm {
+    /// Make a record durable (before anything sent after it is released).
+    fn persist(&mut self, op: StoreOp);
+    /// Send to an agent connection.
+    fn send_agent(&mut self, conn: ConnId, msg: ToAgent);
+    /// Close an agent connection (after sending what was queued for it).
+    fn close_agent(&mut self, conn: ConnId);
+    /// Send to another shard.
+    fn send_shard(&mut self, shard: usize, msg: ShardMsg);
+    /// Answer a client request received by this shard; `last` ends the request's stream.
+    fn reply(&mut self, req: ReqId, reply: Reply, last: bool);
+}

@@ -1,0 +1,262 @@
+//! The [`Shard`] struct: what one shard owns, and the entry points the driver calls.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+
+use hodei_core::ids::{Attempt, JobId, WorkerId};
+use hodei_core::job::JobRecord;
+use hodei_core::state::WorkerState;
+use hodei_core::time::{Micros, ms};
+use hodei_core::wire::{HeldJob, Resources};
+
+use crate::comm::{ConnId, Offer, ReqId};
+
+/// Settings of a shard.
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    /// This shard's index.
+    pub index: usize,
+    /// Number of shards in the server.
+    pub shards: usize,
+    /// Server start count, minted into ids.
+    pub epoch: u32,
+    /// UDP port of each shard's private endpoint, for redirects (empty in simulations that
+    /// never redirect).
+    pub ports: Vec<u16>,
+    /// Agents heartbeat this often.
+    pub heartbeat: Micros,
+    /// A connection silent this long is treated as dropped.
+    pub heartbeat_timeout: Micros,
+    /// A dropped worker that does not reconnect within this is lost; its jobs are requeued.
+    pub disconnect_grace: Micros,
+    /// After a restart, a job that was on a worker waits this long for its agent to claim it.
+    pub reattach_grace: Micros,
+}
+
+impl ShardConfig {
+    /// Defaults for shard `index` of `shards`.
+    #[must_use]
+    pub fn new(index: usize, shards: usize, epoch: u32) -> Self {
+        Self {
+            index,
+            shards,
+            epoch,
+            ports: Vec::new(),
+            heartbeat: ms(1_000),
+            heartbeat_timeout: ms(3_000),
+            disconnect_grace: ms(10_000),
+            reattach_grace: ms(15_000),
+        }
+    }
+}
+
+/// A job this shard owns, with the bookkeeping that is not stored.
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub(crate) rec: JobRecord,
+    /// After a restart: requeue if no agent claims it by then.
+    pub(crate) claim_deadline: Option<Micros>,
+    /// Clients waiting for the final state: (origin shard, request).
+    pub(crate) waiters: Vec<(usize, ReqId)>,
+    /// Clients following the output.
+    pub(crate) followers: Vec<(usize, ReqId)>,
+}
+
+/// A worker this shard owns.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) id: WorkerId,
+    pub(crate) conn: Option<ConnId>,
+    pub(crate) state: WorkerState,
+    pub(crate) hostname: String,
+    pub(crate) res: Resources,
+    pub(crate) free_slots: u32,
+    pub(crate) free_cpus: u32,
+    pub(crate) free_mem: u64,
+    /// Attempts it holds, with what they reserved.
+    pub(crate) held: HashMap<JobId, HeldJob>,
+    pub(crate) last_seen: Micros,
+    pub(crate) disconnected_at: Option<Micros>,
+}
+
+/// Timer kinds; each is checked against current state when it fires (lazy deletion).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    /// Check a worker's heartbeat or disconnect grace.
+    Worker(WorkerId),
+    /// Check a job's claim deadline.
+    Claim(JobId),
+}
+
+/// One shard: its jobs, its queue, its workers. See the crate docs.
+#[derive(Debug)]
+pub struct Shard {
+    pub(crate) cfg: ShardConfig,
+    pub(crate) jobs: HashMap<JobId, Job>,
+    /// Pending jobs by (priority, submission order); entries whose job is no longer pending
+    /// are skipped when popped.
+    pub(crate) queue: BinaryHeap<(i32, Reverse<u64>, JobId)>,
+    pub(crate) pending: usize,
+    pub(crate) next_job_seq: u64,
+    pub(crate) next_worker_seq: u64,
+    pub(crate) workers: HashMap<WorkerId, Worker>,
+    pub(crate) conns: HashMap<ConnId, WorkerId>,
+    /// Ready workers with a free slot: the only candidates for scheduling.
+    pub(crate) free: BTreeSet<WorkerId>,
+    pub(crate) timers: BinaryHeap<Reverse<(Micros, Timer)>>,
+    /// Other shards that said they have queued work.
+    pub(crate) remote_work: Vec<bool>,
+    /// Jobs were queued since we last told the other shards about our queue.
+    pub(crate) queued_since_advert: bool,
+    /// Shards whose queued work did not fit our free capacity at the last try; asked again
+    /// when our capacity grows.
+    pub(crate) unfit_at: Vec<bool>,
+    /// Outstanding steal request: target shard and the capacity reserved for it.
+    pub(crate) steal: Option<(usize, Vec<Offer>)>,
+    pub(crate) steal_cursor: usize,
+    /// Listing fan-outs waiting for parts: request → (parts missing, jobs, workers).
+    pub(crate) gathers: HashMap<ReqId, Gather>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Gather {
+    pub(crate) missing: usize,
+    pub(crate) jobs: Vec<JobRecord>,
+    pub(crate) workers: Vec<hodei_core::job::WorkerInfo>,
+    pub(crate) is_workers: bool,
+}
+
+impl Shard {
+    /// A shard with the jobs it owned before a restart (`jobs` may hold other shards' jobs;
+    /// they are skipped). Jobs that were on a worker wait `reattach_grace` for their agent.
+    pub fn new(cfg: ShardConfig, jobs: impl IntoIterator<Item = JobRecord>, now: Micros) -> Self {
+        let mut shard = Self {
+            remote_work: vec![false; cfg.shards],
+            unfit_at: vec![false; cfg.shards],
+            cfg,
+            jobs: HashMap::new(),
+            queue: BinaryHeap::new(),
+            pending: 0,
+            next_job_seq: 0,
+            next_worker_seq: 0,
+            workers: HashMap::new(),
+            conns: HashMap::new(),
+            free: BTreeSet::new(),
+            timers: BinaryHeap::new(),
+            queued_since_advert: false,
+            steal: None,
+            steal_cursor: 0,
+            gathers: HashMap::new(),
+        };
+        for rec in jobs {
+            if rec.id.owner(shard.cfg.shards) != shard.cfg.index {
+                continue;
+            }
+            let id = rec.id;
+            let state = rec.state;
+            let mut job = Job { rec, claim_deadline: None, waiters: Vec::new(), followers: Vec::new() };
+            if state.is_on_worker() {
+                let deadline = now + shard.cfg.reattach_grace;
+                job.claim_deadline = Some(deadline);
+                shard.timers.push(Reverse((deadline, Timer::Claim(id))));
+            }
+            let prio = job.rec.spec.priority;
+            shard.jobs.insert(id, job);
+            if state == hodei_core::state::JobState::Pending {
+                shard.enqueue(id, prio);
+            }
+        }
+        shard
+    }
+
+    /// Call once after [`Shard::new`]: schedules restored jobs and tells the other shards
+    /// about the ones left queued.
+    pub fn handle_start(&mut self, comm: &mut impl crate::comm::Comm) {
+        self.schedule(comm);
+    }
+
+    /// This shard's index.
+    #[must_use]
+    pub const fn index(&self) -> usize {
+        self.cfg.index
+    }
+
+    /// The earliest time [`Shard::handle_timeout`] has work to do.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Micros> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Jobs this shard owns (for tests and invariant checks).
+    pub fn jobs(&self) -> impl Iterator<Item = &JobRecord> {
+        self.jobs.values().map(|j| &j.rec)
+    }
+
+    /// Jobs waiting in the queue.
+    #[must_use]
+    pub const fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Workers ready with a free slot.
+    pub fn free_workers(&self) -> impl Iterator<Item = (WorkerId, u32, u32, u64, &[(String, String)])> {
+        self.free.iter().filter_map(|w| {
+            self.workers
+                .get(w)
+                .map(|wk| (wk.id, wk.free_slots, wk.free_cpus, wk.free_mem, wk.res.labels.as_slice()))
+        })
+    }
+
+    /// Attempts each worker of this shard holds (for invariant checks).
+    pub fn held(&self) -> impl Iterator<Item = (WorkerId, JobId, Attempt)> + '_ {
+        self.workers
+            .values()
+            .flat_map(|w| w.held.values().map(move |h| (w.id, h.job, h.attempt)))
+    }
+
+    pub(crate) fn enqueue(&mut self, id: JobId, priority: i32) {
+        self.queue.push((priority, Reverse(id.0), id));
+        self.pending += 1;
+        self.queued_since_advert = true;
+    }
+
+    pub(crate) fn mint_job(&mut self) -> JobId {
+        loop {
+            self.next_job_seq += 1;
+            #[allow(clippy::cast_possible_truncation)] // shard counts are capped at 256 by the driver
+            let id = JobId::new(self.cfg.index as u8, self.cfg.epoch, self.next_job_seq);
+            // A restart within the same epoch (simulations) must not reuse an id.
+            if !self.jobs.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub(crate) fn mint_worker(&mut self) -> WorkerId {
+        self.next_worker_seq += 1;
+        #[allow(clippy::cast_possible_truncation)]
+        WorkerId::new(self.cfg.index as u8, self.cfg.epoch, self.next_worker_seq)
+    }
+}
+
+impl Shard {
+    /// A message from another shard.
+    pub fn handle_shard(&mut self, now: Micros, msg: crate::comm::ShardMsg, comm: &mut impl crate::comm::Comm) {
+        use crate::comm::ShardMsg;
+        match msg {
+            ShardMsg::Request { origin, req, body } => self.on_request(now, origin, req, body, comm),
+            ShardMsg::Reply { req, reply, last } => comm.reply(req, reply, last),
+            ShardMsg::Part { req, jobs, workers } => self.on_part(self.cfg.index, req, jobs, workers, comm),
+            ShardMsg::WorkAvailable { from } => {
+                if let Some(flag) = self.remote_work.get_mut(from) {
+                    *flag = true;
+                }
+                self.maybe_steal(comm);
+            }
+            ShardMsg::StealRequest { from, offers } => self.on_steal_request(from, offers, comm),
+            ShardMsg::StealReply { from, grants, more } => self.on_steal_reply(from, grants, more, comm),
+            ShardMsg::Report { worker, job, attempt, report } => self.on_report(worker, job, attempt, report, comm),
+            ShardMsg::ToWorker { worker, msg } => self.deliver(worker, msg, comm),
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The worker's side: agent connections, registration and re-attachment, heartbeats,
+//! disconnects and lost workers.
+
+use std::cmp::Reverse;
+use std::collections::HashMap;
+
+use hodei_core::ids::WorkerId;
+use hodei_core::job::WorkerInfo;
+use hodei_core::state::WorkerState;
+use hodei_core::time::Micros;
+use hodei_core::wire::{FromAgent, Hello, ToAgent};
+
+use crate::comm::{Comm, ConnId, Report};
+use crate::shard::{Shard, Timer, Worker};
+
+impl Shard {
+    /// A message on an agent connection.
+    pub fn handle_agent(&mut self, now: Micros, conn: ConnId, msg: FromAgent, comm: &mut impl Comm) {
+        if let FromAgent::Hello(hello) = msg {
+            self.on_hello(now, conn, hello, comm);
+            return;
+        }
+        let Some(&wid) = self.conns.get(&conn) else {
+            // Anything before a Hello is a protocol violation.
+            comm.close_agent(conn);
+            return;
+        };
+        let Some(w) = self.workers.get_mut(&wid) else { return };
+        w.last_seen = now;
+        match msg {
+            FromAgent::Hello(_) | FromAgent::Heartbeat { .. } => {}
+            FromAgent::Started { job, attempt, at } => self.report(wid, job, attempt, Report::Started { at }, comm),
+            FromAgent::Output { job, attempt, offset, chunks } => {
+                self.report(wid, job, attempt, Report::Output { offset, chunks }, comm);
+            }
+            FromAgent::Finished { job, attempt, outcome, at } => {
+                if w.release(job, attempt) {
+                    self.refresh_worker(wid);
+                    self.capacity_grew();
+                }
+                self.report(wid, job, attempt, Report::Finished { outcome, at }, comm);
+                self.schedule(comm);
+            }
+        }
+    }
+
+    fn on_hello(&mut self, now: Micros, conn: ConnId, hello: Hello, comm: &mut impl Comm) {
+        if self.conns.contains_key(&conn) {
+            comm.close_agent(conn); // a second Hello on one connection
+            return;
+        }
+        if let Some(id) = hello.worker {
+            let owner = id.owner(self.cfg.shards);
+            if owner != self.cfg.index {
+                match self.cfg.ports.get(owner) {
+                    Some(&port) => comm.send_agent(conn, ToAgent::Redirect { port }),
+                    None => comm.send_agent(conn, ToAgent::Refused { reason: format!("no route to shard {owner}") }),
+                }
+                comm.close_agent(conn);
+                return;
+            }
+        }
+        let id = match hello.worker {
+            Some(id) => id,
+            None => loop {
+                let id = self.mint_worker();
+                if !self.workers.contains_key(&id) {
+                    break id;
+                }
+            },
+        };
+        // A reconnect replaces the old connection, if the old one is still open.
+        let previous = self.workers.remove(&id);
+        let mut w = Worker {
+            id,
+            conn: Some(conn),
+            state: WorkerState::Connecting,
+            hostname: hello.hostname,
+            free_slots: hello.resources.slots,
+            free_cpus: hello.resources.cpus,
+            free_mem: hello.resources.memory,
+            res: hello.resources,
+            held: HashMap::new(),
+            last_seen: now,
+            disconnected_at: None,
+        };
+        let mut forgotten = Vec::new();
+        if let Some(prev) = previous {
+            if let Some(old) = prev.conn {
+                self.conns.remove(&old);
+                comm.close_agent(old);
+            }
+            // Attempts we assigned that the agent no longer holds never ran or were lost.
+            forgotten = prev
+                .held
+                .into_values()
+                .filter(|h| !hello.held.iter().any(|x| x.job == h.job && x.attempt == h.attempt))
+                .collect();
+        }
+        for h in &hello.held {
+            w.reserve(h.clone());
+        }
+        w.state = if w.free_slots > 0 { WorkerState::Ready } else { WorkerState::Busy };
+        self.workers.insert(id, w);
+        self.conns.insert(conn, id);
+        self.timers.push(Reverse((now + self.cfg.heartbeat_timeout, Timer::Worker(id))));
+        comm.send_agent(conn, ToAgent::Welcome { worker: id, heartbeat_ms: self.cfg.heartbeat / 1_000 });
+        for h in forgotten {
+            let reason = "the agent reconnected without it".to_owned();
+            self.report(id, h.job, h.attempt, Report::Lost { reason }, comm);
+        }
+        for h in hello.held {
+            self.report(id, h.job, h.attempt, Report::Claim, comm);
+        }
+        self.refresh_worker(id);
+        self.capacity_grew();
+        self.schedule(comm);
+    }
+
+    /// An agent connection closed (or was closed).
+    pub fn handle_agent_closed(&mut self, now: Micros, conn: ConnId, comm: &mut impl Comm) {
+        let Some(id) = self.conns.remove(&conn) else { return };
+        self.disconnect(now, id, comm);
+    }
+
+    fn disconnect(&mut self, now: Micros, id: WorkerId, comm: &mut impl Comm) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if let Some(c) = w.conn.take() {
+            self.conns.remove(&c);
+            comm.close_agent(c);
+        }
+        if w.state.can_transition_to(WorkerState::Disconnected) {
+            w.state = WorkerState::Disconnected;
+            w.disconnected_at = Some(now);
+            self.timers.push(Reverse((now + self.cfg.disconnect_grace, Timer::Worker(id))));
+        }
+        self.free.remove(&id);
+    }
+
+    /// A worker's grace ran out: requeue its attempts.
+    fn lose(&mut self, id: WorkerId, comm: &mut impl Comm) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if !w.state.can_transition_to(WorkerState::Lost) {
+            return;
+        }
+        w.state = WorkerState::Lost;
+        let held: Vec<_> = w.held.drain().map(|(_, h)| h).collect();
+        w.free_slots = w.res.slots;
+        w.free_cpus = w.res.cpus;
+        w.free_mem = w.res.memory;
+        for h in held {
+            let reason = format!("worker {id} lost");
+            self.report(id, h.job, h.attempt, Report::Lost { reason }, comm);
+        }
+    }
+
+    /// Worker shard: pass a message from a job's owner to the agent.
+    pub(crate) fn deliver(&mut self, worker: WorkerId, msg: ToAgent, comm: &mut impl Comm) {
+        let Some(w) = self.workers.get_mut(&worker) else { return };
+        // Both end the agent's hold on the attempt without a further report.
+        if let ToAgent::Abandon { job, attempt } | ToAgent::FinishedAck { job, attempt } = &msg
+            && w.release(*job, *attempt)
+        {
+            self.refresh_worker(worker);
+            self.capacity_grew();
+            self.schedule(comm);
+        }
+        let Some(w) = self.workers.get(&worker) else { return };
+        if let Some(conn) = w.conn {
+            comm.send_agent(conn, msg);
+        }
+    }
+
+    pub(crate) fn worker_infos(&self) -> Vec<WorkerInfo> {
+        self.workers
+            .values()
+            .map(|w| WorkerInfo {
+                id: w.id,
+                hostname: w.hostname.clone(),
+                state: w.state,
+                slots: w.res.slots,
+                #[allow(clippy::cast_possible_truncation)]
+                running: w.held.len() as u32,
+                cpus: w.res.cpus,
+                memory: w.res.memory,
+                labels: w.res.labels.clone(),
+                last_seen: w.last_seen,
+            })
+            .collect()
+    }
+
+    /// Fires due timers.
+    pub fn handle_timeout(&mut self, now: Micros, comm: &mut impl Comm) {
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match timer {
+                Timer::Worker(id) => self.check_worker(now, id, comm),
+                Timer::Claim(job) => {
+                    let expired = self.jobs.get(&job).is_some_and(|j| j.claim_deadline.is_some_and(|d| d <= now));
+                    if expired {
+                        self.requeue(job, "no agent re-attached it after the server restarted", comm);
+                        self.schedule(comm);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_worker(&mut self, now: Micros, id: WorkerId, comm: &mut impl Comm) {
+        let Some(w) = self.workers.get(&id) else { return };
+        match (w.conn, w.disconnected_at) {
+            (Some(_), _) => {
+                let due = w.last_seen + self.cfg.heartbeat_timeout;
+                if due <= now {
+                    self.disconnect(now, id, comm);
+                } else {
+                    self.timers.push(Reverse((due, Timer::Worker(id))));
+                }
+            }
+            (None, Some(since)) if since + self.cfg.disconnect_grace <= now => self.lose(id, comm),
+            _ => {}
+        }
+    }
+}
