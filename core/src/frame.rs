@@ -58,11 +58,15 @@ pub fn decode_header(header: [u8; HEADER_LEN]) -> Result<usize, FrameError> {
 /// # Errors
 /// On a bad header.
 pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, FrameError> {
-    let Some(header) = buf.get(..HEADER_LEN) else { return Ok(None) };
+    let Some(header) = buf.get(..HEADER_LEN) else {
+        return Ok(None);
+    };
     let mut h = [0u8; HEADER_LEN];
     h.copy_from_slice(header);
     let len = decode_header(h)?;
-    Ok(buf.get(HEADER_LEN..HEADER_LEN + len).map(|p| (p, HEADER_LEN + len)))
+    Ok(buf
+        .get(HEADER_LEN..HEADER_LEN + len)
+        .map(|p| (p, HEADER_LEN + len)))
 }
 
 /// A type that travels in frames.
@@ -147,38 +151,69 @@ mod tests {
             proptest::option::of(any::<u64>()),
             proptest::collection::vec(("[a-z]{1,5}", ".{0,5}"), 0..3),
         )
-            .prop_map(|(name, command, priority, cpus, memory, timeout_ms, env)| JobSpec {
-                name,
-                command,
-                env: env.clone(),
-                workdir: None,
-                priority,
-                cpus,
-                memory,
-                labels: env,
-                timeout_ms,
-            })
+            .prop_map(
+                |(name, command, priority, cpus, memory, timeout_ms, env)| JobSpec {
+                    name,
+                    command,
+                    env: env.clone(),
+                    workdir: None,
+                    priority,
+                    cpus,
+                    memory,
+                    labels: env,
+                    timeout_ms,
+                },
+            )
     }
 
     fn from_agent_strategy() -> impl Strategy<Value = FromAgent> {
         let job = any::<u64>().prop_map(JobId);
         prop_oneof![
-            (any::<u32>(), any::<u32>()).prop_map(|(running, load)| FromAgent::Heartbeat { running, load }),
-            (job.clone(), any::<u32>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..300))
+            (any::<u32>(), any::<u32>())
+                .prop_map(|(running, load)| FromAgent::Heartbeat { running, load }),
+            (
+                job.clone(),
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
                 .prop_map(|(job, a, offset, data)| FromAgent::Output {
-                    job, attempt: Attempt(a), offset,
-                    chunks: vec![Chunk { stream: Stream::Stderr, data }],
+                    job,
+                    attempt: Attempt(a),
+                    offset,
+                    chunks: vec![Chunk {
+                        stream: Stream::Stderr,
+                        data
+                    }],
                 }),
             (job, any::<i32>()).prop_map(|(job, c)| FromAgent::Finished {
-                job, attempt: Attempt(1), outcome: Outcome::Exited(c), at: 5,
+                job,
+                attempt: Attempt(1),
+                outcome: Outcome::Exited(c),
+                at: 5,
             }),
-            (proptest::option::of(any::<u64>().prop_map(WorkerId)), ".{0,10}").prop_map(|(worker, hostname)| {
-                FromAgent::Hello(Hello {
-                    worker, hostname,
-                    resources: Resources { slots: 2, cpus: 4, memory: 1 << 30, labels: vec![("a".into(), "b".into())] },
-                    held: vec![HeldJob { job: JobId(7), attempt: Attempt(2), cpus: 1, memory: 0 }],
-                })
-            }),
+            (
+                proptest::option::of(any::<u64>().prop_map(WorkerId)),
+                ".{0,10}"
+            )
+                .prop_map(|(worker, hostname)| {
+                    FromAgent::Hello(Hello {
+                        worker,
+                        hostname,
+                        resources: Resources {
+                            slots: 2,
+                            cpus: 4,
+                            memory: 1 << 30,
+                            labels: vec![("a".into(), "b".into())],
+                        },
+                        held: vec![HeldJob {
+                            job: JobId(7),
+                            attempt: Attempt(2),
+                            cpus: 1,
+                            memory: 0,
+                        }],
+                    })
+                }),
         ]
     }
 
@@ -223,7 +258,12 @@ mod tests {
 
     #[test]
     fn refuses_other_versions_and_oversize() {
-        let mut frame = FromAgent::Heartbeat { running: 1, load: 2 }.to_frame().unwrap_or_default();
+        let mut frame = FromAgent::Heartbeat {
+            running: 1,
+            load: 2,
+        }
+        .to_frame()
+        .unwrap_or_default();
         frame[0] = 9;
         assert_eq!(split_frame(&frame), Err(FrameError::Version { got: 9 }));
         let mut h = [0u8; HEADER_LEN];

@@ -29,7 +29,7 @@ pub struct ParseIdError {
 }
 
 macro_rules! shard_id {
-    ($(#[$doc:meta])* $name:ident, $kind:literal, $prefix:literal) => {
+    ($(#[$doc:meta])* $name:ident, $archived:ident, $kind:literal, $prefix:literal) => {
         $(#[$doc])*
         #[derive(
             Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
@@ -86,7 +86,7 @@ macro_rules! shard_id {
             }
         }
 
-        impl fmt::Display for <$name as rkyv::Archive>::Archived {
+        impl fmt::Display for $archived {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 fmt::Display::fmt(&$name(self.0.to_native()), f)
             }
@@ -123,18 +123,29 @@ macro_rules! shard_id {
 
 shard_id!(
     /// A job, owned by the shard that accepted its submission.
-    JobId, "job", "j"
+    JobId, ArchivedJobId, "job", "j"
 );
 shard_id!(
     /// A worker (a connected agent), owned by the shard it registered with.
-    WorkerId, "worker", "w"
+    WorkerId, ArchivedWorkerId, "worker", "w"
 );
 
 /// The attempt number of a job: incremented on every assignment. A report carrying an older
 /// attempt than the job's current one is stale and is never applied (fencing).
 #[derive(
-    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, serde::Serialize,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Debug,
+    Default,
+    rkyv::Archive,
+    rkyv::Serialize,
+    rkyv::Deserialize,
+    serde::Serialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub struct Attempt(pub u32);

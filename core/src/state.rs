@@ -6,8 +6,7 @@ use std::str::FromStr;
 
 /// Where a job is in its life.
 #[derive(
-    Clone, Copy, PartialEq, Eq, Hash, Debug,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone, Copy, PartialEq, Eq, Hash, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub enum JobState {
@@ -30,14 +29,22 @@ pub enum JobState {
 impl JobState {
     /// All states, in lifecycle order.
     pub const ALL: [Self; 7] = [
-        Self::Pending, Self::Assigned, Self::Running, Self::Succeeded,
-        Self::Failed, Self::Cancelled, Self::TimedOut,
+        Self::Pending,
+        Self::Assigned,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::Cancelled,
+        Self::TimedOut,
     ];
 
     /// True for states a job never leaves.
     #[must_use]
     pub const fn is_final(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Cancelled | Self::TimedOut
+        )
     }
 
     /// True while a worker owns the job.
@@ -83,10 +90,16 @@ impl fmt::Display for JobState {
 impl FromStr for JobState {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
-            format!("unknown job state {s:?}; expected one of {}", names.join(", "))
-        })
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|s| s.as_str()).collect();
+                format!(
+                    "unknown job state {s:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -98,8 +111,7 @@ impl serde::Serialize for JobState {
 
 /// Where a worker (an agent's registration) is in its life.
 #[derive(
-    Clone, Copy, PartialEq, Eq, Hash, Debug,
-    rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+    Clone, Copy, PartialEq, Eq, Hash, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
 )]
 #[rkyv(derive(Debug, PartialEq, Eq))]
 pub enum WorkerState {
@@ -122,8 +134,13 @@ pub enum WorkerState {
 impl WorkerState {
     /// All states.
     pub const ALL: [Self; 7] = [
-        Self::Connecting, Self::Ready, Self::Busy, Self::Draining,
-        Self::Disconnected, Self::Lost, Self::Terminated,
+        Self::Connecting,
+        Self::Ready,
+        Self::Busy,
+        Self::Draining,
+        Self::Disconnected,
+        Self::Lost,
+        Self::Terminated,
     ];
 
     /// The one transition rule for workers.

@@ -15,8 +15,11 @@ use crate::time::Micros;
 /// Bumped on any incompatible change of these enums; a frame of another version is refused.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// ALPN protocol id for every Hodei QUIC connection.
-pub const ALPN: &[u8] = b"hodei/1";
+/// ALPN protocol id of agent connections ([`FromAgent`]/[`ToAgent`]).
+pub const ALPN_AGENT: &[u8] = b"hodei-agent/1";
+
+/// ALPN protocol id of client connections ([`ToServer`]/[`FromServer`]).
+pub const ALPN_CLIENT: &[u8] = b"hodei-client/1";
 
 /// What an agent offers, sent in its [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -242,7 +245,7 @@ pub enum FromServer {
         ids: Vec<JobId>,
     },
     /// One job.
-    Job(JobRecord),
+    Job(Box<JobRecord>),
     /// Several jobs.
     Jobs(Vec<JobRecord>),
     /// Workers.

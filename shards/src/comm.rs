@@ -16,6 +16,7 @@ pub struct ReqId(pub u64);
 
 /// A write to the store.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // lives for one loop turn; boxing costs an allocation per write
 pub enum StoreOp {
     /// Replace a job's record.
     PutJob(JobRecord),

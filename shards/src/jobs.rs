@@ -24,26 +24,64 @@ impl Shard {
             ToServer::Submit { specs } => self.submit(now, req, specs, comm),
             ToServer::ListJobs { .. } | ToServer::ListWorkers => {
                 let is_workers = matches!(body, ToServer::ListWorkers);
-                self.gathers.insert(req, Gather { missing: self.cfg.shards, is_workers, ..Gather::default() });
+                self.gathers.insert(
+                    req,
+                    Gather {
+                        missing: self.cfg.shards,
+                        is_workers,
+                        ..Gather::default()
+                    },
+                );
                 for s in (0..self.cfg.shards).filter(|s| *s != self.cfg.index) {
-                    comm.send_shard(s, ShardMsg::Request { origin: self.cfg.index, req, body: body.clone() });
+                    comm.send_shard(
+                        s,
+                        ShardMsg::Request {
+                            origin: self.cfg.index,
+                            req,
+                            body: body.clone(),
+                        },
+                    );
                 }
                 self.on_request(now, self.cfg.index, req, body, comm);
             }
-            ToServer::GetJob { job } | ToServer::Cancel { job } | ToServer::Logs { job, .. } | ToServer::Wait { job } => {
+            ToServer::GetJob { job }
+            | ToServer::Cancel { job }
+            | ToServer::Logs { job, .. }
+            | ToServer::Wait { job } => {
                 let owner = job.owner(self.cfg.shards);
                 if owner == self.cfg.index {
                     self.on_request(now, owner, req, body, comm);
                 } else {
-                    comm.send_shard(owner, ShardMsg::Request { origin: self.cfg.index, req, body });
+                    comm.send_shard(
+                        owner,
+                        ShardMsg::Request {
+                            origin: self.cfg.index,
+                            req,
+                            body,
+                        },
+                    );
                 }
             }
         }
     }
 
-    fn submit(&mut self, now: Micros, req: ReqId, specs: Vec<hodei_core::spec::JobSpec>, comm: &mut impl Comm) {
-        if let Some((i, e)) = specs.iter().enumerate().find_map(|(i, s)| s.validate().err().map(|e| (i, e))) {
-            comm.reply(req, error(ErrorKind::Invalid, format!("job {i} refused: {e}")), true);
+    fn submit(
+        &mut self,
+        now: Micros,
+        req: ReqId,
+        specs: Vec<hodei_core::spec::JobSpec>,
+        comm: &mut impl Comm,
+    ) {
+        if let Some((i, e)) = specs
+            .iter()
+            .enumerate()
+            .find_map(|(i, s)| s.validate().err().map(|e| (i, e)))
+        {
+            comm.reply(
+                req,
+                error(ErrorKind::Invalid, format!("job {i} refused: {e}")),
+                true,
+            );
             return;
         }
         let mut ids = Vec::with_capacity(specs.len());
@@ -52,7 +90,15 @@ impl Shard {
             let rec = JobRecord::new(id, spec, now);
             comm.persist(StoreOp::PutJob(rec.clone()));
             let prio = rec.spec.priority;
-            self.jobs.insert(id, Job { rec, claim_deadline: None, waiters: Vec::new(), followers: Vec::new() });
+            self.jobs.insert(
+                id,
+                Job {
+                    rec,
+                    claim_deadline: None,
+                    waiters: Vec::new(),
+                    followers: Vec::new(),
+                },
+            );
             self.enqueue(id, prio);
             ids.push(id);
         }
@@ -60,7 +106,14 @@ impl Shard {
         self.schedule(comm);
     }
 
-    pub(crate) fn reply_to(&self, origin: usize, req: ReqId, reply: Reply, last: bool, comm: &mut impl Comm) {
+    pub(crate) fn reply_to(
+        &self,
+        origin: usize,
+        req: ReqId,
+        reply: Reply,
+        last: bool,
+        comm: &mut impl Comm,
+    ) {
         if origin == self.cfg.index {
             comm.reply(req, reply, last);
         } else {
@@ -69,13 +122,31 @@ impl Shard {
     }
 
     /// A request for something this shard owns (possibly forwarded by `origin`).
-    pub(crate) fn on_request(&mut self, now: Micros, origin: usize, req: ReqId, body: ToServer, comm: &mut impl Comm) {
+    pub(crate) fn on_request(
+        &mut self,
+        now: Micros,
+        origin: usize,
+        req: ReqId,
+        body: ToServer,
+        comm: &mut impl Comm,
+    ) {
         match body {
             ToServer::Submit { .. } => {
-                self.reply_to(origin, req, error(ErrorKind::Invalid, "submit is not routed".into()), true, comm);
+                self.reply_to(
+                    origin,
+                    req,
+                    error(ErrorKind::Invalid, "submit is not routed".into()),
+                    true,
+                    comm,
+                );
             }
             ToServer::ListJobs { state } => {
-                let jobs = self.jobs.values().filter(|j| state.is_none_or(|s| j.rec.state == s)).map(|j| j.rec.clone()).collect();
+                let jobs = self
+                    .jobs
+                    .values()
+                    .filter(|j| state.is_none_or(|s| j.rec.state == s))
+                    .map(|j| j.rec.clone())
+                    .collect();
                 self.on_part(origin, req, jobs, Vec::new(), comm);
             }
             ToServer::ListWorkers => {
@@ -83,7 +154,10 @@ impl Shard {
                 self.on_part(origin, req, Vec::new(), workers, comm);
             }
             ToServer::GetJob { job } => {
-                let reply = self.jobs.get(&job).map_or_else(|| not_found(job), |j| Reply::Msg(FromServer::Job(j.rec.clone())));
+                let reply = self.jobs.get(&job).map_or_else(
+                    || not_found(job),
+                    |j| Reply::Msg(FromServer::Job(Box::new(j.rec.clone()))),
+                );
                 self.reply_to(origin, req, reply, true, comm);
             }
             ToServer::Cancel { job } => self.cancel(now, origin, req, job, comm),
@@ -92,7 +166,11 @@ impl Shard {
                     self.reply_to(origin, req, not_found(job), true, comm);
                     return;
                 };
-                let stored = Reply::StoredLogs { job, attempt: j.rec.attempt, upto: j.rec.output_end };
+                let stored = Reply::StoredLogs {
+                    job,
+                    attempt: j.rec.attempt,
+                    upto: j.rec.output_end,
+                };
                 let done = !follow || j.rec.state.is_final();
                 if !done {
                     j.followers.push((origin, req));
@@ -106,7 +184,13 @@ impl Shard {
                 None => self.reply_to(origin, req, not_found(job), true, comm),
                 Some(j) if j.rec.state.is_final() => {
                     let rec = j.rec.clone();
-                    self.reply_to(origin, req, Reply::Msg(FromServer::Job(rec)), true, comm);
+                    self.reply_to(
+                        origin,
+                        req,
+                        Reply::Msg(FromServer::Job(Box::new(rec))),
+                        true,
+                        comm,
+                    );
                 }
                 Some(j) => j.waiters.push((origin, req)),
             },
@@ -114,19 +198,30 @@ impl Shard {
     }
 
     /// A part of a listing; the origin answers once every shard's part is in.
-    pub(crate) fn on_part(&mut self, origin: usize, req: ReqId, jobs: Vec<JobRecord>, workers: Vec<hodei_core::job::WorkerInfo>, comm: &mut impl Comm) {
+    pub(crate) fn on_part(
+        &mut self,
+        origin: usize,
+        req: ReqId,
+        jobs: Vec<JobRecord>,
+        workers: Vec<hodei_core::job::WorkerInfo>,
+        comm: &mut impl Comm,
+    ) {
         if origin != self.cfg.index {
             comm.send_shard(origin, ShardMsg::Part { req, jobs, workers });
             return;
         }
-        let Some(g) = self.gathers.get_mut(&req) else { return };
+        let Some(g) = self.gathers.get_mut(&req) else {
+            return;
+        };
         g.missing = g.missing.saturating_sub(1);
         g.jobs.extend(jobs);
         g.workers.extend(workers);
         if g.missing > 0 {
             return;
         }
-        let Some(mut g) = self.gathers.remove(&req) else { return };
+        let Some(mut g) = self.gathers.remove(&req) else {
+            return;
+        };
         let msg = if g.is_workers {
             g.workers.sort_by_key(|w| w.id);
             FromServer::Workers(g.workers)
@@ -154,24 +249,38 @@ impl Shard {
             }
             if let (true, Some(w)) = (before.is_on_worker(), job.rec.worker) {
                 let attempt = job.rec.attempt;
-                self.to_worker(w, ToAgent::Cancel { job: id, attempt }, comm);
+                self.send_worker(w, ToAgent::Cancel { job: id, attempt }, comm);
             }
             self.finished(id, comm);
         }
         if let Some(j) = self.jobs.get(&id) {
             let rec = j.rec.clone();
-            self.reply_to(origin, req, Reply::Msg(FromServer::Job(rec)), true, comm);
+            self.reply_to(
+                origin,
+                req,
+                Reply::Msg(FromServer::Job(Box::new(rec))),
+                true,
+                comm,
+            );
         }
     }
 
     /// Tells waiters and followers that a job reached its final state.
     fn finished(&mut self, id: JobId, comm: &mut impl Comm) {
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         let waiters = std::mem::take(&mut job.waiters);
         let followers = std::mem::take(&mut job.followers);
         let rec = job.rec.clone();
         for (origin, req) in waiters {
-            self.reply_to(origin, req, Reply::Msg(FromServer::Job(rec.clone())), true, comm);
+            self.reply_to(
+                origin,
+                req,
+                Reply::Msg(FromServer::Job(Box::new(rec.clone()))),
+                true,
+                comm,
+            );
         }
         for (origin, req) in followers {
             self.reply_to(origin, req, Reply::Msg(FromServer::LogEnd), true, comm);
@@ -179,36 +288,61 @@ impl Shard {
     }
 
     /// Sends to an agent through the shard that owns its worker.
-    pub(crate) fn to_worker(&mut self, worker: WorkerId, msg: ToAgent, comm: &mut impl Comm) {
+    pub(crate) fn send_worker(&mut self, worker: WorkerId, msg: ToAgent, comm: &mut impl Comm) {
         if worker.owner(self.cfg.shards) == self.cfg.index {
             self.deliver(worker, msg, comm);
         } else {
-            comm.send_shard(worker.owner(self.cfg.shards), ShardMsg::ToWorker { worker, msg });
+            comm.send_shard(
+                worker.owner(self.cfg.shards),
+                ShardMsg::ToWorker { worker, msg },
+            );
         }
     }
 
     /// Routes a report about an attempt to the job's owner.
-    pub(crate) fn report(&mut self, worker: WorkerId, job: JobId, attempt: Attempt, report: Report, comm: &mut impl Comm) {
+    pub(crate) fn report(
+        &mut self,
+        worker: WorkerId,
+        job: JobId,
+        attempt: Attempt,
+        report: Report,
+        comm: &mut impl Comm,
+    ) {
         let owner = job.owner(self.cfg.shards);
         if owner == self.cfg.index {
             self.on_report(worker, job, attempt, report, comm);
         } else {
-            comm.send_shard(owner, ShardMsg::Report { worker, job, attempt, report });
+            comm.send_shard(
+                owner,
+                ShardMsg::Report {
+                    worker,
+                    job,
+                    attempt,
+                    report,
+                },
+            );
         }
     }
 
     /// Owner: apply what a worker says about an attempt, if it is the current one.
-    pub(crate) fn on_report(&mut self, worker: WorkerId, id: JobId, attempt: Attempt, report: Report, comm: &mut impl Comm) {
+    pub(crate) fn on_report(
+        &mut self,
+        worker: WorkerId,
+        id: JobId,
+        attempt: Attempt,
+        report: Report,
+        comm: &mut impl Comm,
+    ) {
         let Some(job) = self.jobs.get_mut(&id) else {
             // Unknown job (should not happen): make the agent drop it.
-            self.to_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
+            self.send_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
             return;
         };
         let current = job.rec.attempt == attempt && job.rec.worker == Some(worker);
         if !current {
             // A stale attempt: fenced. Recorded in the log, never applied.
             if !matches!(report, Report::Lost { .. }) {
-                self.to_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
+                self.send_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
             }
             return;
         }
@@ -218,13 +352,21 @@ impl Shard {
                 if state.is_on_worker() {
                     job.claim_deadline = None;
                     let output_end = job.rec.output_end;
-                    self.to_worker(worker, ToAgent::Resume { job: id, attempt, output_end }, comm);
+                    self.send_worker(
+                        worker,
+                        ToAgent::Resume {
+                            job: id,
+                            attempt,
+                            output_end,
+                        },
+                        comm,
+                    );
                 } else if state.is_final() {
                     // Its result is already durable (or it was cancelled meanwhile): the
                     // agent stops it if still running and forgets it.
-                    self.to_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
+                    self.send_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
                 } else {
-                    self.to_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
+                    self.send_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
                 }
             }
             Report::Started { at } => {
@@ -241,21 +383,42 @@ impl Shard {
                 // again, a gap waits for the agent to resend from `output_end`.
                 if offset == job.rec.output_end && len > 0 {
                     job.rec.output_end = end;
-                    comm.persist(StoreOp::PutOutput { job: id, attempt, offset, chunks: chunks.clone() });
+                    comm.persist(StoreOp::PutOutput {
+                        job: id,
+                        attempt,
+                        offset,
+                        chunks: chunks.clone(),
+                    });
                     let followers = job.followers.clone();
                     for (origin, req) in followers {
-                        self.reply_to(origin, req, Reply::Msg(FromServer::Log(chunks.clone())), false, comm);
+                        self.reply_to(
+                            origin,
+                            req,
+                            Reply::Msg(FromServer::Log(chunks.clone())),
+                            false,
+                            comm,
+                        );
                     }
                 }
-                let Some(job) = self.jobs.get(&id) else { return };
+                let Some(job) = self.jobs.get(&id) else {
+                    return;
+                };
                 let output_end = job.rec.output_end;
                 if end <= output_end {
-                    self.to_worker(worker, ToAgent::OutputAck { job: id, attempt, output_end }, comm);
+                    self.send_worker(
+                        worker,
+                        ToAgent::OutputAck {
+                            job: id,
+                            attempt,
+                            output_end,
+                        },
+                        comm,
+                    );
                 }
             }
             Report::Finished { outcome, at } => {
                 if state.is_final() {
-                    self.to_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
+                    self.send_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
                     return;
                 }
                 if state == JobState::Assigned && outcome.state() != JobState::Failed {
@@ -272,7 +435,7 @@ impl Shard {
                     job.rec.finished_at = Some(at);
                     job.claim_deadline = None;
                     comm.persist(StoreOp::PutJob(job.rec.clone()));
-                    self.to_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
+                    self.send_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
                     self.finished(id, comm);
                 }
             }

@@ -20,7 +20,13 @@ const MAX_SKIPS: usize = 256;
 
 /// Does a job fit this much free capacity?
 #[must_use]
-pub(crate) fn fits(spec: &JobSpec, slots: u32, cpus: u32, mem: u64, labels: &[(String, String)]) -> bool {
+pub(crate) fn fits(
+    spec: &JobSpec,
+    slots: u32,
+    cpus: u32,
+    mem: u64,
+    labels: &[(String, String)],
+) -> bool {
     slots >= 1
         && spec.cpus <= cpus
         && spec.memory <= mem
@@ -29,7 +35,13 @@ pub(crate) fn fits(spec: &JobSpec, slots: u32, cpus: u32, mem: u64, labels: &[(S
 
 impl Worker {
     pub(crate) fn fits(&self, spec: &JobSpec) -> bool {
-        fits(spec, self.free_slots, self.free_cpus, self.free_mem, &self.res.labels)
+        fits(
+            spec,
+            self.free_slots,
+            self.free_cpus,
+            self.free_mem,
+            &self.res.labels,
+        )
     }
 
     pub(crate) fn reserve(&mut self, held: HeldJob) {
@@ -64,7 +76,9 @@ impl Shard {
 
     /// Keeps the free set and Ready/Busy in step with a worker's capacity.
     pub(crate) fn refresh_worker(&mut self, id: WorkerId) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         let target = match w.state {
             WorkerState::Ready | WorkerState::Busy if w.free_slots == 0 => WorkerState::Busy,
             WorkerState::Ready | WorkerState::Busy => WorkerState::Ready,
@@ -95,21 +109,38 @@ impl Shard {
         job.rec.error = None;
         comm.persist(StoreOp::PutJob(job.rec.clone()));
         self.pending = self.pending.saturating_sub(1);
-        Some(Grant { job: id, attempt: job.rec.attempt, worker, spec: job.rec.spec.clone() })
+        Some(Grant {
+            job: id,
+            attempt: job.rec.attempt,
+            worker,
+            spec: job.rec.spec.clone(),
+        })
     }
 
     /// Hands a granted attempt to a worker of this shard, or reports it lost to its owner.
     pub(crate) fn start_grant(&mut self, g: Grant, comm: &mut impl Comm) {
         let accepted = match self.workers.get_mut(&g.worker) {
             Some(w) if w.state.accepts_jobs() && w.conn.is_some() && w.fits(&g.spec) => {
-                w.reserve(HeldJob { job: g.job, attempt: g.attempt, cpus: g.spec.cpus, memory: g.spec.memory });
+                w.reserve(HeldJob {
+                    job: g.job,
+                    attempt: g.attempt,
+                    cpus: g.spec.cpus,
+                    memory: g.spec.memory,
+                });
                 w.conn.map(|c| (c, w.id))
             }
             _ => None,
         };
         match accepted {
             Some((conn, wid)) => {
-                comm.send_agent(conn, ToAgent::Assign { job: g.job, attempt: g.attempt, spec: g.spec });
+                comm.send_agent(
+                    conn,
+                    ToAgent::Assign {
+                        job: g.job,
+                        attempt: g.attempt,
+                        spec: g.spec,
+                    },
+                );
                 self.refresh_worker(wid);
             }
             None => {
@@ -124,13 +155,21 @@ impl Shard {
     pub(crate) fn schedule(&mut self, comm: &mut impl Comm) {
         let mut skipped = Vec::new();
         while !self.free.is_empty() && skipped.len() < MAX_SKIPS {
-            let Some((prio, seq, id)) = self.queue.pop() else { break };
-            let Some(job) = self.jobs.get(&id) else { continue };
+            let Some((prio, seq, id)) = self.queue.pop() else {
+                break;
+            };
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
             if job.rec.state != JobState::Pending {
                 continue; // lazily deleted (cancelled or already assigned)
             }
             let spec = &job.rec.spec;
-            let target = self.free.iter().copied().find(|w| self.workers.get(w).is_some_and(|w| w.fits(spec)));
+            let target = self
+                .free
+                .iter()
+                .copied()
+                .find(|w| self.workers.get(w).is_some_and(|w| w.fits(spec)));
             match target {
                 Some(worker) => {
                     if let Some(g) = self.assign(id, worker, comm) {
@@ -150,7 +189,12 @@ impl Shard {
         if self.pending > 0 && self.queued_since_advert && self.cfg.shards > 1 {
             self.queued_since_advert = false;
             for s in (0..self.cfg.shards).filter(|s| *s != self.cfg.index) {
-                comm.send_shard(s, ShardMsg::WorkAvailable { from: self.cfg.index });
+                comm.send_shard(
+                    s,
+                    ShardMsg::WorkAvailable {
+                        from: self.cfg.index,
+                    },
+                );
             }
         }
         self.maybe_steal(comm);
@@ -185,22 +229,40 @@ impl Shard {
                 w.free_mem = 0;
             }
         }
-        comm.send_shard(target, ShardMsg::StealRequest { from: self.cfg.index, offers: offers.clone() });
+        comm.send_shard(
+            target,
+            ShardMsg::StealRequest {
+                from: self.cfg.index,
+                offers: offers.clone(),
+            },
+        );
         self.steal = Some((target, offers));
     }
 
     /// Owner side: assign queued jobs to offered capacity.
-    pub(crate) fn on_steal_request(&mut self, from: usize, mut offers: Vec<Offer>, comm: &mut impl Comm) {
+    pub(crate) fn on_steal_request(
+        &mut self,
+        from: usize,
+        mut offers: Vec<Offer>,
+        comm: &mut impl Comm,
+    ) {
         let mut grants = Vec::new();
         let mut skipped = Vec::new();
         while skipped.len() < MAX_SKIPS && offers.iter().any(|o| o.slots > 0) {
-            let Some((prio, seq, id)) = self.queue.pop() else { break };
-            let Some(job) = self.jobs.get(&id) else { continue };
+            let Some((prio, seq, id)) = self.queue.pop() else {
+                break;
+            };
+            let Some(job) = self.jobs.get(&id) else {
+                continue;
+            };
             if job.rec.state != JobState::Pending {
                 continue;
             }
             let spec = &job.rec.spec;
-            let Some(offer) = offers.iter_mut().find(|o| fits(spec, o.slots, o.cpus, o.memory, &o.labels)) else {
+            let Some(offer) = offers
+                .iter_mut()
+                .find(|o| fits(spec, o.slots, o.cpus, o.memory, &o.labels))
+            else {
                 skipped.push((prio, seq, id));
                 continue;
             };
@@ -214,11 +276,24 @@ impl Shard {
         }
         self.queue.extend(skipped);
         let more = self.pending > 0;
-        comm.send_shard(from, ShardMsg::StealReply { from: self.cfg.index, grants, more });
+        comm.send_shard(
+            from,
+            ShardMsg::StealReply {
+                from: self.cfg.index,
+                grants,
+                more,
+            },
+        );
     }
 
     /// Stealer side: give back the reservation, start what was granted.
-    pub(crate) fn on_steal_reply(&mut self, from: usize, grants: Vec<Grant>, more: bool, comm: &mut impl Comm) {
+    pub(crate) fn on_steal_reply(
+        &mut self,
+        from: usize,
+        grants: Vec<Grant>,
+        more: bool,
+        comm: &mut impl Comm,
+    ) {
         if let Some((_, offers)) = self.steal.take() {
             for o in offers {
                 if let Some(w) = self.workers.get_mut(&o.worker) {
@@ -243,7 +318,9 @@ impl Shard {
 
     /// Puts an on-worker job back in the queue (its attempt is over).
     pub(crate) fn requeue(&mut self, id: JobId, reason: &str, comm: &mut impl Comm) {
-        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
         if !job.rec.state.can_transition_to(JobState::Pending) {
             return;
         }

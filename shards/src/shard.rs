@@ -154,7 +154,12 @@ impl Shard {
             }
             let id = rec.id;
             let state = rec.state;
-            let mut job = Job { rec, claim_deadline: None, waiters: Vec::new(), followers: Vec::new() };
+            let mut job = Job {
+                rec,
+                claim_deadline: None,
+                waiters: Vec::new(),
+                followers: Vec::new(),
+            };
             if state.is_on_worker() {
                 let deadline = now + shard.cfg.reattach_grace;
                 job.claim_deadline = Some(deadline);
@@ -199,11 +204,19 @@ impl Shard {
     }
 
     /// Workers ready with a free slot.
-    pub fn free_workers(&self) -> impl Iterator<Item = (WorkerId, u32, u32, u64, &[(String, String)])> {
+    pub fn free_workers(
+        &self,
+    ) -> impl Iterator<Item = (WorkerId, u32, u32, u64, &[(String, String)])> {
         self.free.iter().filter_map(|w| {
-            self.workers
-                .get(w)
-                .map(|wk| (wk.id, wk.free_slots, wk.free_cpus, wk.free_mem, wk.res.labels.as_slice()))
+            self.workers.get(w).map(|wk| {
+                (
+                    wk.id,
+                    wk.free_slots,
+                    wk.free_cpus,
+                    wk.free_mem,
+                    wk.res.labels.as_slice(),
+                )
+            })
         })
     }
 
@@ -223,7 +236,8 @@ impl Shard {
     pub(crate) fn mint_job(&mut self) -> JobId {
         loop {
             self.next_job_seq += 1;
-            #[allow(clippy::cast_possible_truncation)] // shard counts are capped at 256 by the driver
+            #[allow(clippy::cast_possible_truncation)]
+            // shard counts are capped at 256 by the driver
             let id = JobId::new(self.cfg.index as u8, self.cfg.epoch, self.next_job_seq);
             // A restart within the same epoch (simulations) must not reuse an id.
             if !self.jobs.contains_key(&id) {
@@ -241,12 +255,21 @@ impl Shard {
 
 impl Shard {
     /// A message from another shard.
-    pub fn handle_shard(&mut self, now: Micros, msg: crate::comm::ShardMsg, comm: &mut impl crate::comm::Comm) {
+    pub fn handle_shard(
+        &mut self,
+        now: Micros,
+        msg: crate::comm::ShardMsg,
+        comm: &mut impl crate::comm::Comm,
+    ) {
         use crate::comm::ShardMsg;
         match msg {
-            ShardMsg::Request { origin, req, body } => self.on_request(now, origin, req, body, comm),
+            ShardMsg::Request { origin, req, body } => {
+                self.on_request(now, origin, req, body, comm)
+            }
             ShardMsg::Reply { req, reply, last } => comm.reply(req, reply, last),
-            ShardMsg::Part { req, jobs, workers } => self.on_part(self.cfg.index, req, jobs, workers, comm),
+            ShardMsg::Part { req, jobs, workers } => {
+                self.on_part(self.cfg.index, req, jobs, workers, comm)
+            }
             ShardMsg::WorkAvailable { from } => {
                 if let Some(flag) = self.remote_work.get_mut(from) {
                     *flag = true;
@@ -254,8 +277,15 @@ impl Shard {
                 self.maybe_steal(comm);
             }
             ShardMsg::StealRequest { from, offers } => self.on_steal_request(from, offers, comm),
-            ShardMsg::StealReply { from, grants, more } => self.on_steal_reply(from, grants, more, comm),
-            ShardMsg::Report { worker, job, attempt, report } => self.on_report(worker, job, attempt, report, comm),
+            ShardMsg::StealReply { from, grants, more } => {
+                self.on_steal_reply(from, grants, more, comm)
+            }
+            ShardMsg::Report {
+                worker,
+                job,
+                attempt,
+                report,
+            } => self.on_report(worker, job, attempt, report, comm),
             ShardMsg::ToWorker { worker, msg } => self.deliver(worker, msg, comm),
         }
     }

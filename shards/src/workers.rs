@@ -15,7 +15,13 @@ use crate::shard::{Shard, Timer, Worker};
 
 impl Shard {
     /// A message on an agent connection.
-    pub fn handle_agent(&mut self, now: Micros, conn: ConnId, msg: FromAgent, comm: &mut impl Comm) {
+    pub fn handle_agent(
+        &mut self,
+        now: Micros,
+        conn: ConnId,
+        msg: FromAgent,
+        comm: &mut impl Comm,
+    ) {
         if let FromAgent::Hello(hello) = msg {
             self.on_hello(now, conn, hello, comm);
             return;
@@ -25,15 +31,29 @@ impl Shard {
             comm.close_agent(conn);
             return;
         };
-        let Some(w) = self.workers.get_mut(&wid) else { return };
+        let Some(w) = self.workers.get_mut(&wid) else {
+            return;
+        };
         w.last_seen = now;
         match msg {
             FromAgent::Hello(_) | FromAgent::Heartbeat { .. } => {}
-            FromAgent::Started { job, attempt, at } => self.report(wid, job, attempt, Report::Started { at }, comm),
-            FromAgent::Output { job, attempt, offset, chunks } => {
+            FromAgent::Started { job, attempt, at } => {
+                self.report(wid, job, attempt, Report::Started { at }, comm)
+            }
+            FromAgent::Output {
+                job,
+                attempt,
+                offset,
+                chunks,
+            } => {
                 self.report(wid, job, attempt, Report::Output { offset, chunks }, comm);
             }
-            FromAgent::Finished { job, attempt, outcome, at } => {
+            FromAgent::Finished {
+                job,
+                attempt,
+                outcome,
+                at,
+            } => {
                 if w.release(job, attempt) {
                     self.refresh_worker(wid);
                     self.capacity_grew();
@@ -54,7 +74,12 @@ impl Shard {
             if owner != self.cfg.index {
                 match self.cfg.ports.get(owner) {
                     Some(&port) => comm.send_agent(conn, ToAgent::Redirect { port }),
-                    None => comm.send_agent(conn, ToAgent::Refused { reason: format!("no route to shard {owner}") }),
+                    None => comm.send_agent(
+                        conn,
+                        ToAgent::Refused {
+                            reason: format!("no route to shard {owner}"),
+                        },
+                    ),
                 }
                 comm.close_agent(conn);
                 return;
@@ -94,17 +119,35 @@ impl Shard {
             forgotten = prev
                 .held
                 .into_values()
-                .filter(|h| !hello.held.iter().any(|x| x.job == h.job && x.attempt == h.attempt))
+                .filter(|h| {
+                    !hello
+                        .held
+                        .iter()
+                        .any(|x| x.job == h.job && x.attempt == h.attempt)
+                })
                 .collect();
         }
         for h in &hello.held {
             w.reserve(h.clone());
         }
-        w.state = if w.free_slots > 0 { WorkerState::Ready } else { WorkerState::Busy };
+        w.state = if w.free_slots > 0 {
+            WorkerState::Ready
+        } else {
+            WorkerState::Busy
+        };
         self.workers.insert(id, w);
         self.conns.insert(conn, id);
-        self.timers.push(Reverse((now + self.cfg.heartbeat_timeout, Timer::Worker(id))));
-        comm.send_agent(conn, ToAgent::Welcome { worker: id, heartbeat_ms: self.cfg.heartbeat / 1_000 });
+        self.timers.push(Reverse((
+            now + self.cfg.heartbeat_timeout,
+            Timer::Worker(id),
+        )));
+        comm.send_agent(
+            conn,
+            ToAgent::Welcome {
+                worker: id,
+                heartbeat_ms: self.cfg.heartbeat / 1_000,
+            },
+        );
         for h in forgotten {
             let reason = "the agent reconnected without it".to_owned();
             self.report(id, h.job, h.attempt, Report::Lost { reason }, comm);
@@ -119,12 +162,16 @@ impl Shard {
 
     /// An agent connection closed (or was closed).
     pub fn handle_agent_closed(&mut self, now: Micros, conn: ConnId, comm: &mut impl Comm) {
-        let Some(id) = self.conns.remove(&conn) else { return };
+        let Some(id) = self.conns.remove(&conn) else {
+            return;
+        };
         self.disconnect(now, id, comm);
     }
 
     fn disconnect(&mut self, now: Micros, id: WorkerId, comm: &mut impl Comm) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if let Some(c) = w.conn.take() {
             self.conns.remove(&c);
             comm.close_agent(c);
@@ -132,14 +179,19 @@ impl Shard {
         if w.state.can_transition_to(WorkerState::Disconnected) {
             w.state = WorkerState::Disconnected;
             w.disconnected_at = Some(now);
-            self.timers.push(Reverse((now + self.cfg.disconnect_grace, Timer::Worker(id))));
+            self.timers.push(Reverse((
+                now + self.cfg.disconnect_grace,
+                Timer::Worker(id),
+            )));
         }
         self.free.remove(&id);
     }
 
     /// A worker's grace ran out: requeue its attempts.
     fn lose(&mut self, id: WorkerId, comm: &mut impl Comm) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if !w.state.can_transition_to(WorkerState::Lost) {
             return;
         }
@@ -156,7 +208,9 @@ impl Shard {
 
     /// Worker shard: pass a message from a job's owner to the agent.
     pub(crate) fn deliver(&mut self, worker: WorkerId, msg: ToAgent, comm: &mut impl Comm) {
-        let Some(w) = self.workers.get_mut(&worker) else { return };
+        let Some(w) = self.workers.get_mut(&worker) else {
+            return;
+        };
         // Both end the agent's hold on the attempt without a further report.
         if let ToAgent::Abandon { job, attempt } | ToAgent::FinishedAck { job, attempt } = &msg
             && w.release(*job, *attempt)
@@ -165,7 +219,9 @@ impl Shard {
             self.capacity_grew();
             self.schedule(comm);
         }
-        let Some(w) = self.workers.get(&worker) else { return };
+        let Some(w) = self.workers.get(&worker) else {
+            return;
+        };
         if let Some(conn) = w.conn {
             comm.send_agent(conn, msg);
         }
@@ -199,9 +255,16 @@ impl Shard {
             match timer {
                 Timer::Worker(id) => self.check_worker(now, id, comm),
                 Timer::Claim(job) => {
-                    let expired = self.jobs.get(&job).is_some_and(|j| j.claim_deadline.is_some_and(|d| d <= now));
+                    let expired = self
+                        .jobs
+                        .get(&job)
+                        .is_some_and(|j| j.claim_deadline.is_some_and(|d| d <= now));
                     if expired {
-                        self.requeue(job, "no agent re-attached it after the server restarted", comm);
+                        self.requeue(
+                            job,
+                            "no agent re-attached it after the server restarted",
+                            comm,
+                        );
                         self.schedule(comm);
                     }
                 }
@@ -210,7 +273,9 @@ impl Shard {
     }
 
     fn check_worker(&mut self, now: Micros, id: WorkerId, comm: &mut impl Comm) {
-        let Some(w) = self.workers.get(&id) else { return };
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
         match (w.conn, w.disconnected_at) {
             (Some(_), _) => {
                 let due = w.last_seen + self.cfg.heartbeat_timeout;

@@ -21,7 +21,9 @@ use hodei_core::job::{JobRecord, Outcome};
 use hodei_core::spec::JobSpec;
 use hodei_core::state::JobState;
 use hodei_core::time::{Micros, ms};
-use hodei_core::wire::{Chunk, FromAgent, FromServer, HeldJob, Hello, Resources, Stream, ToAgent, ToServer};
+use hodei_core::wire::{
+    Chunk, FromAgent, FromServer, HeldJob, Hello, Resources, Stream, ToAgent, ToServer,
+};
 use hodei_shards::{Comm, ConnId, Reply, ReqId, Shard, ShardConfig, ShardMsg, StoreOp};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -54,18 +56,55 @@ impl Comm for Rec {
 }
 
 enum Ev {
-    ToShard { shard: usize, era: u64, msg: ShardMsg },
-    FromAgent { shard: usize, era: u64, conn: ConnId, msg: FromAgent },
-    AgentClosed { shard: usize, era: u64, conn: ConnId },
-    ToAgent { agent: usize, conn: ConnId, msg: ToAgent },
-    ConnDropped { agent: usize, conn: ConnId },
-    AgentConnect { agent: usize, shard: Option<usize> },
-    AgentTick { agent: usize },
-    JobDone { agent: usize, job: JobId, attempt: Attempt },
-    Submit { shard: usize, specs: Vec<JobSpec> },
+    ToShard {
+        shard: usize,
+        era: u64,
+        msg: ShardMsg,
+    },
+    FromAgent {
+        shard: usize,
+        era: u64,
+        conn: ConnId,
+        msg: FromAgent,
+    },
+    AgentClosed {
+        shard: usize,
+        era: u64,
+        conn: ConnId,
+    },
+    ToAgent {
+        agent: usize,
+        conn: ConnId,
+        msg: ToAgent,
+    },
+    ConnDropped {
+        agent: usize,
+        conn: ConnId,
+    },
+    AgentConnect {
+        agent: usize,
+        shard: Option<usize>,
+    },
+    AgentTick {
+        agent: usize,
+    },
+    JobDone {
+        agent: usize,
+        job: JobId,
+        attempt: Attempt,
+    },
+    Submit {
+        shard: usize,
+        specs: Vec<JobSpec>,
+    },
     Restart,
-    Crash { agent: usize },
-    ShardTimer { shard: usize, era: u64 },
+    Crash {
+        agent: usize,
+    },
+    ShardTimer {
+        shard: usize,
+        era: u64,
+    },
 }
 
 struct Running {
@@ -154,13 +193,36 @@ impl Sim {
         };
         sim.boot();
         let o = &sim.cfg.1;
-        let (agents, slots, jobs, restarts, submit_shard, agent_shard) =
-            (o.agents, o.slots, o.jobs, o.restarts, o.submit_shard, o.agent_shard);
+        let (agents, slots, jobs, restarts, submit_shard, agent_shard) = (
+            o.agents,
+            o.slots,
+            o.jobs,
+            o.restarts,
+            o.submit_shard,
+            o.agent_shard,
+        );
         for a in 0..agents {
-            let labels = if a % 2 == 0 { vec![("pool".to_owned(), "even".to_owned())] } else { Vec::new() };
-            sim.agents.push(Agent { worker: None, conn: None, slots, labels, jobs: BTreeMap::new(), home: agent_shard });
+            let labels = if a % 2 == 0 {
+                vec![("pool".to_owned(), "even".to_owned())]
+            } else {
+                Vec::new()
+            };
+            sim.agents.push(Agent {
+                worker: None,
+                conn: None,
+                slots,
+                labels,
+                jobs: BTreeMap::new(),
+                home: agent_shard,
+            });
             let at = sim.rng.gen_range(0..ms(50));
-            sim.at(at, Ev::AgentConnect { agent: a, shard: agent_shard });
+            sim.at(
+                at,
+                Ev::AgentConnect {
+                    agent: a,
+                    shard: agent_shard,
+                },
+            );
         }
         let mut left = jobs;
         let mut t = 0;
@@ -257,19 +319,31 @@ impl Sim {
                         && prev.state != r.state
                         && !prev.state.can_transition_to(r.state)
                     {
-                        self.violations.push(format!("{}: stored {} -> {}", r.id, prev.state, r.state));
+                        self.violations
+                            .push(format!("{}: stored {} -> {}", r.id, prev.state, r.state));
                     }
                     // Fencing: a success is only ever the current attempt's own result.
-                    if r.state == JobState::Succeeded && !self.completed.contains(&(r.id, r.attempt)) {
-                        self.violations.push(format!("{} succeeded with attempt {} that never completed", r.id, r.attempt));
+                    if r.state == JobState::Succeeded
+                        && !self.completed.contains(&(r.id, r.attempt))
+                    {
+                        self.violations.push(format!(
+                            "{} succeeded with attempt {} that never completed",
+                            r.id, r.attempt
+                        ));
                     }
                     self.store.insert(r.id, r);
                 }
-                StoreOp::PutOutput { job, attempt, offset, chunks } => {
+                StoreOp::PutOutput {
+                    job,
+                    attempt,
+                    offset,
+                    chunks,
+                } => {
                     let len: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
                     let end = self.output.entry((job, attempt)).or_insert(0);
                     if offset != *end {
-                        self.violations.push(format!("{job}: output gap {offset} != {end}"));
+                        self.violations
+                            .push(format!("{job}: output gap {offset} != {end}"));
                     }
                     *end = offset + len;
                 }
@@ -277,7 +351,14 @@ impl Sim {
         }
         let era = self.era;
         for (to, msg) in rec.shard {
-            self.send((0, s, to), Ev::ToShard { shard: to, era, msg });
+            self.send(
+                (0, s, to),
+                Ev::ToShard {
+                    shard: to,
+                    era,
+                    msg,
+                },
+            );
         }
         for (conn, msg) in rec.agent {
             if let Some(agent) = self.agent_of(conn) {
@@ -288,10 +369,19 @@ impl Sim {
             if let Some(agent) = self.agent_of(conn) {
                 self.send((1, s, agent), Ev::ConnDropped { agent, conn });
             }
-            self.send((2, s, 0), Ev::AgentClosed { shard: s, era, conn });
+            self.send(
+                (2, s, 0),
+                Ev::AgentClosed {
+                    shard: s,
+                    era,
+                    conn,
+                },
+            );
         }
         for (req, reply, _) in rec.reply {
-            if let (Some(n), Reply::Msg(FromServer::Submitted { ids })) = (self.submits.remove(&req), &reply) {
+            if let (Some(n), Reply::Msg(FromServer::Submitted { ids })) =
+                (self.submits.remove(&req), &reply)
+            {
                 assert_eq!(n, ids.len());
                 self.acked.extend(ids.iter().copied());
             }
@@ -299,13 +389,23 @@ impl Sim {
     }
 
     fn agent_of(&self, conn: ConnId) -> Option<usize> {
-        self.agents.iter().position(|a| a.conn.is_some_and(|(c, _)| c == conn))
+        self.agents
+            .iter()
+            .position(|a| a.conn.is_some_and(|(c, _)| c == conn))
     }
 
     fn agent_send(&mut self, agent: usize, msg: FromAgent) {
         if let Some((conn, shard)) = self.agents[agent].conn {
             let era = self.era;
-            self.send((3, agent, shard), Ev::FromAgent { shard, era, conn, msg });
+            self.send(
+                (3, agent, shard),
+                Ev::FromAgent {
+                    shard,
+                    era,
+                    conn,
+                    msg,
+                },
+            );
         }
     }
 
@@ -316,7 +416,9 @@ impl Sim {
                 break;
             }
             self.now = t;
-            let Some(ev) = self.payloads.remove(&id) else { continue };
+            let Some(ev) = self.payloads.remove(&id) else {
+                continue;
+            };
             self.dispatch(ev);
             if self.strict() {
                 self.check_no_double_run();
@@ -337,26 +439,43 @@ impl Sim {
     fn all_final(&self) -> bool {
         let submitted = self.cfg.1.jobs;
         self.acked.len() == submitted
-            && self.acked.iter().all(|id| self.store.get(id).is_some_and(|r| r.state.is_final()))
+            && self
+                .acked
+                .iter()
+                .all(|id| self.store.get(id).is_some_and(|r| r.state.is_final()))
             && self.submits.is_empty()
     }
 
     fn dispatch(&mut self, ev: Ev) {
         match ev {
-            Ev::ToShard { shard, era, msg } if era == self.era => self.with_shard(shard, |s, now, c| s.handle_shard(now, msg, c)),
-            Ev::FromAgent { shard, era, conn, msg } if era == self.era => {
+            Ev::ToShard { shard, era, msg } if era == self.era => {
+                self.with_shard(shard, |s, now, c| s.handle_shard(now, msg, c))
+            }
+            Ev::FromAgent {
+                shard,
+                era,
+                conn,
+                msg,
+            } if era == self.era => {
                 self.with_shard(shard, |s, now, c| s.handle_agent(now, conn, msg, c));
             }
             Ev::AgentClosed { shard, era, conn } if era == self.era => {
                 self.with_shard(shard, |s, now, c| s.handle_agent_closed(now, conn, c));
             }
-            Ev::ShardTimer { shard, era } if era == self.era => self.with_shard(shard, |s, now, c| s.handle_timeout(now, c)),
-            Ev::ToShard { .. } | Ev::FromAgent { .. } | Ev::AgentClosed { .. } | Ev::ShardTimer { .. } => {}
+            Ev::ShardTimer { shard, era } if era == self.era => {
+                self.with_shard(shard, |s, now, c| s.handle_timeout(now, c))
+            }
+            Ev::ToShard { .. }
+            | Ev::FromAgent { .. }
+            | Ev::AgentClosed { .. }
+            | Ev::ShardTimer { .. } => {}
             Ev::Submit { shard, specs } => {
                 self.next_req += 1;
                 let req = ReqId(self.next_req);
                 self.submits.insert(req, specs.len());
-                self.with_shard(shard, |s, now, c| s.handle_client(now, req, ToServer::Submit { specs }, c));
+                self.with_shard(shard, |s, now, c| {
+                    s.handle_client(now, req, ToServer::Submit { specs }, c)
+                });
             }
             Ev::Restart => {
                 // kill -9: in-flight messages and unacknowledged submits are gone.
@@ -377,7 +496,12 @@ impl Sim {
             }
             Ev::Crash { agent } => {
                 let a = &mut self.agents[agent];
-                self.crash_lost.extend(a.jobs.iter().filter(|(_, r)| r.finished.is_some()).map(|(j, _)| *j));
+                self.crash_lost.extend(
+                    a.jobs
+                        .iter()
+                        .filter(|(_, r)| r.finished.is_some())
+                        .map(|(j, _)| *j),
+                );
                 a.jobs.clear();
                 a.worker = None;
                 if let Some((conn, _)) = a.conn.take() {
@@ -403,12 +527,22 @@ impl Sim {
                 let held = a
                     .jobs
                     .iter()
-                    .map(|(job, r)| HeldJob { job: *job, attempt: r.attempt, cpus: r.spec.cpus, memory: r.spec.memory })
+                    .map(|(job, r)| HeldJob {
+                        job: *job,
+                        attempt: r.attempt,
+                        cpus: r.spec.cpus,
+                        memory: r.spec.memory,
+                    })
                     .collect();
                 let hello = Hello {
                     worker: a.worker,
                     hostname: format!("agent{agent}"),
-                    resources: Resources { slots: a.slots, cpus: 4, memory: 1 << 30, labels: a.labels.clone() },
+                    resources: Resources {
+                        slots: a.slots,
+                        cpus: 4,
+                        memory: 1 << 30,
+                        labels: a.labels.clone(),
+                    },
                     held,
                 };
                 self.agent_send(agent, FromAgent::Hello(hello));
@@ -435,8 +569,14 @@ impl Sim {
                     self.on_agent_msg(agent, msg);
                 }
             }
-            Ev::JobDone { agent, job, attempt } => {
-                let Some(r) = self.agents[agent].jobs.get_mut(&job) else { return };
+            Ev::JobDone {
+                agent,
+                job,
+                attempt,
+            } => {
+                let Some(r) = self.agents[agent].jobs.get_mut(&job) else {
+                    return;
+                };
                 if r.attempt != attempt || r.finished.is_some() {
                     return;
                 }
@@ -452,21 +592,48 @@ impl Sim {
         // Submits not yet delivered (still in the event queue) count as future jobs.
         self.payloads
             .values()
-            .map(|e| if let Ev::Submit { specs, .. } = e { specs.len() } else { 0 })
+            .map(|e| {
+                if let Ev::Submit { specs, .. } = e {
+                    specs.len()
+                } else {
+                    0
+                }
+            })
             .sum()
     }
 
     fn report_finished(&mut self, agent: usize, job: JobId, from: u64) {
-        let Some(r) = self.agents[agent].jobs.get(&job) else { return };
+        let Some(r) = self.agents[agent].jobs.get(&job) else {
+            return;
+        };
         let (attempt, outcome) = (r.attempt, r.finished.clone().unwrap_or(Outcome::Exited(0)));
         let data = format!("out-{job}").into_bytes();
         let from = usize::try_from(from).unwrap_or(usize::MAX).min(data.len());
         if from < data.len() {
-            let chunks = vec![Chunk { stream: Stream::Stdout, data: data[from..].to_vec() }];
-            self.agent_send(agent, FromAgent::Output { job, attempt, offset: from as u64, chunks });
+            let chunks = vec![Chunk {
+                stream: Stream::Stdout,
+                data: data[from..].to_vec(),
+            }];
+            self.agent_send(
+                agent,
+                FromAgent::Output {
+                    job,
+                    attempt,
+                    offset: from as u64,
+                    chunks,
+                },
+            );
         }
         let at = self.now;
-        self.agent_send(agent, FromAgent::Finished { job, attempt, outcome, at });
+        self.agent_send(
+            agent,
+            FromAgent::Finished {
+                job,
+                attempt,
+                outcome,
+                at,
+            },
+        );
     }
 
     fn on_agent_msg(&mut self, agent: usize, msg: ToAgent) {
@@ -474,15 +641,37 @@ impl Sim {
             ToAgent::Welcome { worker, .. } => self.agents[agent].worker = Some(worker),
             ToAgent::Redirect { port } => {
                 self.agents[agent].conn = None;
-                self.at(ms(1), Ev::AgentConnect { agent, shard: Some(usize::from(port)) });
+                self.at(
+                    ms(1),
+                    Ev::AgentConnect {
+                        agent,
+                        shard: Some(usize::from(port)),
+                    },
+                );
             }
-            ToAgent::Refused { reason } => self.violations.push(format!("agent {agent} refused: {reason}")),
+            ToAgent::Refused { reason } => self
+                .violations
+                .push(format!("agent {agent} refused: {reason}")),
             ToAgent::Assign { job, attempt, spec } => {
                 let dur = ms(spec.timeout_ms.unwrap_or(1));
-                self.agents[agent].jobs.insert(job, Running { attempt, spec, finished: None });
+                self.agents[agent].jobs.insert(
+                    job,
+                    Running {
+                        attempt,
+                        spec,
+                        finished: None,
+                    },
+                );
                 let at = self.now;
                 self.agent_send(agent, FromAgent::Started { job, attempt, at });
-                self.at(dur, Ev::JobDone { agent, job, attempt });
+                self.at(
+                    dur,
+                    Ev::JobDone {
+                        agent,
+                        job,
+                        attempt,
+                    },
+                );
             }
             ToAgent::Cancel { job, attempt } => {
                 if let Some(r) = self.agents[agent].jobs.get_mut(&job)
@@ -494,12 +683,23 @@ impl Sim {
                 }
             }
             ToAgent::Abandon { job, attempt } | ToAgent::FinishedAck { job, attempt } => {
-                if self.agents[agent].jobs.get(&job).is_some_and(|r| r.attempt == attempt) {
+                if self.agents[agent]
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|r| r.attempt == attempt)
+                {
                     self.agents[agent].jobs.remove(&job);
                 }
             }
-            ToAgent::Resume { job, attempt, output_end } => {
-                let done = self.agents[agent].jobs.get(&job).is_some_and(|r| r.attempt == attempt && r.finished.is_some());
+            ToAgent::Resume {
+                job,
+                attempt,
+                output_end,
+            } => {
+                let done = self.agents[agent]
+                    .jobs
+                    .get(&job)
+                    .is_some_and(|r| r.attempt == attempt && r.finished.is_some());
                 if done {
                     self.report_finished(agent, job, output_end);
                 }
@@ -515,7 +715,10 @@ impl Sim {
                 if r.finished.is_none()
                     && let Some(other) = seen.insert(*job, i)
                 {
-                    self.violations.push(format!("{job} runs on agents {other} and {i} at t={}", self.now));
+                    self.violations.push(format!(
+                        "{job} runs on agents {other} and {i} at t={}",
+                        self.now
+                    ));
                 }
             }
         }
@@ -529,21 +732,33 @@ impl Sim {
                 Some(r) if !r.state.is_final() => v.push(format!("{id} stuck in {}", r.state)),
                 Some(r) => {
                     let runs = self.completions.get(id).copied().unwrap_or(0);
-                    if r.state == JobState::Succeeded && (runs == 0 || (runs > 1 && self.strict() && !self.crash_lost.contains(id))) {
-                        v.push(format!("{id} succeeded but its process completed {runs} times"));
+                    if r.state == JobState::Succeeded
+                        && (runs == 0
+                            || (runs > 1 && self.strict() && !self.crash_lost.contains(id)))
+                    {
+                        v.push(format!(
+                            "{id} succeeded but its process completed {runs} times"
+                        ));
                     }
-                    if r.state == JobState::Succeeded && self.output.get(&(r.id, r.attempt)).copied() != Some(format!("out-{id}").len() as u64) {
+                    if r.state == JobState::Succeeded
+                        && self.output.get(&(r.id, r.attempt)).copied()
+                            != Some(format!("out-{id}").len() as u64)
+                    {
                         v.push(format!("{id} output incomplete"));
                     }
                 }
             }
         }
         for s in &self.shards {
-            let pending: Vec<&JobRecord> = s.jobs().filter(|j| j.state == JobState::Pending).collect();
+            let pending: Vec<&JobRecord> =
+                s.jobs().filter(|j| j.state == JobState::Pending).collect();
             for other in &self.shards {
                 for (w, slots, cpus, mem, labels) in other.free_workers() {
                     if let Some(j) = pending.iter().find(|j| {
-                        slots >= 1 && j.spec.cpus <= cpus && j.spec.memory <= mem && j.spec.labels.iter().all(|l| labels.contains(l))
+                        slots >= 1
+                            && j.spec.cpus <= cpus
+                            && j.spec.memory <= mem
+                            && j.spec.labels.iter().all(|l| labels.contains(l))
                     }) {
                         v.push(format!("{} pending while {w} is free", j.id));
                     }
@@ -555,7 +770,10 @@ impl Sim {
 }
 
 fn seeds(default: u64) -> u64 {
-    std::env::var("HODEI_SIM_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+    std::env::var("HODEI_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
 }
 
 fn run_seed(seed: u64, opts: Opts) -> Result<usize, String> {
@@ -565,7 +783,11 @@ fn run_seed(seed: u64, opts: Opts) -> Result<usize, String> {
     if v.is_empty() {
         Ok(sim.acked.len())
     } else {
-        Err(format!("seed {seed}: {} violations, first: {:?}", v.len(), &v[..v.len().min(5)]))
+        Err(format!(
+            "seed {seed}: {} violations, first: {:?}",
+            v.len(),
+            &v[..v.len().min(5)]
+        ))
     }
 }
 
@@ -596,7 +818,11 @@ fn dispatch_runs_every_job_exactly_once() {
 fn idle_shard_steals_from_a_busy_one() {
     for seed in 0..seeds(20) {
         // Every agent on shard 2, every job submitted to shard 0: only stealing runs them.
-        let opts = Opts { agent_shard: Some(2), submit_shard: Some(0), ..base(3, 3, 100) };
+        let opts = Opts {
+            agent_shard: Some(2),
+            submit_shard: Some(0),
+            ..base(3, 3, 100)
+        };
         let done = run_seed(seed, opts).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(done, 100);
     }
@@ -606,7 +832,12 @@ fn idle_shard_steals_from_a_busy_one() {
 fn server_restarts_lose_no_job_and_run_none_twice() {
     let mut total = 0;
     for seed in 0..seeds(100) {
-        let opts = Opts { restarts: 3, max_backoff: ms(5_000), job_ms: (5, 400), ..base(2, 3, 150) };
+        let opts = Opts {
+            restarts: 3,
+            max_backoff: ms(5_000),
+            job_ms: (5, 400),
+            ..base(2, 3, 150)
+        };
         total += run_seed(seed, opts).unwrap_or_else(|e| panic!("{e}"));
     }
     assert!(total > 0);
@@ -615,7 +846,12 @@ fn server_restarts_lose_no_job_and_run_none_twice() {
 #[test]
 fn agents_back_after_the_grace_are_fenced() {
     for seed in 0..seeds(100) {
-        let opts = Opts { restarts: 3, max_backoff: ms(40_000), job_ms: (5, 400), ..base(2, 3, 150) };
+        let opts = Opts {
+            restarts: 3,
+            max_backoff: ms(40_000),
+            job_ms: (5, 400),
+            ..base(2, 3, 150)
+        };
         run_seed(seed, opts).unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -623,7 +859,13 @@ fn agents_back_after_the_grace_are_fenced() {
 #[test]
 fn crashed_agents_jobs_are_requeued_and_finish_once() {
     for seed in 0..seeds(100) {
-        let opts = Opts { crashes: 3, restarts: 1, max_backoff: ms(5_000), job_ms: (5, 800), ..base(3, 4, 150) };
+        let opts = Opts {
+            crashes: 3,
+            restarts: 1,
+            max_backoff: ms(5_000),
+            job_ms: (5, 800),
+            ..base(3, 4, 150)
+        };
         run_seed(seed, opts).unwrap_or_else(|e| panic!("{e}"));
     }
 }
@@ -631,14 +873,33 @@ fn crashed_agents_jobs_are_requeued_and_finish_once() {
 #[test]
 fn higher_priority_runs_first() {
     // One agent, one slot, on a single shard: the queue order is the priority order.
-    let mut sim = Sim::new(7, Opts { slots: 1, ..base(1, 1, 0) });
+    let mut sim = Sim::new(
+        7,
+        Opts {
+            slots: 1,
+            ..base(1, 1, 0)
+        },
+    );
     sim.run(ms(100)); // agent registered, nothing to do
     let mut low = JobSpec::exec("work", &[]);
     low.timeout_ms = Some(10);
     let mut high = low.clone();
     high.priority = 5;
     sim.cfg.1.jobs = 6;
-    sim.at(0, Ev::Submit { shard: 0, specs: vec![low.clone(), low.clone(), low, high.clone(), high.clone(), high] });
+    sim.at(
+        0,
+        Ev::Submit {
+            shard: 0,
+            specs: vec![
+                low.clone(),
+                low.clone(),
+                low,
+                high.clone(),
+                high.clone(),
+                high,
+            ],
+        },
+    );
     sim.run(ms(10_000));
     assert!(sim.check().is_empty());
     let mut recs: Vec<&JobRecord> = sim.store.values().collect();

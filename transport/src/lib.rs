@@ -1,1 +1,24 @@
-//! placeholder
+//! Hodei's QUIC transport: everything between a shard (or an agent, or the CLI) and the
+//! network, and nothing about what the messages mean.
+//!
+//! - [`tls`]: the server's private CA and certificate, created on first start in its data
+//!   directory, and the rustls/quinn configs (TLS 1.3, ring, ALPN `hodei-agent/1` or `hodei-client/1`). Clients trust only
+//!   that CA and always ask for [`SERVER_NAME`].
+//! - [`endpoint`]: `SO_REUSEPORT` UDP sockets, so each shard runs its own quinn endpoint on the
+//!   shared port on its own `current_thread` runtime; client endpoints; connecting with errors
+//!   that say which address failed and why.
+//! - [`framed`]: [`FrameReader`]/[`FrameWriter`] carry the versioned, length-framed rkyv
+//!   messages of [`hodei_core::wire`] over QUIC streams; nothing a peer sends can panic them.
+//!
+//! The crate is runtime-light: it needs a tokio runtime only where quinn does (endpoints), and
+//! holds no global state.
+
+pub mod endpoint;
+mod error;
+pub mod framed;
+pub mod tls;
+
+pub use endpoint::{TransportOptions, bind_reuseport, client_endpoint, connect, server_endpoint};
+pub use error::TransportError;
+pub use framed::{FrameReader, FrameWriter};
+pub use tls::{SERVER_NAME, ServerTls, client_config, ensure_server_tls, server_config};
