@@ -76,7 +76,8 @@ macro_rules! shard_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!($prefix, "{}.{}.{}"), self.shard(), self.epoch(), self.seq())
+                // pad() so that table columns ({:<12}) line up.
+                f.pad(&format!(concat!($prefix, "{}.{}.{}"), self.shard(), self.epoch(), self.seq()))
             }
         }
 

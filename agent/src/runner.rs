@@ -1,0 +1,282 @@
+//! runner: runs one job attempt as its own process group and streams what it does as events.
+//!
+//! [`spawn_job`] starts a tokio task per attempt. The task prepares the attempt (working
+//! directory, script file), spawns the process as the leader of a new process group, then runs
+//! two futures side by side until both are done:
+//!
+//! - the **supervisor** ([`process`]) waits for the exit, a cancel or the time limit, signals the
+//!   whole group (SIGTERM, then SIGKILL after [`RunnerOptions::kill_grace`]) and, once the main
+//!   process is gone, SIGKILLs the group so no stray child keeps the pipes open. It never waits
+//!   on the events channel, so a cancel or a timeout still kills a job whose consumer stalls;
+//! - the **pump** ([`pump`]) reads stdout and stderr, batches them, appends every batch to the
+//!   attempt's spool file ([`spool`]) and only then sends it as an [`RunEventKind::Output`]
+//!   event. When the bounded channel is full the pump stops reading, the pipes fill and the job
+//!   blocks on write: output slows the producer, it is never dropped.
+//!
+//! Events of one attempt are always `Started`, `Output`*, `Finished`, with `Finished` last.
+//! The spool lets the agent resend output from any offset after a reconnect ([`read_spool`]);
+//! [`forget`] removes it once the server has acknowledged the result.
+
+mod process;
+mod pump;
+mod spool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use hodei_core::ids::{Attempt, JobId};
+use hodei_core::job::Outcome;
+use hodei_core::spec::JobSpec;
+use hodei_core::time::{Micros, wall_now};
+use hodei_core::wire::Chunk;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+pub use spool::read_spool;
+
+/// How the runner runs jobs; shared by every attempt of an agent.
+#[derive(Clone, Debug)]
+pub struct RunnerOptions {
+    /// An output batch is sent once it holds this many bytes (default 64 KiB).
+    pub batch_bytes: usize,
+    /// ...or once this long has passed since its first byte (default 50 ms).
+    pub batch_interval: Duration,
+    /// Run nothing: report every job started and exited 0 at once (measures dispatch alone).
+    pub noop: bool,
+    /// Root of the agent's files: `scripts/`, `spool/` and the default per-job `jobs/` dirs.
+    pub work_root: PathBuf,
+    /// Time between SIGTERM and SIGKILL when killing a group on a timeout or cancel (default 2 s).
+    pub kill_grace: Duration,
+}
+
+impl Default for RunnerOptions {
+    fn default() -> Self {
+        Self {
+            batch_bytes: 64 * 1024,
+            batch_interval: Duration::from_millis(50),
+            noop: false,
+            work_root: std::env::temp_dir().join("hodei-agent"),
+            kill_grace: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RunnerOptions {
+    /// `<work_root>/spool/<job>-<attempt>.out`.
+    fn spool_path(&self, job: JobId, attempt: Attempt) -> PathBuf {
+        self.work_root
+            .join("spool")
+            .join(format!("{job}-{attempt}.out"))
+    }
+
+    /// `<work_root>/scripts/<job>-<attempt>.sh`.
+    fn script_path(&self, job: JobId, attempt: Attempt) -> PathBuf {
+        self.work_root
+            .join("scripts")
+            .join(format!("{job}-{attempt}.sh"))
+    }
+
+    /// `<work_root>/jobs/<job>-<attempt>`: the working directory of a spec without one.
+    fn default_workdir(&self, job: JobId, attempt: Attempt) -> PathBuf {
+        self.work_root.join("jobs").join(format!("{job}-{attempt}"))
+    }
+}
+
+/// Something that happened to a running attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunEvent {
+    /// The job.
+    pub job: JobId,
+    /// Its attempt.
+    pub attempt: Attempt,
+    /// What happened.
+    pub kind: RunEventKind,
+}
+
+/// What happened to an attempt. Per attempt: `Started`, any number of `Output`, `Finished`.
+/// `Started` is missing when no process was spawned: a spawn failure, or a cancel that arrived
+/// before the spawn.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RunEventKind {
+    /// The process was spawned (agent clock at spawn).
+    Started {
+        /// Agent clock at spawn.
+        at: Micros,
+    },
+    /// A batch of output.
+    Output {
+        /// Number of output bytes (all streams, all chunks) emitted before this batch for this
+        /// attempt: batches are contiguous, each starts where the previous one ended.
+        offset: u64,
+        /// The bytes, in arrival order; consecutive bytes of one stream may share a chunk.
+        chunks: Vec<Chunk>,
+    },
+    /// The attempt ended; always the last event, sent after all of its output.
+    Finished {
+        /// How it ended.
+        outcome: Outcome,
+        /// Agent clock when the main process ended (or when the spawn failed).
+        at: Micros,
+    },
+}
+
+/// A handle on a running attempt: cheap to clone, lives as long as anyone holds it.
+#[derive(Clone, Debug)]
+pub struct RunHandle {
+    cancel: Arc<CancelSignal>,
+}
+
+impl RunHandle {
+    /// Kills the attempt's whole process group (SIGTERM, then SIGKILL after the grace period);
+    /// it then finishes as [`Outcome::Cancelled`]. Idempotent, and a no-op once the process
+    /// has exited on its own.
+    pub fn cancel(&self) {
+        self.cancel.fire();
+    }
+}
+
+/// A one-shot, level-triggered cancel flag the supervisor can await.
+#[derive(Debug, Default)]
+struct CancelSignal {
+    fired: AtomicBool,
+    notify: Notify,
+}
+
+impl CancelSignal {
+    fn fire(&self) {
+        if !self.fired.swap(true, Ordering::AcqRel) {
+            // notify_one stores a permit when nobody waits yet, so a cancel that arrives
+            // before the supervisor starts waiting is not lost.
+            self.notify.notify_one();
+        }
+    }
+
+    fn is_fired(&self) -> bool {
+        self.fired.load(Ordering::Acquire)
+    }
+
+    async fn fired(&self) {
+        while !self.is_fired() {
+            self.notify.notified().await;
+        }
+    }
+}
+
+/// Spawns a tokio task (on the current runtime) that runs the attempt and sends its events on
+/// `events`. The task keeps running the job to completion even if `events` is closed: its
+/// output then only goes to the spool.
+pub fn spawn_job(
+    job: JobId,
+    attempt: Attempt,
+    spec: JobSpec,
+    opts: Arc<RunnerOptions>,
+    events: mpsc::Sender<RunEvent>,
+) -> RunHandle {
+    let cancel = Arc::new(CancelSignal::default());
+    let sink = Sink {
+        tx: events,
+        job,
+        attempt,
+        gone: false,
+    };
+    tokio::spawn(run(spec, opts, sink, Arc::clone(&cancel)));
+    RunHandle { cancel }
+}
+
+/// Deletes an attempt's spool and script files once the server acknowledged its result, and
+/// its default working directory if the job left it empty (files a job left there are kept).
+pub fn forget(opts: &RunnerOptions, job: JobId, attempt: Attempt) {
+    for path in [
+        opts.spool_path(job, attempt),
+        opts.script_path(job, attempt),
+    ] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove job file"),
+        }
+    }
+    // remove_dir only removes an empty directory; anything else (absent, non-empty, a
+    // workdir of the spec's own) is left alone on purpose.
+    let _ = std::fs::remove_dir(opts.default_workdir(job, attempt));
+}
+
+/// Where an attempt's events go. Once the receiver is gone the job keeps running and its
+/// output keeps going to the spool; only the sending stops.
+struct Sink {
+    tx: mpsc::Sender<RunEvent>,
+    job: JobId,
+    attempt: Attempt,
+    gone: bool,
+}
+
+impl Sink {
+    async fn send(&mut self, kind: RunEventKind) {
+        if self.gone {
+            return;
+        }
+        let event = RunEvent {
+            job: self.job,
+            attempt: self.attempt,
+            kind,
+        };
+        if self.tx.send(event).await.is_err() {
+            tracing::debug!(job = %self.job, attempt = %self.attempt, "event receiver gone");
+            self.gone = true;
+        }
+    }
+}
+
+/// The whole life of one attempt.
+async fn run(spec: JobSpec, opts: Arc<RunnerOptions>, mut sink: Sink, cancel: Arc<CancelSignal>) {
+    if opts.noop {
+        sink.send(RunEventKind::Started { at: wall_now() }).await;
+        let done = RunEventKind::Finished {
+            outcome: Outcome::Exited(0),
+            at: wall_now(),
+        };
+        sink.send(done).await;
+        return;
+    }
+    if cancel.is_fired() {
+        // Cancelled before anything ran: nothing to kill, nothing started.
+        let done = RunEventKind::Finished {
+            outcome: Outcome::Cancelled,
+            at: wall_now(),
+        };
+        sink.send(done).await;
+        return;
+    }
+    let (job, attempt) = (sink.job, sink.attempt);
+    let mut child = match process::spawn(&spec, &opts, job, attempt) {
+        Ok(child) => child,
+        Err(msg) => {
+            tracing::debug!(%job, %attempt, error = %msg, "spawn failed");
+            let outcome = Outcome::SpawnFailed(msg);
+            sink.send(RunEventKind::Finished {
+                outcome,
+                at: wall_now(),
+            })
+            .await;
+            return;
+        }
+    };
+    let started_at = wall_now();
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let (exited_tx, exited_rx) = oneshot::channel();
+    let limits = process::Limits {
+        timeout: spec.timeout_ms.map(Duration::from_millis),
+        kill_grace: opts.kill_grace,
+    };
+    let supervise = process::supervise(&mut child, &cancel, limits, exited_tx);
+    let pump = pump::Pump::new(
+        &opts,
+        spool::SpoolWriter::new(opts.spool_path(job, attempt)),
+    );
+    // Started is sent by the pump, not here: sending can block on a full channel, and the
+    // supervisor must already be enforcing the time limit and cancels while it does.
+    let pumping = pump.run(&mut sink, started_at, stdout, stderr, exited_rx);
+    let ((outcome, at), ()) = tokio::join!(supervise, pumping);
+    sink.send(RunEventKind::Finished { outcome, at }).await;
+}

@@ -1,0 +1,177 @@
+//! The output pump: reads an attempt's stdout and stderr concurrently, batches what arrives,
+//! spools each batch, then sends it as one event.
+//!
+//! Backpressure is structural: the pump awaits the bounded events channel between reads, so a
+//! slow consumer stops the reading, the pipes fill, and the job blocks in `write`.
+
+use std::io;
+use std::time::Duration;
+
+use hodei_core::time::Micros;
+use hodei_core::wire::{Chunk, Stream};
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::process::{ChildStderr, ChildStdout};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::process::sleep_until;
+use super::spool::SpoolWriter;
+use super::{RunEventKind, RunnerOptions, Sink};
+
+/// Bytes read from a pipe at once (per stream). A pipe holds 64 KiB; smaller reads keep the
+/// per-job memory small and cost only a few more syscalls per batch.
+const READ_BUF: usize = 16 * 1024;
+
+/// Once the main process has exited and its group is killed, how long the pump keeps waiting
+/// for pipe data. Only a process that escaped the group (e.g. `setsid`) can still hold a pipe
+/// open by then; it must not hang the job. Time spent blocked on the events channel does not
+/// count, so a slow consumer never cuts off output that is already in the pipes.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// Batching state of one attempt.
+pub(super) struct Pump {
+    /// Batch size bound, at least 1.
+    max: usize,
+    /// Batch age bound, from its first byte.
+    interval: Duration,
+    spool: SpoolWriter,
+    /// Bytes emitted before the current batch.
+    offset: u64,
+    batch: Vec<Chunk>,
+    batch_len: usize,
+    /// Arrival of the current batch's first byte.
+    batch_since: Option<Instant>,
+}
+
+/// What woke the pump up.
+enum Step {
+    Read(Stream, io::Result<usize>),
+    Flush,
+    Exited,
+    DrainOver,
+}
+
+impl Pump {
+    pub(super) fn new(opts: &RunnerOptions, spool: SpoolWriter) -> Self {
+        Self {
+            max: opts.batch_bytes.max(1),
+            interval: opts.batch_interval,
+            spool,
+            offset: 0,
+            batch: Vec::new(),
+            batch_len: 0,
+            batch_since: None,
+        }
+    }
+
+    /// Sends `Started`, then pumps until both pipes are closed (or the drain after the exit
+    /// runs out) and every byte read has been spooled and sent.
+    pub(super) async fn run(
+        mut self,
+        sink: &mut Sink,
+        started_at: Micros,
+        mut stdout: Option<ChildStdout>,
+        mut stderr: Option<ChildStderr>,
+        mut exited: oneshot::Receiver<()>,
+    ) {
+        sink.send(RunEventKind::Started { at: started_at }).await;
+        let mut out_buf = vec![0u8; READ_BUF];
+        let mut err_buf = vec![0u8; READ_BUF];
+        let mut exit_seen = false;
+        // Drain time left once the process has exited.
+        let mut drain: Option<Duration> = None;
+        while stdout.is_some() || stderr.is_some() {
+            if self.batch_len >= self.max {
+                self.flush(sink).await;
+                continue;
+            }
+            // Never read past the batch bound, so no batch exceeds batch_bytes.
+            let room = (self.max - self.batch_len).min(READ_BUF);
+            let due = self.batch_since.map(|t| t + self.interval);
+            let waiting = Instant::now();
+            let step = tokio::select! {
+                r = read(&mut stdout, &mut out_buf[..room]) => Step::Read(Stream::Stdout, r),
+                r = read(&mut stderr, &mut err_buf[..room]) => Step::Read(Stream::Stderr, r),
+                () = sleep_until(due) => Step::Flush,
+                _ = &mut exited, if !exit_seen => Step::Exited,
+                () = tokio::time::sleep(drain.unwrap_or_default()), if drain.is_some() => {
+                    Step::DrainOver
+                }
+            };
+            if let Some(left) = drain.as_mut() {
+                *left = left.saturating_sub(waiting.elapsed());
+            }
+            match step {
+                Step::Read(Stream::Stdout, Ok(0)) => stdout = None,
+                Step::Read(Stream::Stderr, Ok(0)) => stderr = None,
+                Step::Read(Stream::Stdout, Ok(n)) => self.push(Stream::Stdout, &out_buf[..n]),
+                Step::Read(Stream::Stderr, Ok(n)) => self.push(Stream::Stderr, &err_buf[..n]),
+                Step::Read(_, Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Step::Read(stream, Err(e)) => {
+                    // A pipe read error is not recoverable; treat the stream as ended.
+                    tracing::warn!(job = %sink.job, ?stream, error = %e, "cannot read job output");
+                    match stream {
+                        Stream::Stdout => stdout = None,
+                        Stream::Stderr => stderr = None,
+                    }
+                }
+                Step::Flush => self.flush(sink).await,
+                Step::Exited => {
+                    exit_seen = true;
+                    drain = Some(DRAIN_GRACE);
+                }
+                Step::DrainOver => {
+                    tracing::warn!(
+                        job = %sink.job,
+                        "a process outside the job's group still holds its output open; \
+                         no longer reading it"
+                    );
+                    break;
+                }
+            }
+        }
+        self.flush(sink).await;
+    }
+
+    /// Adds bytes to the batch, merging with the last chunk when it is of the same stream.
+    fn push(&mut self, stream: Stream, data: &[u8]) {
+        if self.batch_since.is_none() {
+            self.batch_since = Some(Instant::now());
+        }
+        match self.batch.last_mut() {
+            Some(last) if last.stream == stream => last.data.extend_from_slice(data),
+            _ => self.batch.push(Chunk {
+                stream,
+                data: data.to_vec(),
+            }),
+        }
+        self.batch_len += data.len();
+    }
+
+    /// Spools the batch, then sends it (blocking while the channel is full).
+    async fn flush(&mut self, sink: &mut Sink) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let chunks = std::mem::take(&mut self.batch);
+        let len = self.batch_len as u64;
+        self.batch_len = 0;
+        self.batch_since = None;
+        // Spool first: whatever the server may have been sent must be replayable.
+        self.spool.append(&chunks);
+        sink.send(RunEventKind::Output {
+            offset: self.offset,
+            chunks,
+        })
+        .await;
+        self.offset += len;
+    }
+}
+
+/// Reads from a pipe, or waits forever once it is closed.
+async fn read<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> io::Result<usize> {
+    match pipe {
+        Some(pipe) => pipe.read(buf).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,344 @@
+//! The `hodei job ...` and `hodei worker ...` commands.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use hodei_core::ids::JobId;
+use hodei_core::job::JobRecord;
+use hodei_core::spec::{Command, JobSpec, parse_key_value, parse_size};
+use hodei_core::state::JobState;
+use hodei_core::wire::{FromServer, Stream, ToServer};
+
+use crate::client::Client;
+use crate::view;
+
+/// Where the server is.
+#[derive(Args, Debug, Clone)]
+pub struct Target {
+    /// Server address (host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "HODEI_SERVER",
+        default_value = "127.0.0.1:7700"
+    )]
+    pub server: String,
+    /// CA certificate of the server (its data dir's ca.pem).
+    #[arg(long, global = true, env = "HODEI_CA", default_value = ".hodei/ca.pem")]
+    pub ca: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobCmd {
+    /// Submit a job; prints its id once it is durable.
+    Submit(SubmitArgs),
+    /// Show one job.
+    Get {
+        id: JobId,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs.
+    List {
+        /// Only jobs in this state (pending, assigned, running, succeeded, failed, cancelled, timed_out).
+        #[arg(long)]
+        state: Option<JobState>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a job (in any state; idempotent).
+    Cancel { id: JobId },
+    /// Print a job's output (stdout to stdout, stderr to stderr).
+    Logs {
+        id: JobId,
+        /// Keep printing until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Wait until jobs end; exits 0 if all succeeded, 1 if any did not, 2 on --timeout.
+    Wait {
+        #[arg(required = true)]
+        ids: Vec<JobId>,
+        /// Give up after this long (e.g. 30s, 5m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    /// Job name.
+    #[arg(long, default_value = "")]
+    name: String,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    priority: i32,
+    /// CPUs to reserve.
+    #[arg(long, default_value_t = 0)]
+    cpus: u32,
+    /// Memory to reserve (e.g. 512M, 2G).
+    #[arg(long, value_parser = parse_size)]
+    mem: Option<u64>,
+    /// Required agent label `key=value` (repeatable).
+    #[arg(long = "label", value_parser = parse_key_value)]
+    labels: Vec<(String, String)>,
+    /// Kill the job's process group after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
+    /// Environment variable `K=V` (repeatable).
+    #[arg(long = "env", value_parser = parse_key_value)]
+    env: Vec<(String, String)>,
+    /// Working directory on the agent (created if missing).
+    #[arg(long)]
+    workdir: Option<String>,
+    /// Run this bash script (written to a file with `set -euo pipefail` and executed).
+    #[arg(long, conflicts_with = "command")]
+    script: Option<PathBuf>,
+    /// Print the job as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+impl SubmitArgs {
+    fn spec(self) -> Result<JobSpec> {
+        let command = match (self.script, self.command.split_first()) {
+            (Some(path), _) => {
+                let body = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read script {}", path.display()))?;
+                Command::Script { body }
+            }
+            (None, Some((program, args))) => Command::Exec {
+                program: program.clone(),
+                args: args.to_vec(),
+            },
+            (None, None) => {
+                bail!("no command given: use `hodei job submit -- CMD [ARGS...]` or --script FILE")
+            }
+        };
+        let timeout_ms = self
+            .timeout
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let spec = JobSpec {
+            name: self.name,
+            command,
+            env: self.env,
+            workdir: self.workdir,
+            priority: self.priority,
+            cpus: self.cpus,
+            memory: self.mem.unwrap_or(0),
+            labels: self.labels,
+            timeout_ms,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WorkerCmd {
+    /// List workers.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn one_job(replies: Vec<FromServer>) -> Result<JobRecord> {
+    replies
+        .into_iter()
+        .find_map(|m| {
+            if let FromServer::Job(j) = m {
+                Some(*j)
+            } else {
+                None
+            }
+        })
+        .context("the server sent no job")
+}
+
+/// Runs a `hodei job` command; returns the process exit code.
+pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
+    let client = Client::connect(&target.server, &target.ca).await?;
+    match cmd {
+        JobCmd::Submit(args) => {
+            let json = args.json;
+            let spec = args.spec()?;
+            let replies = client
+                .request(&ToServer::Submit { specs: vec![spec] })
+                .await?;
+            let id = replies
+                .into_iter()
+                .find_map(|m| {
+                    if let FromServer::Submitted { ids } = m {
+                        ids.first().copied()
+                    } else {
+                        None
+                    }
+                })
+                .context("the server did not acknowledge the job")?;
+            if json {
+                let job = one_job(client.request(&ToServer::GetJob { job: id }).await?)?;
+                print_json(&view::job_json(&job))?;
+            } else {
+                println!("{id}");
+            }
+        }
+        JobCmd::Get { id, json } => {
+            let job = one_job(client.request(&ToServer::GetJob { job: id }).await?)?;
+            if json {
+                print_json(&view::job_json(&job))?;
+            } else {
+                println!("{}\n{}", view::JOB_HEADER, view::job_row(&job));
+                if let Some(e) = &job.error {
+                    println!("error: {e}");
+                }
+            }
+        }
+        JobCmd::List { state, json } => {
+            let mut jobs = Vec::new();
+            for m in client.request(&ToServer::ListJobs { state }).await? {
+                if let FromServer::Jobs(js) = m {
+                    jobs.extend(js);
+                }
+            }
+            if json {
+                print_json(&serde_json::Value::Array(
+                    jobs.iter().map(view::job_json).collect(),
+                ))?;
+            } else {
+                println!("{}", view::JOB_HEADER);
+                for j in &jobs {
+                    println!("{}", view::job_row(j));
+                }
+            }
+        }
+        JobCmd::Cancel { id } => {
+            let job = one_job(client.request(&ToServer::Cancel { job: id }).await?)?;
+            println!("{} {}", job.id, job.state);
+        }
+        JobCmd::Logs { id, follow } => {
+            let mut out = std::io::stdout().lock();
+            let mut err = std::io::stderr().lock();
+            client
+                .stream(&ToServer::Logs { job: id, follow }, |m| {
+                    match m {
+                        FromServer::Log(chunks) => {
+                            for c in chunks {
+                                match c.stream {
+                                    Stream::Stdout => out.write_all(&c.data)?,
+                                    Stream::Stderr => err.write_all(&c.data)?,
+                                }
+                            }
+                            out.flush()?;
+                        }
+                        FromServer::LogEnd => return Ok(false),
+                        _ => {}
+                    }
+                    Ok(true)
+                })
+                .await?;
+        }
+        JobCmd::Wait { ids, timeout } => return wait(&client, ids, timeout).await,
+    }
+    Ok(0)
+}
+
+async fn wait(client: &Client, ids: Vec<JobId>, timeout: Option<Duration>) -> Result<u8> {
+    let waits = ids
+        .iter()
+        .map(|id| async move { one_job(client.request(&ToServer::Wait { job: *id }).await?) });
+    let all = futures_join_all(waits);
+    let results = match timeout {
+        Some(t) => match tokio::time::timeout(t, all).await {
+            Ok(r) => r,
+            Err(_) => {
+                eprintln!(
+                    "hodei: timed out after {} waiting for {} job(s)",
+                    humantime::format_duration(t),
+                    ids.len()
+                );
+                return Ok(2);
+            }
+        },
+        None => all.await,
+    };
+    let mut code = 0;
+    for r in results {
+        let job = r?;
+        if job.state != JobState::Succeeded {
+            code = 1;
+            eprintln!(
+                "{} {}{}",
+                job.id,
+                job.state,
+                job.error.map(|e| format!(": {e}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(code)
+}
+
+/// Awaits every future concurrently (on the current task), in order.
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let set: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut outs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = set.into_iter().enumerate().collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => {
+                outs[*i] = Some(v);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outs.into_iter().flatten().collect()
+}
+
+/// Runs a `hodei worker` command.
+pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
+    let client = Client::connect(&target.server, &target.ca).await?;
+    let WorkerCmd::List { json } = cmd;
+    let mut workers = Vec::new();
+    for m in client.request(&ToServer::ListWorkers).await? {
+        if let FromServer::Workers(ws) = m {
+            workers.extend(ws);
+        }
+    }
+    if json {
+        print_json(&serde_json::Value::Array(
+            workers.iter().map(view::worker_json).collect(),
+        ))?;
+    } else {
+        println!(
+            "{:<12} {:<12} {:>5} {:>7} {:>4} HOST",
+            "ID", "STATE", "SLOTS", "RUNNING", "CPUS"
+        );
+        for w in &workers {
+            println!(
+                "{:<12} {:<12} {:>5} {:>7} {:>4} {}",
+                w.id, w.state, w.slots, w.running, w.cpus, w.hostname
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,202 @@
+//! `hodei server`: opens the store, prepares TLS, binds one SO_REUSEPORT socket per shard on
+//! the shared port plus a private redirect port per shard, starts one pinned thread per
+//! shard, and on SIGINT/SIGTERM stops accepting, flushes the store and closes connections.
+
+mod conn;
+mod effects;
+mod shard_thread;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hodei_core::time::wall_now;
+use hodei_shards::{Shard, ShardConfig};
+use hodei_transport::TransportOptions;
+use tokio::sync::mpsc::unbounded_channel;
+use tracing::{info, warn};
+
+use shard_thread::{Input, ShardSetup};
+use store::Store;
+
+/// Server settings (from `hodei server` flags).
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub shards: usize,
+    pub heartbeat: Duration,
+    pub disconnect_grace: Duration,
+    pub reattach_grace: Duration,
+    pub transport: TransportOptions,
+}
+
+/// A started server: its shard threads, and how to stop them.
+pub struct Running {
+    threads: Vec<std::thread::JoinHandle<Result<()>>>,
+    inputs: Vec<tokio::sync::mpsc::UnboundedSender<Input>>,
+    store: Store,
+    /// The address agents and clients connect to.
+    pub addr: SocketAddr,
+    /// Where clients find the CA certificate.
+    pub ca_path: PathBuf,
+}
+
+/// Starts the server's threads; returns once every shard is listening.
+pub fn start(opts: &ServerOptions) -> Result<Running> {
+    if opts.shards == 0 || opts.shards > 256 {
+        bail!("--shards must be between 1 and 256 (got {})", opts.shards);
+    }
+    store::claim_data_dir(&opts.data_dir)?;
+    let tls = hodei_transport::ensure_server_tls(&opts.data_dir).context("cannot prepare TLS")?;
+    let server_config = hodei_transport::server_config(&tls, &opts.transport)
+        .context("cannot build the TLS config")?;
+    let store = Store::open(&opts.data_dir)?;
+    let epoch = store.next_epoch()?;
+    let jobs = store.load_jobs()?;
+    info!(
+        jobs = jobs.len(),
+        epoch,
+        "store loaded from {}",
+        opts.data_dir.display()
+    );
+
+    let mut shared = Vec::new();
+    let mut private = Vec::new();
+    let mut addr = opts.listen;
+    for _ in 0..opts.shards {
+        let s = hodei_transport::bind_reuseport(addr, &opts.transport)
+            .with_context(|| format!("cannot listen on {addr} (is another server running?)"))?;
+        // With port 0, the first bind picks the port and the other shards join it.
+        addr = s.local_addr().context("socket has no address")?;
+        shared.push(s);
+        let p = std::net::UdpSocket::bind(SocketAddr::new(addr.ip(), 0))
+            .context("cannot bind a shard's private port")?;
+        p.set_nonblocking(true)
+            .context("cannot make a socket nonblocking")?;
+        private.push(p);
+    }
+    let ports: Vec<u16> = private
+        .iter()
+        .map(|p| p.local_addr().map(|a| a.port()).unwrap_or(0))
+        .collect();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..opts.shards)
+        .map(|_| unbounded_channel::<Input>())
+        .unzip();
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let now = wall_now();
+    let mut threads = Vec::new();
+    for (i, ((rx, shared_socket), private_socket)) in
+        rxs.into_iter().zip(shared).zip(private).enumerate()
+    {
+        let mut cfg = ShardConfig::new(i, opts.shards, epoch);
+        cfg.ports.clone_from(&ports);
+        cfg.heartbeat = micros(opts.heartbeat);
+        cfg.heartbeat_timeout = micros(opts.heartbeat) * 3;
+        cfg.disconnect_grace = micros(opts.disconnect_grace);
+        cfg.reattach_grace = micros(opts.reattach_grace);
+        let shard = Shard::new(
+            cfg,
+            jobs.iter()
+                .filter(|j| j.id.owner(opts.shards) == i)
+                .cloned(),
+            now,
+        );
+        let setup = ShardSetup {
+            shard,
+            store: store.clone(),
+            shared_socket,
+            private_socket,
+            server_config: server_config.clone(),
+            rx,
+            tx: txs[i].clone(),
+            peers: txs.clone(),
+        };
+        let core = cores.get(i % cores.len().max(1)).copied();
+        let t = std::thread::Builder::new()
+            .name(format!("hodei-shard-{i}"))
+            .spawn(move || {
+                if let Some(c) = core {
+                    core_affinity::set_for_current(c);
+                }
+                shard_thread::run(setup)
+            })
+            .context("cannot start a shard thread")?;
+        threads.push(t);
+    }
+    info!(%addr, shards = opts.shards, "hodei server listening");
+    Ok(Running {
+        threads,
+        inputs: txs,
+        store,
+        addr,
+        ca_path: tls.ca_cert_path,
+    })
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Running {
+    /// Stops every shard, waits for them, and flushes the store.
+    pub fn stop(self) -> Result<()> {
+        for tx in &self.inputs {
+            let _ = tx.send(Input::Shutdown);
+        }
+        let mut first_err = None;
+        for t in self.threads {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_err.get_or_insert(anyhow::anyhow!("a shard thread panicked"));
+                }
+            }
+        }
+        self.store.persist()?;
+        info!("store flushed; server stopped");
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// True if a shard thread has stopped by itself (a fatal store error).
+    pub fn any_stopped(&self) -> bool {
+        self.threads
+            .iter()
+            .any(std::thread::JoinHandle::is_finished)
+    }
+}
+
+/// Runs until SIGINT/SIGTERM (or a shard failing), then stops cleanly.
+pub fn run(opts: &ServerOptions) -> Result<()> {
+    let running = start(opts)?;
+    wait_for_signal(|| running.any_stopped())?;
+    if running.any_stopped() {
+        warn!("a shard stopped; shutting down");
+    }
+    running.stop()
+}
+
+/// Blocks until SIGINT or SIGTERM, or until `stop()` turns true.
+pub fn wait_for_signal(stop: impl Fn() -> bool) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+                _ = tick.tick() => if stop() { break; },
+            }
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}

@@ -1,0 +1,202 @@
+//! One shard's thread: a pinned OS thread running a tokio `current_thread` runtime with
+//! its quinn endpoints (the shared SO_REUSEPORT port and its private redirect port), the
+//! connection tasks, and the loop that feeds the sans-IO [`Shard`].
+//!
+//! Loop turn: wait for an input or the shard's next deadline, drain what else is queued,
+//! commit the turn's store writes with one fdatasync, then release its messages. That order
+//! is the durability guarantee: nothing leaves before what it depends on is on disk.
+
+use std::collections::HashMap;
+use std::net::UdpSocket;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use hodei_core::time::wall_now;
+use hodei_core::wire::{FromAgent, ToAgent, ToServer};
+use hodei_shards::{ConnId, Reply, ReqId, Shard, ShardMsg};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tracing::{error, info, warn};
+
+use super::effects::Effects;
+use super::store::Store;
+
+/// Inputs of a shard's loop, from its own tasks and from other shards.
+#[derive(Debug)]
+pub enum Input {
+    /// A new agent connection and the channel to its writer.
+    AgentOpen(ConnId, UnboundedSender<AgentOut>),
+    /// A message from an agent.
+    Agent(ConnId, FromAgent),
+    /// An agent connection ended.
+    AgentClosed(ConnId),
+    /// A client request and where its replies go.
+    Client(ReqId, ToServer, UnboundedSender<(Reply, bool)>),
+    /// Messages from another shard, in order.
+    Shard(Vec<ShardMsg>),
+    /// Stop: close endpoints, flush, exit.
+    Shutdown,
+}
+
+/// What an agent connection's writer task is told.
+#[derive(Debug)]
+pub enum AgentOut {
+    Msg(ToAgent),
+    Close,
+}
+
+/// Everything a shard thread needs, built by the server before the threads start.
+pub struct ShardSetup {
+    pub shard: Shard,
+    pub store: Store,
+    pub shared_socket: UdpSocket,
+    pub private_socket: UdpSocket,
+    pub server_config: quinn::ServerConfig,
+    pub rx: UnboundedReceiver<Input>,
+    pub tx: UnboundedSender<Input>,
+    pub peers: Vec<UnboundedSender<Input>>,
+}
+
+/// Runs a shard until shutdown. Called on its own thread.
+pub fn run(setup: ShardSetup) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot build the shard runtime")?;
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, drive(setup))
+}
+
+async fn drive(setup: ShardSetup) -> Result<()> {
+    let ShardSetup {
+        mut shard,
+        store,
+        shared_socket,
+        private_socket,
+        server_config,
+        mut rx,
+        tx,
+        peers,
+    } = setup;
+    let index = shard.index();
+    let shared = hodei_transport::server_endpoint(shared_socket, server_config.clone())?;
+    let private = hodei_transport::server_endpoint(private_socket, server_config)?;
+    for ep in [shared.clone(), private.clone()] {
+        tokio::task::spawn_local(super::conn::accept_loop(ep, tx.clone(), store.clone()));
+    }
+
+    let mut writers: HashMap<ConnId, UnboundedSender<AgentOut>> = HashMap::new();
+    let mut clients: HashMap<ReqId, UnboundedSender<(Reply, bool)>> = HashMap::new();
+    let mut fx = Effects::default();
+    shard.handle_start(&mut fx);
+    let mut running = true;
+    while running {
+        let sleep_until = shard.poll_timeout().map(|t| {
+            let delta = t.saturating_sub(wall_now());
+            tokio::time::Instant::now() + Duration::from_micros(delta)
+        });
+        let first = tokio::select! {
+            i = rx.recv() => i,
+            () = async {
+                match sleep_until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => None,
+        };
+        let now = wall_now();
+        let mut inputs: Vec<Input> = first.into_iter().collect();
+        while inputs.len() < 4096 {
+            match rx.try_recv() {
+                Ok(i) => inputs.push(i),
+                Err(_) => break,
+            }
+        }
+        for input in inputs {
+            match input {
+                Input::AgentOpen(conn, w) => {
+                    writers.insert(conn, w);
+                }
+                Input::Agent(conn, msg) => shard.handle_agent(now, conn, msg, &mut fx),
+                Input::AgentClosed(conn) => {
+                    writers.remove(&conn);
+                    shard.handle_agent_closed(now, conn, &mut fx);
+                }
+                Input::Client(req, body, reply) => {
+                    clients.insert(req, reply);
+                    shard.handle_client(now, req, body, &mut fx);
+                }
+                Input::Shard(msgs) => {
+                    for m in msgs {
+                        shard.handle_shard(now, m, &mut fx);
+                    }
+                }
+                Input::Shutdown => running = false,
+            }
+        }
+        shard.handle_timeout(now, &mut fx);
+        if fx.is_empty() {
+            continue;
+        }
+        let turn = std::mem::take(&mut fx);
+        // Group commit: one fdatasync for the whole turn, before any message leaves.
+        if let Err(e) = store.commit(&turn.persists) {
+            error!(
+                shard = index,
+                "{e:#}; stopping the shard: nothing of this turn was acknowledged"
+            );
+            running = false;
+            continue;
+        }
+        release(turn, &writers, &mut clients, &peers);
+    }
+    info!(shard = index, "shard stopping: closing connections");
+    for w in writers.values() {
+        let _ = w.send(AgentOut::Close);
+    }
+    shared.close(0u32.into(), b"server shutting down");
+    private.close(0u32.into(), b"server shutting down");
+    let deadline = tokio::time::timeout(Duration::from_secs(2), async {
+        shared.wait_idle().await;
+        private.wait_idle().await;
+    });
+    if deadline.await.is_err() {
+        warn!(shard = index, "connections did not close within 2 s");
+    }
+    Ok(())
+}
+
+fn release(
+    turn: Effects,
+    writers: &HashMap<ConnId, UnboundedSender<AgentOut>>,
+    clients: &mut HashMap<ReqId, UnboundedSender<(Reply, bool)>>,
+    peers: &[UnboundedSender<Input>],
+) {
+    for (conn, msg) in turn.agent {
+        if let Some(w) = writers.get(&conn) {
+            let _ = w.send(AgentOut::Msg(msg));
+        }
+    }
+    for conn in turn.close {
+        if let Some(w) = writers.get(&conn) {
+            let _ = w.send(AgentOut::Close);
+        }
+    }
+    // One channel message per destination shard per turn: cross-core wake-ups are costly.
+    let mut per_shard: HashMap<usize, Vec<ShardMsg>> = HashMap::new();
+    for (to, msg) in turn.shard {
+        per_shard.entry(to).or_default().push(msg);
+    }
+    for (to, msgs) in per_shard {
+        if let Some(p) = peers.get(to) {
+            let _ = p.send(Input::Shard(msgs));
+        }
+    }
+    for (req, reply, last) in turn.reply {
+        if let Some(c) = clients.get(&req) {
+            let _ = c.send((reply, last));
+        }
+        if last {
+            clients.remove(&req);
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The server's durable state: a fjall database in `<data-dir>/store`.
+//!
+//! Keyspaces: `jobs` (job id → framed [`JobRecord`]), `output` (job id | attempt | offset →
+//! encoded chunks), `meta` (`epoch`). Every shard commits its writes of one loop turn as one
+//! batch with one `fdatasync` (group commit): a job is acknowledged only after that returns.
+//! Records are framed like wire messages, so a store written by another format version is
+//! refused with a clear error instead of misread.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use hodei_core::frame::{Wire, split_frame};
+use hodei_core::ids::{Attempt, JobId};
+use hodei_core::job::JobRecord;
+use hodei_core::wire::{Chunk, Stream};
+use hodei_shards::StoreOp;
+
+/// Marker file that identifies a Hodei data directory.
+const MARKER: &str = "hodei.format";
+const MARKER_TEXT: &str = "hodei-data v1\n";
+
+/// The store, shared by all shard threads (fjall is thread-safe).
+#[derive(Clone)]
+pub struct Store {
+    db: Database,
+    jobs: Keyspace,
+    output: Keyspace,
+    meta: Keyspace,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// Checks (or claims) a data directory: refuses one that holds something else.
+pub fn claim_data_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let marker = dir.join(MARKER);
+    match std::fs::read_to_string(&marker) {
+        Ok(text) if text == MARKER_TEXT => Ok(()),
+        Ok(text) => bail!(
+            "data dir {} has format {:?}, this build reads {:?}; refusing to touch it",
+            dir.display(),
+            text.trim(),
+            MARKER_TEXT.trim()
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut entries = std::fs::read_dir(dir)
+                .with_context(|| format!("cannot read data dir {}", dir.display()))?;
+            if entries.next().is_some() {
+                bail!(
+                    "{} is not a Hodei data dir (it is not empty and has no {MARKER}); refusing to use it",
+                    dir.display()
+                );
+            }
+            std::fs::write(&marker, MARKER_TEXT)
+                .with_context(|| format!("cannot write {}", marker.display()))?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", marker.display())),
+    }
+}
+
+fn output_key(job: JobId, attempt: Attempt, offset: u64) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..8].copy_from_slice(&job.to_be_bytes());
+    k[8..12].copy_from_slice(&attempt.0.to_be_bytes());
+    k[12..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn output_prefix(job: JobId, attempt: Attempt) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..8].copy_from_slice(&job.to_be_bytes());
+    k[8..].copy_from_slice(&attempt.0.to_be_bytes());
+    k
+}
+
+/// Output chunks as stored: `stream:u8 | len:u32 LE | bytes`, repeated.
+fn encode_chunks(chunks: &[Chunk]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(chunks.iter().map(|c| c.data.len() + 5).sum());
+    for c in chunks {
+        v.push(match c.stream {
+            Stream::Stdout => 1,
+            Stream::Stderr => 2,
+        });
+        #[allow(clippy::cast_possible_truncation)] // a batch is far below 4 GiB
+        v.extend_from_slice(&(c.data.len() as u32).to_le_bytes());
+        v.extend_from_slice(&c.data);
+    }
+    v
+}
+
+fn decode_chunks(mut b: &[u8]) -> Result<Vec<Chunk>> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let (&tag, rest) = b.split_first().context("corrupt output record")?;
+        let stream = match tag {
+            1 => Stream::Stdout,
+            2 => Stream::Stderr,
+            t => bail!("corrupt output record: stream tag {t}"),
+        };
+        let len_bytes: [u8; 4] = rest
+            .get(..4)
+            .and_then(|s| s.try_into().ok())
+            .context("corrupt output record: short header")?;
+        let len = u32::from_le_bytes(len_bytes) as usize;
+        let data = rest
+            .get(4..4 + len)
+            .context("corrupt output record: short data")?;
+        out.push(Chunk {
+            stream,
+            data: data.to_vec(),
+        });
+        b = &rest[4 + len..];
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Opens (or creates) the store under a claimed data dir.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let path: PathBuf = data_dir.join("store");
+        let db = Database::builder(&path).open().with_context(|| {
+            format!(
+                "cannot open the store at {} (is another server using it, or is it corrupt?)",
+                path.display()
+            )
+        })?;
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .with_context(|| format!("cannot open keyspace {name}"))
+        };
+        Ok(Self {
+            jobs: ks("jobs")?,
+            output: ks("output")?,
+            meta: ks("meta")?,
+            db,
+        })
+    }
+
+    /// Increments and returns the start count (minted into ids).
+    pub fn next_epoch(&self) -> Result<u32> {
+        let prev = match self.meta.get("epoch").context("cannot read the epoch")? {
+            Some(v) => {
+                let b: [u8; 4] = v
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| anyhow::anyhow!("corrupt store: epoch record"))?;
+                u32::from_be_bytes(b)
+            }
+            None => 0,
+        };
+        let epoch = prev + 1;
+        if epoch >= 1 << 20 {
+            bail!("the store has been started {prev} times; ids would overflow");
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        batch.insert(&self.meta, "epoch", epoch.to_be_bytes().to_vec());
+        batch.commit().context("cannot write the epoch")?;
+        Ok(epoch)
+    }
+
+    /// Every stored job. Jobs that were on a worker get their `output_end` from the output
+    /// keyspace (it is not rewritten on every output batch).
+    pub fn load_jobs(&self) -> Result<Vec<JobRecord>> {
+        let mut jobs = Vec::new();
+        for kv in self.jobs.iter() {
+            let (k, v) = kv.into_inner().context("cannot read the jobs keyspace")?;
+            let mut rec = decode_record(&v)
+                .with_context(|| format!("corrupt store: job record {}", hex(&k)))?;
+            if rec.state.is_on_worker() {
+                rec.output_end = self.output_end(rec.id, rec.attempt)?;
+            }
+            jobs.push(rec);
+        }
+        Ok(jobs)
+    }
+
+    fn output_end(&self, job: JobId, attempt: Attempt) -> Result<u64> {
+        let Some(kv) = self.output.prefix(output_prefix(job, attempt)).next_back() else {
+            return Ok(0);
+        };
+        let (k, v) = kv.into_inner().context("cannot read the output keyspace")?;
+        let off: [u8; 8] = k
+            .get(12..20)
+            .and_then(|s| s.try_into().ok())
+            .context("corrupt output key")?;
+        let len: u64 = decode_chunks(&v)?.iter().map(|c| c.data.len() as u64).sum();
+        Ok(u64::from_be_bytes(off) + len)
+    }
+
+    /// Writes a batch durably (one fdatasync).
+    pub fn commit(&self, ops: &[StoreOp]) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for op in ops {
+            match op {
+                StoreOp::PutJob(rec) => {
+                    let v = rec.to_frame().context("cannot encode a job record")?;
+                    batch.insert(&self.jobs, rec.id.to_be_bytes().to_vec(), v);
+                }
+                StoreOp::PutOutput {
+                    job,
+                    attempt,
+                    offset,
+                    chunks,
+                } => {
+                    batch.insert(
+                        &self.output,
+                        output_key(*job, *attempt, *offset).to_vec(),
+                        encode_chunks(chunks),
+                    );
+                }
+            }
+        }
+        batch.commit().context("store commit failed")
+    }
+
+    /// Stored output of an attempt below `upto`, in order.
+    pub fn read_output(&self, job: JobId, attempt: Attempt, upto: u64) -> Result<Vec<Chunk>> {
+        let mut out = Vec::new();
+        for kv in self.output.prefix(output_prefix(job, attempt)) {
+            let (k, v) = kv.into_inner().context("cannot read the output keyspace")?;
+            let off: [u8; 8] = k
+                .get(12..20)
+                .and_then(|s| s.try_into().ok())
+                .context("corrupt output key")?;
+            if u64::from_be_bytes(off) >= upto {
+                break;
+            }
+            out.extend(decode_chunks(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Flushes everything (shutdown).
+    pub fn persist(&self) -> Result<()> {
+        self.db
+            .persist(PersistMode::SyncAll)
+            .context("cannot flush the store")
+    }
+}
+
+fn decode_record(v: &[u8]) -> Result<JobRecord> {
+    let (payload, _) = split_frame(v)?.context("truncated record")?;
+    Ok(JobRecord::decode(payload)?)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hodei_core::spec::JobSpec;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("hodei-store-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn round_trip_and_output_end() -> Result<()> {
+        let dir = tempdir("rt");
+        claim_data_dir(&dir)?;
+        let store = Store::open(&dir)?;
+        assert_eq!(store.next_epoch()?, 1);
+        let mut rec = JobRecord::new(JobId::new(0, 1, 1), JobSpec::exec("true", &[]), 5);
+        rec.state = hodei_core::state::JobState::Running;
+        rec.attempt = Attempt(1);
+        let chunk = |s: &str| Chunk {
+            stream: Stream::Stdout,
+            data: s.as_bytes().to_vec(),
+        };
+        store.commit(&[
+            StoreOp::PutJob(rec.clone()),
+            StoreOp::PutOutput {
+                job: rec.id,
+                attempt: Attempt(1),
+                offset: 0,
+                chunks: vec![chunk("hello ")],
+            },
+            StoreOp::PutOutput {
+                job: rec.id,
+                attempt: Attempt(1),
+                offset: 6,
+                chunks: vec![chunk("world")],
+            },
+        ])?;
+        drop(store);
+        let store = Store::open(&dir)?;
+        assert_eq!(store.next_epoch()?, 2);
+        let jobs = store.load_jobs()?;
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].output_end, 11);
+        let out: Vec<u8> = store
+            .read_output(rec.id, Attempt(1), 11)?
+            .into_iter()
+            .flat_map(|c| c.data)
+            .collect();
+        assert_eq!(out, b"hello world");
+        assert_eq!(store.read_output(rec.id, Attempt(1), 6)?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_foreign_dirs() -> Result<()> {
+        let dir = tempdir("foreign");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("something.txt"), "not hodei")?;
+        let err = claim_data_dir(&dir)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("not a Hodei data dir"), "{err}");
+        std::fs::write(dir.join(MARKER), "other v9\n")?;
+        assert!(claim_data_dir(&dir).is_err());
+        assert!(decode_chunks(&[1, 9, 0, 0, 0, 1]).is_err());
+        Ok(())
+    }
+}
