@@ -1,0 +1,247 @@
+//! Real-process test harness: a `hodei server` and `hodei agent` processes on loopback, and
+//! the `hodei` CLI. Every wait polls a condition against a deadline.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const HODEI: &str = env!("CARGO_BIN_EXE_hodei");
+
+/// A scratch directory removed when the test passes (kept on failure for inspection).
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("hodei-test-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+    pub fn path(&self, p: &str) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Waits until `f` returns Some, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills a child on drop so a failing test leaves no process behind.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.0.id()).unwrap()
+    }
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+    /// Waits for exit with a deadline; returns the exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        wait_for("process exit", timeout, || self.0.try_wait().ok().flatten())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A server process and what the CLI needs to reach it.
+pub struct Server {
+    pub proc: Option<Proc>,
+    pub data: PathBuf,
+    pub addr: String,
+    pub log: PathBuf,
+    pub shards: usize,
+}
+
+impl Server {
+    pub fn start(scratch: &Scratch, shards: usize) -> Self {
+        let port = free_port();
+        let mut s = Self {
+            proc: None,
+            data: scratch.path("data"),
+            addr: format!("127.0.0.1:{port}"),
+            log: scratch.path("server.log"),
+            shards,
+        };
+        s.restart();
+        s
+    }
+
+    pub fn spawn(&self, extra: &[&str]) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(HODEI)
+            .args([
+                "server",
+                "--listen",
+                &self.addr,
+                "--shards",
+                &self.shards.to_string(),
+            ])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["--reattach-grace", "5s", "--disconnect-grace", "5s"])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
+    /// (Re)starts the server process and waits until it answers.
+    pub fn restart(&mut self) {
+        self.proc = Some(self.spawn(&[]));
+        wait_for("the server to answer", Duration::from_secs(30), || {
+            self.ca().exists().then_some(())?;
+            self.cli(&["worker", "list"]).status.success().then_some(())
+        });
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.wait_exit(Duration::from_secs(10));
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data.join("ca.pem")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(HODEI)
+            .args(args)
+            .env("HODEI_SERVER", &self.addr)
+            .env("HODEI_CA", self.ca())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    }
+
+    /// Runs the CLI, asserting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "hodei {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        serde_json::from_str(&self.ok(args)).unwrap()
+    }
+
+    pub fn agent(&self, scratch: &Scratch, name: &str, slots: u32, extra: &[&str]) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(scratch.path(&format!("{name}.log")))
+            .unwrap();
+        let child = Command::new(HODEI)
+            .args([
+                "agent",
+                "--server",
+                &self.addr,
+                "--slots",
+                &slots.to_string(),
+            ])
+            .arg("--ca")
+            .arg(self.ca())
+            .arg("--work-dir")
+            .arg(scratch.path(name))
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
+    /// Waits until `n` workers are ready.
+    pub fn wait_workers(&self, n: usize) {
+        wait_for(
+            &format!("{n} ready workers"),
+            Duration::from_secs(30),
+            || {
+                let v = self.json(&["worker", "list", "--json"]);
+                let ready = v
+                    .as_array()?
+                    .iter()
+                    .filter(|w| w["state"] == "ready" || w["state"] == "busy")
+                    .count();
+                (ready >= n).then_some(())
+            },
+        );
+    }
+
+    pub fn submit(&self, args: &[&str]) -> String {
+        let mut a = vec!["job", "submit"];
+        a.extend_from_slice(args);
+        self.ok(&a).trim().to_owned()
+    }
+
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        self.json(&["job", "get", id, "--json"])
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still has /proc/<pid>; count it as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            != Some("Z")
+    })
+}
+
+pub fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}

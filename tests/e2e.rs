@@ -1,0 +1,196 @@
+//! End to end with real processes: a server, two agents, the CLI, real child processes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Scratch, Server, pid_alive, read_pid, wait_for};
+
+/// 200 jobs of mixed commands and scripts on two agents: every output and exit code right.
+#[test]
+fn two_hundred_mixed_jobs_run_with_the_right_output_and_exit_code() {
+    let scratch = Scratch::new("mixed");
+    let server = Server::start(&scratch, 2);
+    let _a = server.agent(&scratch, "a1", 4, &[]);
+    let _b = server.agent(&scratch, "a2", 4, &[]);
+    server.wait_workers(2);
+    let script = scratch.path("job.sh");
+    std::fs::write(
+        &script,
+        "echo \"script $N\"\necho \"to stderr $N\" >&2\ntest $((N % 7)) -ne 0\necho \"after $N\"\n",
+    )
+    .unwrap();
+    let mut expected = Vec::new();
+    for i in 0..200 {
+        let (id, out, code) = match i % 4 {
+            0 => (
+                server.submit(&["--", "echo", &format!("hello {i}")]),
+                format!("hello {i}\n"),
+                0,
+            ),
+            1 => (
+                server.submit(&["--", "sh", "-c", &format!("echo out{i}; exit {}", i % 5)]),
+                format!("out{i}\n"),
+                i % 5,
+            ),
+            2 => {
+                let n = i.to_string();
+                let id = server.submit(&[
+                    "--env",
+                    &format!("N={n}"),
+                    "--script",
+                    script.to_str().unwrap(),
+                ]);
+                if i % 7 == 0 {
+                    (id, format!("script {i}\n"), 1) // set -e stops at the failing test
+                } else {
+                    (id, format!("script {i}\nafter {i}\n"), 0)
+                }
+            }
+            _ => (
+                server.submit(&["--priority", "3", "--", "printf", "%s", &format!("p{i}")]),
+                format!("p{i}"),
+                0,
+            ),
+        };
+        expected.push((id, out, code));
+    }
+    let mut wait = vec!["job", "wait", "--timeout", "120s"];
+    wait.extend(expected.iter().map(|(id, _, _)| id.as_str()));
+    let out = server.cli(&wait);
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "wait: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jobs = server.json(&["job", "list", "--json"]);
+    let jobs = jobs.as_array().unwrap();
+    assert_eq!(jobs.len(), 200);
+    for (id, out, code) in &expected {
+        let job = jobs.iter().find(|j| j["id"] == id.as_str()).unwrap();
+        assert_eq!(job["exit_code"], *code, "{job}");
+        assert_eq!(
+            job["state"],
+            if *code == 0 { "succeeded" } else { "failed" },
+            "{job}"
+        );
+        assert_eq!(&server.ok(&["job", "logs", id]), out, "{id}");
+    }
+    let stderr = server.cli(&["job", "logs", &expected[2].0]).stderr;
+    assert_eq!(String::from_utf8_lossy(&stderr), "to stderr 2\n");
+    // Both agents took work.
+    let workers: std::collections::HashSet<&str> =
+        jobs.iter().filter_map(|j| j["worker"].as_str()).collect();
+    assert_eq!(workers.len(), 2, "{workers:?}");
+}
+
+/// Timeout and cancel kill the whole process group: a child `sleep` dies too.
+#[test]
+fn timeout_and_cancel_kill_the_process_group() {
+    let scratch = Scratch::new("kill");
+    let server = Server::start(&scratch, 1);
+    let _a = server.agent(&scratch, "a1", 2, &[]);
+    server.wait_workers(1);
+    let body = |f: &str| format!("sleep 300 &\necho $! > {f}\nwait\n");
+    let t_pid = scratch.path("t.pid");
+    let c_pid = scratch.path("c.pid");
+    std::fs::write(scratch.path("t.sh"), body(t_pid.to_str().unwrap())).unwrap();
+    std::fs::write(scratch.path("c.sh"), body(c_pid.to_str().unwrap())).unwrap();
+    let timed = server.submit(&[
+        "--timeout",
+        "1s",
+        "--script",
+        scratch.path("t.sh").to_str().unwrap(),
+    ]);
+    let cancelled = server.submit(&["--script", scratch.path("c.sh").to_str().unwrap()]);
+
+    let cpid = wait_for("the cancel job's child", Duration::from_secs(30), || {
+        read_pid(&c_pid)
+    });
+    assert!(pid_alive(cpid));
+    assert!(
+        server
+            .ok(&["job", "cancel", &cancelled])
+            .contains("cancelled")
+    );
+    // Idempotent.
+    assert!(
+        server
+            .ok(&["job", "cancel", &cancelled])
+            .contains("cancelled")
+    );
+    wait_for(
+        "the cancelled job's sleep to die",
+        Duration::from_secs(30),
+        || (!pid_alive(cpid)).then_some(()),
+    );
+
+    let out = server.cli(&["job", "wait", &timed, "--timeout", "60s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let tpid = read_pid(&t_pid).unwrap();
+    wait_for(
+        "the timed-out job's sleep to die",
+        Duration::from_secs(30),
+        || (!pid_alive(tpid)).then_some(()),
+    );
+    assert_eq!(server.job(&timed)["state"], "timed_out");
+    assert_eq!(server.job(&cancelled)["state"], "cancelled");
+    // Cancelling a pending job (no agent has it) works too.
+    let _ = server.cli(&["job", "cancel", &timed]);
+}
+
+/// Queued jobs wait for a matching agent (labels, memory), and run once it joins.
+#[test]
+fn jobs_go_only_to_matching_agents() {
+    let scratch = Scratch::new("match");
+    let server = Server::start(&scratch, 2);
+    let _plain = server.agent(&scratch, "plain", 2, &[]);
+    server.wait_workers(1);
+    let gpu = server.submit(&["--label", "gpu=yes", "--", "echo", "gpu"]);
+    let plain = server.submit(&["--", "echo", "plain"]);
+    server.ok(&["job", "wait", &plain, "--timeout", "60s"]);
+    assert_eq!(server.job(&gpu)["state"], "pending");
+    let _gpu_agent = server.agent(&scratch, "gpu", 1, &["--label", "gpu=yes"]);
+    server.ok(&["job", "wait", &gpu, "--timeout", "60s"]);
+    assert_eq!(server.ok(&["job", "logs", &gpu]), "gpu\n");
+    let huge = server.submit(&["--mem", "100T", "--", "true"]);
+    let j = server.job(&huge);
+    assert_eq!(j["state"], "pending", "{j}");
+}
+
+/// `job logs --follow` streams output while the job runs and ends with it.
+#[test]
+fn logs_follow_streams_until_the_job_ends() {
+    let scratch = Scratch::new("follow");
+    let server = Server::start(&scratch, 2);
+    let _a = server.agent(&scratch, "a1", 1, &[]);
+    server.wait_workers(1);
+    let gate = scratch.path("gate");
+    let id = server.submit(&[
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "echo first; while [ ! -e {} ]; do sleep 0.05; done; echo second",
+            gate.display()
+        ),
+    ]);
+    let mut follow = std::process::Command::new(common::HODEI)
+        .args(["job", "logs", "--follow", &id])
+        .env("HODEI_SERVER", &server.addr)
+        .env("HODEI_CA", server.ca())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the job to run", Duration::from_secs(30), || {
+        (server.job(&id)["state"] == "running").then_some(())
+    });
+    std::fs::write(&gate, "").unwrap();
+    let out = wait_for("follow to end", Duration::from_secs(30), || {
+        follow.try_wait().ok().flatten()
+    });
+    assert!(out.success());
+    let mut text = String::new();
+    std::io::Read::read_to_string(follow.stdout.as_mut().unwrap(), &mut text).unwrap();
+    assert_eq!(text, "first\nsecond\n");
+}
