@@ -65,7 +65,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         .with_context(|| format!("cannot resolve server address {:?}", args.server))?
         .next()
         .with_context(|| format!("server address {:?} resolves to nothing", args.server))?;
-    let transport = TransportOptions::default();
+    let mut transport = TransportOptions::default();
+    // Notice a dead server within about three heartbeats (keep-alives are acknowledged by a
+    // live server), well inside the server's re-attach grace.
+    transport.idle_timeout = Duration::from_secs(3);
+    transport.keep_alive = Duration::from_millis(500);
     let client_cfg = hodei_transport::client_config(&args.ca, ALPN_AGENT, &transport)
         .with_context(|| format!("cannot use CA file {}", args.ca.display()))?;
     let endpoint = hodei_transport::client_endpoint(server, client_cfg)?;

@@ -110,6 +110,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
             shared_socket,
             private_socket,
             server_config: server_config.clone(),
+            reset_key: tls.reset_key.clone(),
             rx,
             tx: txs[i].clone(),
             peers: txs.clone(),

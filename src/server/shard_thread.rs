@@ -51,6 +51,7 @@ pub struct ShardSetup {
     pub shared_socket: UdpSocket,
     pub private_socket: UdpSocket,
     pub server_config: quinn::ServerConfig,
+    pub reset_key: Vec<u8>,
     pub rx: UnboundedReceiver<Input>,
     pub tx: UnboundedSender<Input>,
     pub peers: Vec<UnboundedSender<Input>>,
@@ -73,13 +74,15 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         shared_socket,
         private_socket,
         server_config,
+        reset_key,
         mut rx,
         tx,
         peers,
     } = setup;
     let index = shard.index();
-    let shared = hodei_transport::server_endpoint(shared_socket, server_config.clone())?;
-    let private = hodei_transport::server_endpoint(private_socket, server_config)?;
+    let shared =
+        hodei_transport::server_endpoint(shared_socket, server_config.clone(), &reset_key)?;
+    let private = hodei_transport::server_endpoint(private_socket, server_config, &reset_key)?;
     for ep in [shared.clone(), private.clone()] {
         tokio::task::spawn_local(super::conn::accept_loop(ep, tx.clone(), store.clone()));
     }

@@ -117,7 +117,6 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(&self.data)
-            .args(["--reattach-grace", "5s", "--disconnect-grace", "5s"])
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())

@@ -119,6 +119,7 @@ pub fn bind_reuseport(addr: SocketAddr, opts: &TransportOptions) -> std::io::Res
 pub fn server_endpoint(
     socket: UdpSocket,
     cfg: quinn::ServerConfig,
+    reset_key: &[u8],
 ) -> Result<quinn::Endpoint, TransportError> {
     // quinn would panic spawning its driver without a runtime; refuse instead.
     tokio::runtime::Handle::try_current()
@@ -126,8 +127,10 @@ pub fn server_endpoint(
     let addr = socket
         .local_addr()
         .unwrap_or_else(|_| SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)));
+    // The same reset key in every shard and across restarts (see `ServerTls::reset_key`).
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        quinn::EndpointConfig::new(Arc::new(key)),
         Some(cfg),
         socket,
         Arc::new(quinn::TokioRuntime),

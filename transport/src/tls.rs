@@ -51,6 +51,10 @@ pub struct ServerTls {
     pub cert_chain: Vec<CertificateDer<'static>>,
     /// The server's private key.
     pub key: PrivateKeyDer<'static>,
+    /// Key of QUIC stateless resets. Kept across restarts so that an agent whose connection
+    /// died with the old server process learns it from the first packet the new process
+    /// answers, instead of after its idle timeout.
+    pub reset_key: Vec<u8>,
 }
 
 impl Clone for ServerTls {
@@ -60,6 +64,7 @@ impl Clone for ServerTls {
             ca_cert_path: self.ca_cert_path.clone(),
             cert_chain: self.cert_chain.clone(),
             key: self.key.clone_key(),
+            reset_key: self.reset_key.clone(),
         }
     }
 }
@@ -205,11 +210,36 @@ pub fn ensure_server_tls(data_dir: &Path) -> Result<ServerTls, TransportError> {
         &server_cert_path,
         &server_key_path,
     )?;
+    let reset_key = load_or_create_reset_key(&data_dir.join(RESET_KEY))?;
     Ok(ServerTls {
         ca_cert_path,
         cert_chain,
         key,
+        reset_key,
     })
+}
+
+/// File of the stateless-reset key (32 random bytes).
+const RESET_KEY: &str = "reset.key";
+
+fn load_or_create_reset_key(path: &Path) -> Result<Vec<u8>, TransportError> {
+    if exists(path)? {
+        let key = read(path)?;
+        if key.len() != 32 {
+            return Err(TransportError::InvalidFile {
+                path: path.to_owned(),
+                what: "reset key",
+                reason: format!("{} bytes, expected 32", key.len()),
+            });
+        }
+        warn_if_readable_by_others(path);
+        return Ok(key);
+    }
+    let mut key = vec![0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key)
+        .map_err(|_| TransportError::Config("no system randomness for the reset key".into()))?;
+    write_new(path, &key, 0o600)?;
+    Ok(key)
 }
 
 /// QUIC server configuration: TLS 1.3 only, ALPN [`ALPN_AGENT`] or [`ALPN_CLIENT`] (the server

@@ -58,7 +58,7 @@ fn server_in(dir: &Path) -> Result<(quinn::Endpoint, SocketAddr), Box<dyn Error>
     let opts = TransportOptions::default();
     let tls = ensure_server_tls(dir)?;
     let socket = bind_reuseport("127.0.0.1:0".parse()?, &opts)?;
-    let endpoint = server_endpoint(socket, server_config(&tls, &opts)?)?;
+    let endpoint = server_endpoint(socket, server_config(&tls, &opts)?, &tls.reset_key)?;
     let addr = endpoint.local_addr()?;
     Ok((endpoint, addr))
 }
@@ -112,8 +112,8 @@ async fn reuseport_endpoints_carry_framed_messages() -> TestResult {
     let first = bind_reuseport("127.0.0.1:0".parse()?, &opts)?;
     let addr = first.local_addr()?;
     let second = bind_reuseport(addr, &opts)?;
-    let shard_a = server_endpoint(first, cfg.clone())?;
-    let shard_b = server_endpoint(second, cfg)?;
+    let shard_a = server_endpoint(first, cfg.clone(), &[7u8; 32])?;
+    let shard_b = server_endpoint(second, cfg, &[7u8; 32])?;
     assert_eq!(shard_a.local_addr()?, addr);
     assert_eq!(shard_b.local_addr()?, addr);
     tokio::spawn(echo_server(shard_a.clone()));
@@ -376,7 +376,11 @@ async fn tls_files_persist_and_damage_is_reported() -> TestResult {
     let (endpoint, addr) = {
         let opts = TransportOptions::default();
         let socket = bind_reuseport("127.0.0.1:0".parse()?, &opts)?;
-        let endpoint = server_endpoint(socket, server_config(&reissued, &opts)?)?;
+        let endpoint = server_endpoint(
+            socket,
+            server_config(&reissued, &opts)?,
+            &reissued.reset_key,
+        )?;
         let addr = endpoint.local_addr()?;
         (endpoint, addr)
     };
@@ -457,7 +461,7 @@ fn endpoints_outside_a_runtime_are_errors() -> TestResult {
     let tls = ensure_server_tls(dir.path())?;
     let socket = bind_reuseport("127.0.0.1:0".parse()?, &opts)?;
     let addr = socket.local_addr()?;
-    let server = server_endpoint(socket, server_config(&tls, &opts)?);
+    let server = server_endpoint(socket, server_config(&tls, &opts)?, &tls.reset_key);
     assert!(matches!(server, Err(TransportError::NoRuntime(_))));
     let client = client_endpoint(
         addr,
