@@ -26,9 +26,11 @@ impl Client {
     /// Connects to `server`, trusting the CA in `ca`.
     pub async fn connect(server: &str, ca: &Path) -> Result<Self> {
         let addr = resolve(server)?;
-        let mut opts = TransportOptions::default();
         // A CLI call should fail fast when no server answers.
-        opts.idle_timeout = std::time::Duration::from_secs(3);
+        let opts = TransportOptions {
+            idle_timeout: std::time::Duration::from_secs(3),
+            ..TransportOptions::default()
+        };
         let cfg = hodei_transport::client_config(ca, ALPN_CLIENT, &opts).with_context(|| {
             format!("cannot use CA file {} (set --ca or HODEI_CA)", ca.display())
         })?;

@@ -84,8 +84,10 @@ impl ServerArgs {
         let shards = self.shards.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
-        let mut transport = hodei_transport::TransportOptions::default();
-        transport.gso = self.gso;
+        let transport = hodei_transport::TransportOptions {
+            gso: self.gso,
+            ..Default::default()
+        };
         server::ServerOptions {
             data_dir: self.data_dir.clone(),
             listen: self.listen,

@@ -13,7 +13,11 @@ fn stderr(out: &std::process::Output) -> String {
 }
 
 fn fails_with(out: &std::process::Output, needle: &str) {
-    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected failure, got success: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let e = stderr(out);
     assert!(e.contains(needle), "stderr lacks {needle:?}: {e}");
     assert!(!e.contains("panicked"), "{e}");
@@ -23,19 +27,52 @@ fn fails_with(out: &std::process::Output, needle: &str) {
 fn cli_refuses_bad_flags_and_specs() {
     let scratch = Scratch::new("badcli");
     let server = Server::start(&scratch, 1);
-    fails_with(&server.cli(&["job", "submit", "--frobnicate", "--", "true"]), "--frobnicate");
-    fails_with(&server.cli(&["job", "submit", "--timeout", "5x", "--", "true"]), "--timeout");
-    fails_with(&server.cli(&["job", "submit", "--mem", "12Q", "--", "true"]), "unknown unit");
-    fails_with(&server.cli(&["job", "submit", "--label", "nokey", "--", "true"]), "KEY=VALUE");
+    fails_with(
+        &server.cli(&["job", "submit", "--frobnicate", "--", "true"]),
+        "--frobnicate",
+    );
+    fails_with(
+        &server.cli(&["job", "submit", "--timeout", "5x", "--", "true"]),
+        "--timeout",
+    );
+    fails_with(
+        &server.cli(&["job", "submit", "--mem", "12Q", "--", "true"]),
+        "unknown unit",
+    );
+    fails_with(
+        &server.cli(&["job", "submit", "--label", "nokey", "--", "true"]),
+        "KEY=VALUE",
+    );
     fails_with(&server.cli(&["job", "submit"]), "no command given");
-    fails_with(&server.cli(&["job", "submit", "--", ""]), "the command is empty");
-    fails_with(&server.cli(&["job", "submit", "--env", "1BAD=x", "--", "true"]), "invalid environment variable name");
-    fails_with(&server.cli(&["job", "submit", "--script", "/nonexistent/x.sh"]), "cannot read script /nonexistent/x.sh");
-    fails_with(&server.cli(&["job", "get", "j0.1.999999"]), "job j0.1.999999 does not exist");
+    fails_with(
+        &server.cli(&["job", "submit", "--", ""]),
+        "the command is empty",
+    );
+    fails_with(
+        &server.cli(&["job", "submit", "--env", "1BAD=x", "--", "true"]),
+        "invalid environment variable name",
+    );
+    fails_with(
+        &server.cli(&["job", "submit", "--script", "/nonexistent/x.sh"]),
+        "cannot read script /nonexistent/x.sh",
+    );
+    fails_with(
+        &server.cli(&["job", "get", "j0.1.999999"]),
+        "job j0.1.999999 does not exist",
+    );
     fails_with(&server.cli(&["job", "logs", "j1.1.5"]), "does not exist");
-    fails_with(&server.cli(&["job", "cancel", "not-an-id"]), "invalid job id");
-    fails_with(&server.cli(&["job", "list", "--state", "sleeping"]), "unknown job state");
-    fails_with(&server.cli(&["job", "get", "j0.1.1", "--server", "no-such-host.invalid:1"]), "no-such-host.invalid");
+    fails_with(
+        &server.cli(&["job", "cancel", "not-an-id"]),
+        "invalid job id",
+    );
+    fails_with(
+        &server.cli(&["job", "list", "--state", "sleeping"]),
+        "unknown job state",
+    );
+    fails_with(
+        &server.cli(&["job", "get", "j0.1.1", "--server", "no-such-host.invalid:1"]),
+        "no-such-host.invalid",
+    );
     let out = server.cli(&["job", "get", "j0.1.1", "--ca", "/nonexistent/ca.pem"]);
     fails_with(&out, "/nonexistent/ca.pem");
     // The server is fine after all that.
@@ -66,7 +103,10 @@ fn server_refuses_foreign_and_corrupt_data_dirs() {
             .unwrap()
     };
     fails_with(&run(&foreign), "not a Hodei data dir");
-    assert_eq!(std::fs::read_to_string(foreign.join("precious.txt")).unwrap(), "user data");
+    assert_eq!(
+        std::fs::read_to_string(foreign.join("precious.txt")).unwrap(),
+        "user data"
+    );
 
     // A real data dir, with jobs, then damaged in three ways.
     let mut server = Server::start(&scratch, 1);
@@ -80,7 +120,11 @@ fn server_refuses_foreign_and_corrupt_data_dirs() {
 
     let ca = server.ca();
     let ca_good = std::fs::read(&ca).unwrap();
-    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n").unwrap();
+    std::fs::write(
+        &ca,
+        "-----BEGIN CERTIFICATE-----\ngarbage\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
     fails_with(&run(&server.data), "ca.pem");
     std::fs::write(&ca, &ca_good).unwrap();
 
@@ -99,12 +143,21 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
     for i in 0..200u8 {
         udp.send_to(&[i; 1200], addr).unwrap();
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let opts = hodei_transport::TransportOptions::default();
         for (alpn, payload) in [
-            (hodei_core::wire::ALPN_AGENT, b"\x01\x00\x10\x00\x00\x00garbage-garbage!".to_vec()),
-            (hodei_core::wire::ALPN_AGENT, b"\x09\x00\x04\x00\x00\x00abcd".to_vec()), // version 9
+            (
+                hodei_core::wire::ALPN_AGENT,
+                b"\x01\x00\x10\x00\x00\x00garbage-garbage!".to_vec(),
+            ),
+            (
+                hodei_core::wire::ALPN_AGENT,
+                b"\x09\x00\x04\x00\x00\x00abcd".to_vec(),
+            ), // version 9
             (hodei_core::wire::ALPN_CLIENT, vec![0xff; 64]),
         ] {
             let cfg = hodei_transport::client_config(&server.ca(), alpn, &opts).unwrap();
@@ -114,13 +167,17 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
             send.write_all(&payload).await.unwrap();
             let _ = send.finish();
             // The server closes the connection.
-            let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed()).await.unwrap();
+            let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .unwrap();
             assert!(reason.to_string().contains("protocol error"), "{reason}");
         }
     });
     let log = wait_for("log lines", Duration::from_secs(10), || {
         let l = server.log_text();
-        (l.matches("closing agent connection").count() >= 2 && l.contains("closing client connection")).then_some(l)
+        (l.matches("closing agent connection").count() >= 2
+            && l.contains("closing client connection"))
+        .then_some(l)
     });
     assert!(log.contains("version 9"), "{log}");
     assert!(!log.contains("panicked"));

@@ -65,11 +65,13 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         .with_context(|| format!("cannot resolve server address {:?}", args.server))?
         .next()
         .with_context(|| format!("server address {:?} resolves to nothing", args.server))?;
-    let mut transport = TransportOptions::default();
     // Notice a dead server within about three heartbeats (keep-alives are acknowledged by a
     // live server), well inside the server's re-attach grace.
-    transport.idle_timeout = Duration::from_secs(3);
-    transport.keep_alive = Duration::from_millis(500);
+    let transport = TransportOptions {
+        idle_timeout: Duration::from_secs(3),
+        keep_alive: Duration::from_millis(500),
+        ..TransportOptions::default()
+    };
     let client_cfg = hodei_transport::client_config(&args.ca, ALPN_AGENT, &transport)
         .with_context(|| format!("cannot use CA file {}", args.ca.display()))?;
     let endpoint = hodei_transport::client_endpoint(server, client_cfg)?;
@@ -375,7 +377,7 @@ impl Agent {
                     Some((sent_end, false)) => {
                         let trimmed = trim(chunks.clone(), *offset, sent_end);
                         let start = offset.max(&sent_end);
-                        (!trimmed.is_empty()).then(|| FromAgent::Output {
+                        (!trimmed.is_empty()).then_some(FromAgent::Output {
                             job,
                             attempt,
                             offset: *start,
@@ -395,7 +397,7 @@ impl Agent {
         let resuming = self.jobs.get(&job).is_some_and(|h| h.resuming);
         self.record(ev);
         let Some(msg) = msg else { return Ok(()) };
-        if resuming || !self.jobs.get(&job).is_some_and(|h| h.attempt == attempt) {
+        if resuming || self.jobs.get(&job).is_none_or(|h| h.attempt != attempt) {
             return Ok(());
         }
         if let FromAgent::Output { offset, chunks, .. } = &msg

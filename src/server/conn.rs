@@ -194,10 +194,11 @@ async fn client_stream(
             {
                 Ok(chunks) => send_logs(&mut w, chunks).await,
                 Err(e) => {
-                    w.send(&internal(&format!("cannot read output: {e:#}")))
-                        .await
-                        .is_ok()
-                        && false
+                    // The stream ends here either way: the error is its last frame.
+                    let _ = w
+                        .send(&internal(&format!("cannot read output: {e:#}")))
+                        .await;
+                    false
                 }
             },
         };
