@@ -89,8 +89,12 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>) {
             }
             Ok(None) => break,
             Err(e) => {
-                warn!(%remote, "closing agent connection: {e}");
-                conn.close(1u32.into(), b"protocol error");
+                if conn.close_reason().is_some() {
+                    debug!(%remote, "agent connection closed: {e}");
+                } else {
+                    warn!(%remote, "closing agent connection: {e}");
+                    conn.close(1u32.into(), b"protocol error");
+                }
                 break;
             }
         }

@@ -1,0 +1,168 @@
+//! A throwaway Hodei cluster for a benchmark run: `hodei server` and `hodei agent` processes
+//! on loopback with a temporary data dir, and a QUIC client to it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use hodei_core::ids::JobId;
+use hodei_core::job::JobRecord;
+use hodei_core::spec::JobSpec;
+use hodei_core::wire::{ALPN_CLIENT, FromServer, ToServer};
+use hodei_transport::{FrameReader, FrameWriter, TransportOptions};
+
+pub struct Cluster {
+    procs: Vec<Child>,
+    dir: PathBuf,
+    addr: std::net::SocketAddr,
+}
+
+impl Cluster {
+    pub async fn start(hodei: &Path, shards: usize, agents: usize, slots: u32, noop: bool) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!("hodei-bench-{}-{}", std::process::id(), u8::from(noop)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+        let mut procs = vec![
+            Command::new(hodei)
+                .args(["server", "--listen", &addr.to_string(), "--shards", &shards.to_string(), "--data-dir"])
+                .arg(dir.join("data"))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .context("cannot start hodei server")?,
+        ];
+        let ca = dir.join("data/ca.pem");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ca.exists() {
+            if std::time::Instant::now() > deadline {
+                bail!("the server did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for i in 0..agents {
+            let mut cmd = Command::new(hodei);
+            cmd.args(["agent", "--server", &addr.to_string(), "--slots", &slots.to_string(), "--ca"])
+                .arg(&ca)
+                .arg("--work-dir")
+                .arg(dir.join(format!("agent-{i}")))
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null());
+            if noop {
+                cmd.arg("--noop");
+            }
+            procs.push(cmd.spawn().context("cannot start hodei agent")?);
+        }
+        let cluster = Self { procs, dir, addr };
+        let client = cluster.client().await?;
+        // Wait for every agent to register.
+        loop {
+            let ready = client.workers().await?;
+            if ready >= agents {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("only {ready} of {agents} agents registered");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(cluster)
+    }
+
+    pub async fn client(&self) -> Result<Client> {
+        let cfg = hodei_transport::client_config(&self.dir.join("data/ca.pem"), ALPN_CLIENT, &TransportOptions::default())?;
+        let ep = hodei_transport::client_endpoint(self.addr, cfg)?;
+        let mut last = None;
+        for _ in 0..100 {
+            match hodei_transport::connect(&ep, self.addr).await {
+                Ok(conn) => return Ok(Client { conn, _ep: ep }),
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(last.map_or_else(|| anyhow::anyhow!("cannot connect"), Into::into))
+    }
+
+    pub fn stop(mut self) {
+        for p in self.procs.iter().rev() {
+            if let Ok(pid) = i32::try_from(p.id()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            }
+        }
+        for p in &mut self.procs {
+            let _ = p.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub struct Client {
+    conn: quinn::Connection,
+    _ep: quinn::Endpoint,
+}
+
+impl Client {
+    pub async fn request(&self, body: &ToServer) -> Result<Vec<FromServer>> {
+        let (send, recv) = self.conn.open_bi().await?;
+        let mut w = FrameWriter::new(send);
+        w.send(body).await?;
+        w.finish()?;
+        let mut r = FrameReader::new(recv);
+        let mut out = Vec::new();
+        while let Some(m) = r.next::<FromServer>().await? {
+            if let FromServer::Error { message, .. } = m {
+                bail!("server error: {message}");
+            }
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    pub async fn submit(&self, specs: Vec<JobSpec>) -> Result<Vec<JobId>> {
+        for m in self.request(&ToServer::Submit { specs }).await? {
+            if let FromServer::Submitted { ids } = m {
+                return Ok(ids);
+            }
+        }
+        bail!("no acknowledgement")
+    }
+
+    /// Waits until every job is final (concurrent server-side waits, in windows).
+    pub async fn wait_all(self: &std::rc::Rc<Self>, ids: &[JobId]) -> Result<()> {
+        for window in ids.chunks(1_000) {
+            let tasks: Vec<_> = window
+                .iter()
+                .map(|id| {
+                    let (c, job) = (std::rc::Rc::clone(self), *id);
+                    tokio::task::spawn_local(async move { c.request(&ToServer::Wait { job }).await })
+                })
+                .collect();
+            for t in tasks {
+                t.await??;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobRecord>> {
+        let mut out = Vec::new();
+        for m in self.request(&ToServer::ListJobs { state: None }).await? {
+            if let FromServer::Jobs(js) = m {
+                out.extend(js);
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn workers(&self) -> Result<usize> {
+        let mut n = 0;
+        for m in self.request(&ToServer::ListWorkers).await? {
+            if let FromServer::Workers(ws) = m {
+                n += ws.iter().filter(|w| w.state.accepts_jobs() || w.state == hodei_core::state::WorkerState::Busy).count();
+            }
+        }
+        Ok(n)
+    }
+}
