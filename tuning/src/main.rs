@@ -1,1 +1,7 @@
-fn main() {}
+//! hodei-tuning: placeholder. The tuning tooling is specified by the performance issue (#4) and
+//! not built yet; this binary says so instead of pretending.
+
+fn main() -> std::process::ExitCode {
+    eprintln!("hodei-tuning is not implemented yet (see the performance issue); nothing was run");
+    std::process::ExitCode::from(2)
+}
