@@ -183,3 +183,42 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
     assert!(!log.contains("panicked"));
     server.ok(&["worker", "list"]);
 }
+
+/// A journal damaged after a clean shutdown: the server refuses to start, names the file,
+/// and leaves the store byte for byte as it was (nothing is dropped by the refusal).
+#[test]
+fn damaged_store_journal_is_refused_and_left_intact() {
+    let scratch = Scratch::new("journal");
+    let mut server = Server::start(&scratch, 1);
+    for i in 0..5 {
+        server.submit(&["--", "echo", &i.to_string()]);
+    }
+    let mut p = server.proc.take().unwrap();
+    p.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(p.wait_exit(Duration::from_secs(30)).success());
+    assert!(server.data.join("clean-shutdown").exists());
+    let journal = std::fs::read_dir(server.data.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "jnl"))
+        .unwrap();
+    let mut bytes = std::fs::read(&journal).unwrap();
+    for b in &mut bytes[64..96] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&journal, &bytes).unwrap();
+    let out = Command::new(HODEI)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&server.data)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains("store") && !e.contains("panicked"), "{e}");
+    // Compared without printing: the journal is 64 MiB.
+    assert!(
+        std::fs::read(&journal).unwrap() == bytes,
+        "the refusal changed the journal"
+    );
+}

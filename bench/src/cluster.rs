@@ -19,15 +19,34 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    pub async fn start(hodei: &Path, shards: usize, agents: usize, slots: u32, noop: bool) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("hodei-bench-{}-{}", std::process::id(), u8::from(noop)));
+    pub async fn start(
+        hodei: &Path,
+        shards: usize,
+        agents: usize,
+        slots: u32,
+        noop: bool,
+    ) -> Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "hodei-bench-{}-{}",
+            std::process::id(),
+            u8::from(noop)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
-        let port = std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let mut procs = vec![
             Command::new(hodei)
-                .args(["server", "--listen", &addr.to_string(), "--shards", &shards.to_string(), "--data-dir"])
+                .args([
+                    "server",
+                    "--listen",
+                    &addr.to_string(),
+                    "--shards",
+                    &shards.to_string(),
+                    "--data-dir",
+                ])
                 .arg(dir.join("data"))
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
@@ -44,12 +63,19 @@ impl Cluster {
         }
         for i in 0..agents {
             let mut cmd = Command::new(hodei);
-            cmd.args(["agent", "--server", &addr.to_string(), "--slots", &slots.to_string(), "--ca"])
-                .arg(&ca)
-                .arg("--work-dir")
-                .arg(dir.join(format!("agent-{i}")))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null());
+            cmd.args([
+                "agent",
+                "--server",
+                &addr.to_string(),
+                "--slots",
+                &slots.to_string(),
+                "--ca",
+            ])
+            .arg(&ca)
+            .arg("--work-dir")
+            .arg(dir.join(format!("agent-{i}")))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
             if noop {
                 cmd.arg("--noop");
             }
@@ -72,7 +98,11 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> Result<Client> {
-        let cfg = hodei_transport::client_config(&self.dir.join("data/ca.pem"), ALPN_CLIENT, &TransportOptions::default())?;
+        let cfg = hodei_transport::client_config(
+            &self.dir.join("data/ca.pem"),
+            ALPN_CLIENT,
+            &TransportOptions::default(),
+        )?;
         let ep = hodei_transport::client_endpoint(self.addr, cfg)?;
         let mut last = None;
         for _ in 0..100 {
@@ -88,7 +118,10 @@ impl Cluster {
     pub fn stop(mut self) {
         for p in self.procs.iter().rev() {
             if let Ok(pid) = i32::try_from(p.id()) {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
             }
         }
         for p in &mut self.procs {
@@ -136,7 +169,9 @@ impl Client {
                 .iter()
                 .map(|id| {
                     let (c, job) = (std::rc::Rc::clone(self), *id);
-                    tokio::task::spawn_local(async move { c.request(&ToServer::Wait { job }).await })
+                    tokio::task::spawn_local(
+                        async move { c.request(&ToServer::Wait { job }).await },
+                    )
                 })
                 .collect();
             for t in tasks {
@@ -160,7 +195,12 @@ impl Client {
         let mut n = 0;
         for m in self.request(&ToServer::ListWorkers).await? {
             if let FromServer::Workers(ws) = m {
-                n += ws.iter().filter(|w| w.state.accepts_jobs() || w.state == hodei_core::state::WorkerState::Busy).count();
+                n += ws
+                    .iter()
+                    .filter(|w| {
+                        w.state.accepts_jobs() || w.state == hodei_core::state::WorkerState::Busy
+                    })
+                    .count();
             }
         }
         Ok(n)

@@ -74,7 +74,9 @@ struct DispatchArgs {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let Cmd::Dispatch(args) = cli.cmd;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, dispatch(args))
 }
@@ -90,7 +92,10 @@ struct ModeResult {
 
 async fn dispatch(args: DispatchArgs) -> Result<()> {
     if !args.hodei.exists() {
-        bail!("{} not found: run `cargo build --release` first or pass --hodei", args.hodei.display());
+        bail!(
+            "{} not found: run `cargo build --release` first or pass --hodei",
+            args.hodei.display()
+        );
     }
     let modes: Vec<&'static str> = match args.mode.as_deref() {
         None => vec!["true", "noop"],
@@ -100,7 +105,14 @@ async fn dispatch(args: DispatchArgs) -> Result<()> {
     };
     let mut results = Vec::new();
     for mode in modes {
-        let cluster = Cluster::start(&args.hodei, args.shards, args.agents, args.slots, mode == "noop").await?;
+        let cluster = Cluster::start(
+            &args.hodei,
+            args.shards,
+            args.agents,
+            args.slots,
+            mode == "noop",
+        )
+        .await?;
         let client = Rc::new(cluster.client().await?);
         let r = run_mode(mode, &client, &args).await;
         cluster.stop();
@@ -113,7 +125,11 @@ fn spec() -> JobSpec {
     JobSpec::exec("/bin/true", &[])
 }
 
-async fn run_mode(mode: &'static str, client: &Rc<Client>, args: &DispatchArgs) -> Result<ModeResult> {
+async fn run_mode(
+    mode: &'static str,
+    client: &Rc<Client>,
+    args: &DispatchArgs,
+) -> Result<ModeResult> {
     // Warm-up: connections, caches, agents' first spawns.
     let warm = client.submit(vec![spec(); 200]).await?;
     client.wait_all(&warm).await?;
@@ -144,8 +160,12 @@ async fn run_mode(mode: &'static str, client: &Rc<Client>, args: &DispatchArgs) 
     let mut submit_to_start = Histogram::<u64>::new(3)?;
     let mut negative = 0;
     for job in client.jobs().await? {
-        let Some(&(sent, acked)) = sent_at.get(&job.id) else { continue };
-        let started = job.started_at.context("a finished job without a start time")?;
+        let Some(&(sent, acked)) = sent_at.get(&job.id) else {
+            continue;
+        };
+        let started = job
+            .started_at
+            .context("a finished job without a start time")?;
         if job.state != JobState::Succeeded {
             bail!("job {} ended {}", job.id, job.state);
         }
@@ -166,7 +186,9 @@ async fn run_mode(mode: &'static str, client: &Rc<Client>, args: &DispatchArgs) 
         let n = left.min(args.batch);
         left -= n;
         let c = Rc::clone(client);
-        submits.push(tokio::task::spawn_local(async move { c.submit(vec![spec(); n]).await }));
+        submits.push(tokio::task::spawn_local(async move {
+            c.submit(vec![spec(); n]).await
+        }));
     }
     let mut burst_ids = Vec::with_capacity(args.burst);
     for s in submits {
@@ -176,7 +198,14 @@ async fn run_mode(mode: &'static str, client: &Rc<Client>, args: &DispatchArgs) 
     let secs = t0.elapsed().as_secs_f64();
     #[allow(clippy::cast_precision_loss)]
     let jps = args.burst as f64 / secs;
-    Ok(ModeResult { mode, ack_to_start, submit_to_start, negative, burst_jobs_per_s: jps, burst_secs: secs })
+    Ok(ModeResult {
+        mode,
+        ack_to_start,
+        submit_to_start,
+        negative,
+        burst_jobs_per_s: jps,
+        burst_secs: secs,
+    })
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -196,12 +225,30 @@ fn report(args: &DispatchArgs, results: &[ModeResult]) -> Result<()> {
         );
         for r in results {
             let p = if r.mode == "noop" { "noop" } else { "true" };
-            o.insert(format!("{p}_dispatch_p50_ms"), json!(ms(&r.ack_to_start, 0.5)));
-            o.insert(format!("{p}_dispatch_p99_ms"), json!(ms(&r.ack_to_start, 0.99)));
-            o.insert(format!("{p}_dispatch_p999_ms"), json!(ms(&r.ack_to_start, 0.999)));
-            o.insert(format!("{p}_dispatch_max_ms"), json!(ms(&r.ack_to_start, 1.0)));
-            o.insert(format!("{p}_submit_to_start_p50_ms"), json!(ms(&r.submit_to_start, 0.5)));
-            o.insert(format!("{p}_submit_to_start_p99_ms"), json!(ms(&r.submit_to_start, 0.99)));
+            o.insert(
+                format!("{p}_dispatch_p50_ms"),
+                json!(ms(&r.ack_to_start, 0.5)),
+            );
+            o.insert(
+                format!("{p}_dispatch_p99_ms"),
+                json!(ms(&r.ack_to_start, 0.99)),
+            );
+            o.insert(
+                format!("{p}_dispatch_p999_ms"),
+                json!(ms(&r.ack_to_start, 0.999)),
+            );
+            o.insert(
+                format!("{p}_dispatch_max_ms"),
+                json!(ms(&r.ack_to_start, 1.0)),
+            );
+            o.insert(
+                format!("{p}_submit_to_start_p50_ms"),
+                json!(ms(&r.submit_to_start, 0.5)),
+            );
+            o.insert(
+                format!("{p}_submit_to_start_p99_ms"),
+                json!(ms(&r.submit_to_start, 0.99)),
+            );
             o.insert(format!("{p}_started_before_ack"), json!(r.negative));
             o.insert(format!("{p}_jobs_per_s"), json!(r.burst_jobs_per_s));
         }
@@ -213,7 +260,10 @@ fn report(args: &DispatchArgs, results: &[ModeResult]) -> Result<()> {
         "params: {} jobs at {}/s, burst {} in batches of {}, {} agents x {} slots, {} shards",
         args.jobs, args.rate, args.burst, args.batch, args.agents, args.slots, args.shards
     );
-    println!("{:<6} {:>28} {:>28} {:>10}", "", "ack -> started (ms)", "submit -> started (ms)", "burst");
+    println!(
+        "{:<6} {:>28} {:>28} {:>10}",
+        "", "ack -> started (ms)", "submit -> started (ms)", "burst"
+    );
     println!(
         "{:<6} {:>6} {:>6} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>10}",
         "mode", "p50", "p99", "p99.9", "max", "p50", "p99", "p99.9", "max", "jobs/s"
@@ -234,7 +284,12 @@ fn report(args: &DispatchArgs, results: &[ModeResult]) -> Result<()> {
             ms(s, 1.0),
             r.burst_jobs_per_s
         );
-        println!("       ({} of {} started before their ack reached the client; burst took {:.2} s)", r.negative, a.len(), r.burst_secs);
+        println!(
+            "       ({} of {} started before their ack reached the client; burst took {:.2} s)",
+            r.negative,
+            a.len(),
+            r.burst_secs
+        );
     }
     Ok(())
 }

@@ -160,6 +160,9 @@ impl Running {
             }
         }
         self.store.persist()?;
+        if first_err.is_none() {
+            self.store.mark_clean()?;
+        }
         info!("store flushed; server stopped");
         first_err.map_or(Ok(()), Err)
     }
