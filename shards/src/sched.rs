@@ -121,6 +121,8 @@ impl Shard {
     pub(crate) fn start_grant(&mut self, g: Grant, comm: &mut impl Comm) {
         let accepted = match self.workers.get_mut(&g.worker) {
             Some(w) if w.state.accepts_jobs() && w.conn.is_some() && w.fits(&g.spec) => {
+                self.assign_seq += 1;
+                w.last_assigned = self.assign_seq;
                 w.reserve(HeldJob {
                     job: g.job,
                     attempt: g.attempt,
@@ -165,11 +167,14 @@ impl Shard {
                 continue; // lazily deleted (cancelled or already assigned)
             }
             let spec = &job.rec.spec;
+            // The least loaded fitting worker; among equals, the one idle longest.
             let target = self
                 .free
                 .iter()
-                .copied()
-                .find(|w| self.workers.get(w).is_some_and(|w| w.fits(spec)));
+                .filter_map(|w| self.workers.get(w))
+                .filter(|w| w.fits(spec))
+                .min_by_key(|w| (std::cmp::Reverse(w.free_slots), w.last_assigned))
+                .map(|w| w.id);
             match target {
                 Some(worker) => {
                     if let Some(g) = self.assign(id, worker, comm) {

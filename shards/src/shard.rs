@@ -77,6 +77,8 @@ pub(crate) struct Worker {
     pub(crate) held: HashMap<JobId, HeldJob>,
     pub(crate) last_seen: Micros,
     pub(crate) disconnected_at: Option<Micros>,
+    /// When it was last given a job (a shard-local counter), to rotate among equals.
+    pub(crate) last_assigned: u64,
 }
 
 /// Timer kinds; each is checked against current state when it fires (lazy deletion).
@@ -114,6 +116,8 @@ pub struct Shard {
     /// Outstanding steal request: target shard and the capacity reserved for it.
     pub(crate) steal: Option<(usize, Vec<Offer>)>,
     pub(crate) steal_cursor: usize,
+    /// Counts assignments, for [`Worker::last_assigned`].
+    pub(crate) assign_seq: u64,
     /// Listing fan-outs waiting for parts: request → (parts missing, jobs, workers).
     pub(crate) gathers: HashMap<ReqId, Gather>,
 }
@@ -146,6 +150,7 @@ impl Shard {
             queued_since_advert: false,
             steal: None,
             steal_cursor: 0,
+            assign_seq: 0,
             gathers: HashMap::new(),
         };
         for rec in jobs {

@@ -108,6 +108,7 @@ impl Shard {
             held: HashMap::new(),
             last_seen: now,
             disconnected_at: None,
+            last_assigned: 0,
         };
         let mut forgotten = Vec::new();
         if let Some(prev) = previous {
