@@ -162,6 +162,7 @@ mod tests {
                     memory,
                     labels: env,
                     timeout_ms,
+                    policy: crate::spec::Policy::default(),
                 },
             )
     }

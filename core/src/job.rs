@@ -17,6 +17,9 @@ pub enum Outcome {
     TimedOut,
     /// Hodei killed its process group on a cancel.
     Cancelled,
+    /// The agent was drained and its grace period ran out: killed, retried like a lost
+    /// attempt.
+    Drained,
     /// It could not start (missing program, bad working directory...).
     SpawnFailed(String),
 }
@@ -29,7 +32,18 @@ impl Outcome {
             Self::Exited(0) => JobState::Succeeded,
             Self::Exited(_) | Self::Signaled(_) | Self::SpawnFailed(_) => JobState::Failed,
             Self::TimedOut => JobState::TimedOut,
-            Self::Cancelled => JobState::Cancelled,
+            Self::Cancelled | Self::Drained => JobState::Cancelled,
+        }
+    }
+
+    /// The retry class of an ending that is not a success.
+    #[must_use]
+    pub const fn retry_class(&self) -> Option<crate::spec::RetryOn> {
+        match self {
+            Self::Exited(0) | Self::Cancelled => None,
+            Self::Exited(_) | Self::Signaled(_) | Self::SpawnFailed(_) => Some(crate::spec::RetryOn::EXIT),
+            Self::TimedOut => Some(crate::spec::RetryOn::TIMEOUT),
+            Self::Drained => Some(crate::spec::RetryOn::LOST),
         }
     }
 
@@ -51,6 +65,7 @@ impl Outcome {
             Self::Signaled(s) => Some(format!("killed by signal {s}")),
             Self::TimedOut => Some("timed out: process group killed".to_owned()),
             Self::Cancelled => Some("cancelled".to_owned()),
+            Self::Drained => Some("killed when its agent was drained".to_owned()),
             Self::SpawnFailed(e) => Some(format!("could not start: {e}")),
         }
     }
@@ -81,6 +96,12 @@ pub struct JobRecord {
     pub finished_at: Option<Micros>,
     /// Bytes of output stored for the current attempt (the agent's spool offset).
     pub output_end: u64,
+    /// Pending for a retry: not eligible before this time.
+    pub not_before: Option<Micros>,
+    /// Some attempt reached `Running` (the queue timeout no longer applies).
+    pub ran: bool,
+    /// The job this one re-submits (`hodei job retry`).
+    pub retry_of: Option<JobId>,
 }
 
 impl JobRecord {
@@ -99,6 +120,9 @@ impl JobRecord {
             started_at: None,
             finished_at: None,
             output_end: 0,
+            not_before: None,
+            ran: false,
+            retry_of: None,
         }
     }
 }

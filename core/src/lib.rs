@@ -7,10 +7,12 @@
 //! - [`state`]: the job and worker state machines; every transition goes through one
 //!   `can_transition_to`.
 //! - [`job`]: the job record the server keeps and stores, and its outcome.
+//! - [`event`]: numbered, persisted events of every job and worker state change.
 //! - [`wire`]: the versioned rkyv messages, one enum per direction.
 //! - [`frame`]: length framing of those messages, validated before use.
 //! - [`time`]: the clock type shared by the sans-IO shard and its drivers.
 
+pub mod event;
 pub mod frame;
 pub mod ids;
 pub mod job;

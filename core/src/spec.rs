@@ -67,6 +67,108 @@ pub struct JobSpec {
     pub labels: Vec<(String, String)>,
     /// Run-time limit in milliseconds; the whole process group is killed past it.
     pub timeout_ms: Option<u64>,
+    /// Retries, queue deadline, idempotency and tracing.
+    pub policy: Policy,
+}
+
+/// Which endings of an attempt are retried.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct RetryOn(pub u8);
+
+impl RetryOn {
+    /// A non-zero exit, a signal, or a failed start.
+    pub const EXIT: Self = Self(1);
+    /// The agent was lost (or drained) with the attempt on it.
+    pub const LOST: Self = Self(2);
+    /// The attempt hit its time limit.
+    pub const TIMEOUT: Self = Self(4);
+
+    /// True if every class in `other` is in `self`.
+    #[must_use]
+    pub const fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0 && other.0 != 0
+    }
+
+    /// Parses `exit`, `lost`, `timeout`, comma-separated (`exit,lost`), or `none`.
+    ///
+    /// # Errors
+    /// On an unknown class.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut v = 0;
+        for part in s.split(',').map(str::trim) {
+            v |= match part {
+                "exit" => Self::EXIT.0,
+                "lost" => Self::LOST.0,
+                "timeout" => Self::TIMEOUT.0,
+                "none" => 0,
+                _ => return Err(format!("unknown retry class {part:?}: use exit, lost, timeout (comma-separated) or none")),
+            };
+        }
+        Ok(Self(v))
+    }
+
+    /// `exit,lost,...` as parsed.
+    #[must_use]
+    pub fn names(self) -> Vec<&'static str> {
+        [(Self::EXIT, "exit"), (Self::LOST, "lost"), (Self::TIMEOUT, "timeout")]
+            .into_iter()
+            .filter(|(c, _)| self.contains(*c))
+            .map(|(_, n)| n)
+            .collect()
+    }
+}
+
+/// How a job is retried, how long it may queue, how it is deduplicated and traced.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Policy {
+    /// Attempts after the first one.
+    pub retries: u32,
+    /// Which endings are retried.
+    pub retry_on: RetryOn,
+    /// First retry delay; doubles per attempt (with jitter) up to `backoff_max_ms`.
+    pub backoff_min_ms: u64,
+    /// Cap of the retry delay.
+    pub backoff_max_ms: u64,
+    /// A job that has not started this long after submission ends timed out.
+    pub queue_timeout_ms: Option<u64>,
+    /// A second submit with the same key returns the first job.
+    pub idempotency_key: Option<String>,
+    /// Carried in every log line and event about the job (generated if empty).
+    pub correlation_id: String,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            retries: 3,
+            retry_on: RetryOn::LOST,
+            backoff_min_ms: 1_000,
+            backoff_max_ms: 60_000,
+            queue_timeout_ms: None,
+            idempotency_key: None,
+            correlation_id: String::new(),
+        }
+    }
+}
+
+impl Policy {
+    /// Delay before attempt `next` (2, 3, ...): exponential from the minimum, capped, with
+    /// ±25 % jitter derived from `seed` so that the shard stays deterministic.
+    #[must_use]
+    pub fn backoff_ms(&self, next: u32, seed: u64) -> u64 {
+        let exp = next.saturating_sub(2).min(32);
+        let base = self.backoff_min_ms.saturating_mul(1u64 << exp).min(self.backoff_max_ms);
+        // splitmix64 of the seed: cheap, well spread.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let quarter = base / 4;
+        if quarter == 0 {
+            return base;
+        }
+        (base - quarter + z % (2 * quarter + 1)).min(self.backoff_max_ms.max(self.backoff_min_ms))
+    }
 }
 
 impl JobSpec {
@@ -86,6 +188,7 @@ impl JobSpec {
             memory: 0,
             labels: Vec::new(),
             timeout_ms: None,
+            policy: Policy::default(),
         }
     }
 
@@ -136,8 +239,16 @@ impl JobSpec {
         {
             return Err(SpecError::BadWorkdir);
         }
-        if self.timeout_ms == Some(0) {
+        if self.timeout_ms == Some(0) || self.policy.queue_timeout_ms == Some(0) {
             return Err(SpecError::ZeroTimeout);
+        }
+        if self.policy.backoff_min_ms > self.policy.backoff_max_ms {
+            return Err(SpecError::BadBackoff);
+        }
+        if self.policy.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_NAME)
+            || self.policy.correlation_id.len() > MAX_NAME
+        {
+            return Err(SpecError::TooLong("idempotency key or correlation id (or it is empty)", MAX_NAME));
         }
         Ok(())
     }
@@ -172,6 +283,9 @@ pub enum SpecError {
     /// A timeout of zero would kill the job before it starts.
     #[error("the timeout must be greater than zero")]
     ZeroTimeout,
+    /// The backoff range is inverted.
+    #[error("the backoff minimum is larger than its maximum")]
+    BadBackoff,
 }
 
 /// Parses `key=value`.
@@ -230,6 +344,20 @@ mod tests {
         assert!(parse_size("12Q").is_err());
         assert!(parse_size("").is_err());
         assert!(parse_size("99999999999999999999T").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_caps() {
+        let p = Policy::default();
+        let d2 = p.backoff_ms(2, 7);
+        assert!((750..=1_250).contains(&d2), "{d2}");
+        let d3 = p.backoff_ms(3, 7);
+        assert!((1_500..=2_500).contains(&d3), "{d3}");
+        assert!(p.backoff_ms(40, 7) <= 60_000);
+        assert!(p.backoff_ms(40, 7) >= 45_000);
+        assert_eq!(RetryOn::parse("exit,lost"), Ok(RetryOn(3)));
+        assert!(RetryOn::parse("sometimes").is_err());
+        assert!(RetryOn::LOST.contains(RetryOn::LOST) && !RetryOn::LOST.contains(RetryOn::EXIT));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! - client (CLI/API) → server: [`ToServer`]; server → client: [`FromServer`]. One stream per
 //!   request.
 
+use crate::event::Event;
 use crate::ids::{Attempt, JobId, WorkerId};
 use crate::job::{JobRecord, Outcome, WorkerInfo};
 use crate::spec::JobSpec;
@@ -113,6 +114,13 @@ pub enum FromAgent {
         /// Chunks in order.
         chunks: Vec<Chunk>,
     },
+    /// The agent is draining (SIGTERM): assign nothing new; running jobs get `timeout_ms`.
+    Draining {
+        /// Grace before the agent kills what still runs.
+        timeout_ms: u64,
+    },
+    /// The agent drained and leaves: mark the worker terminated (not lost).
+    Goodbye,
     /// The job ended; sent after all of its output.
     Finished {
         /// Job.
@@ -135,6 +143,14 @@ pub enum ToAgent {
         worker: WorkerId,
         /// Send a heartbeat this often.
         heartbeat_ms: u64,
+        /// Disconnected this long, the agent kills its jobs: the server requeues them only
+        /// later (its disconnect grace), so an attempt never runs twice at once.
+        lease_ms: u64,
+    },
+    /// Drain: take no new job, let running ones finish within `timeout_ms`, then leave.
+    Drain {
+        /// Grace for running jobs.
+        timeout_ms: u64,
     },
     /// This shard does not own the worker id: reconnect to this UDP port on the same host.
     Redirect {
@@ -234,6 +250,28 @@ pub enum ToServer {
     },
     /// Workers.
     ListWorkers,
+    /// Submit a finished job again, as a new job.
+    Retry {
+        /// The finished job.
+        job: JobId,
+    },
+    /// Drain a worker (its agent finishes its jobs, then leaves).
+    DrainWorker {
+        /// Worker.
+        worker: WorkerId,
+        /// Grace for its running jobs.
+        timeout_ms: u64,
+    },
+    /// Events after a cursor (last seq seen per shard, index = shard), optionally of one
+    /// job; with `follow`, then live events until the client goes away.
+    Events {
+        /// Last seq seen per shard.
+        since: Vec<u64>,
+        /// Only this job's events.
+        job: Option<JobId>,
+        /// Keep streaming.
+        follow: bool,
+    },
 }
 
 /// Server → client.
@@ -254,6 +292,8 @@ pub enum FromServer {
     Log(Vec<Chunk>),
     /// End of a stream of [`FromServer::Log`].
     LogEnd,
+    /// Events, in order per shard.
+    Events(Vec<Event>),
     /// The request failed.
     Error {
         /// What kind.
