@@ -88,7 +88,11 @@ impl Cursor {
     /// # Errors
     /// On malformed text.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let err = || format!("invalid cursor {s:?}: expected SEQ or SHARD:SEQ[,SHARD:SEQ...] as printed by `hodei events`");
+        let err = || {
+            format!(
+                "invalid cursor {s:?}: expected SEQ or SHARD:SEQ[,SHARD:SEQ...] as printed by `hodei events`"
+            )
+        };
         let mut c = Self::default();
         if let Ok(n) = s.trim().parse::<u64>() {
             c.0 = vec![n; 256];
@@ -106,7 +110,12 @@ impl Cursor {
 
 impl std::fmt::Display for Cursor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts: Vec<String> = self.0.iter().enumerate().map(|(i, s)| format!("{i}:{s}")).collect();
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, s)| format!("{i}:{s}"))
+            .collect();
         f.write_str(&parts.join(","))
     }
 }

@@ -41,7 +41,9 @@ impl Outcome {
     pub const fn retry_class(&self) -> Option<crate::spec::RetryOn> {
         match self {
             Self::Exited(0) | Self::Cancelled => None,
-            Self::Exited(_) | Self::Signaled(_) | Self::SpawnFailed(_) => Some(crate::spec::RetryOn::EXIT),
+            Self::Exited(_) | Self::Signaled(_) | Self::SpawnFailed(_) => {
+                Some(crate::spec::RetryOn::EXIT)
+            }
             Self::TimedOut => Some(crate::spec::RetryOn::TIMEOUT),
             Self::Drained => Some(crate::spec::RetryOn::LOST),
         }

@@ -101,7 +101,11 @@ impl RetryOn {
                 "lost" => Self::LOST.0,
                 "timeout" => Self::TIMEOUT.0,
                 "none" => 0,
-                _ => return Err(format!("unknown retry class {part:?}: use exit, lost, timeout (comma-separated) or none")),
+                _ => {
+                    return Err(format!(
+                        "unknown retry class {part:?}: use exit, lost, timeout (comma-separated) or none"
+                    ));
+                }
             };
         }
         Ok(Self(v))
@@ -110,11 +114,15 @@ impl RetryOn {
     /// `exit,lost,...` as parsed.
     #[must_use]
     pub fn names(self) -> Vec<&'static str> {
-        [(Self::EXIT, "exit"), (Self::LOST, "lost"), (Self::TIMEOUT, "timeout")]
-            .into_iter()
-            .filter(|(c, _)| self.contains(*c))
-            .map(|(_, n)| n)
-            .collect()
+        [
+            (Self::EXIT, "exit"),
+            (Self::LOST, "lost"),
+            (Self::TIMEOUT, "timeout"),
+        ]
+        .into_iter()
+        .filter(|(c, _)| self.contains(*c))
+        .map(|(_, n)| n)
+        .collect()
     }
 }
 
@@ -157,7 +165,10 @@ impl Policy {
     #[must_use]
     pub fn backoff_ms(&self, next: u32, seed: u64) -> u64 {
         let exp = next.saturating_sub(2).min(32);
-        let base = self.backoff_min_ms.saturating_mul(1u64 << exp).min(self.backoff_max_ms);
+        let base = self
+            .backoff_min_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.backoff_max_ms);
         // splitmix64 of the seed: cheap, well spread.
         let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -245,10 +256,17 @@ impl JobSpec {
         if self.policy.backoff_min_ms > self.policy.backoff_max_ms {
             return Err(SpecError::BadBackoff);
         }
-        if self.policy.idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > MAX_NAME)
+        if self
+            .policy
+            .idempotency_key
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > MAX_NAME)
             || self.policy.correlation_id.len() > MAX_NAME
         {
-            return Err(SpecError::TooLong("idempotency key or correlation id (or it is empty)", MAX_NAME));
+            return Err(SpecError::TooLong(
+                "idempotency key or correlation id (or it is empty)",
+                MAX_NAME,
+            ));
         }
         Ok(())
     }

@@ -1,5 +1,6 @@
 //! The shard's only way out: the [`Comm`] trait, and the messages shards exchange.
 
+use hodei_core::event::Event;
 use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::{JobRecord, Outcome, WorkerInfo};
 use hodei_core::spec::JobSpec;
@@ -31,6 +32,8 @@ pub enum StoreOp {
         /// The bytes.
         chunks: Vec<Chunk>,
     },
+    /// Append an event (in the same batch as the change it records).
+    PutEvent(Event),
 }
 
 /// What goes back to a client.
@@ -48,6 +51,18 @@ pub enum Reply {
         attempt: Attempt,
         /// Durable bytes at the time of the request.
         upto: u64,
+    },
+    /// Read shard `shard`'s stored events with `after < seq <= upto` (optionally of one job)
+    /// and send them; later events arrive as [`Reply::Msg`] `Events`.
+    StoredEvents {
+        /// Shard whose events.
+        shard: u8,
+        /// Last seq the client has.
+        after: u64,
+        /// Last seq stored now.
+        upto: u64,
+        /// Only this job's.
+        job: Option<JobId>,
     },
 }
 

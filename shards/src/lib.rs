@@ -14,6 +14,7 @@
 
 mod comm;
 mod jobs;
+mod lifecycle;
 mod sched;
 mod shard;
 mod workers;

@@ -107,14 +107,18 @@ impl Shard {
         job.rec.started_at = None;
         job.rec.exit_code = None;
         job.rec.error = None;
+        job.rec.not_before = None;
         comm.persist(StoreOp::PutJob(job.rec.clone()));
         self.pending = self.pending.saturating_sub(1);
-        Some(Grant {
+        let grant = Grant {
             job: id,
             attempt: job.rec.attempt,
             worker,
             spec: job.rec.spec.clone(),
-        })
+        };
+        self.job_event(id, None, comm);
+        self.arm_ack(id, grant.attempt);
+        Some(grant)
     }
 
     /// Hands a granted attempt to a worker of this shard, or reports it lost to its owner.
@@ -319,22 +323,5 @@ impl Shard {
             self.start_grant(g, comm);
         }
         self.schedule(comm);
-    }
-
-    /// Puts an on-worker job back in the queue (its attempt is over).
-    pub(crate) fn requeue(&mut self, id: JobId, reason: &str, comm: &mut impl Comm) {
-        let Some(job) = self.jobs.get_mut(&id) else {
-            return;
-        };
-        if !job.rec.state.can_transition_to(JobState::Pending) {
-            return;
-        }
-        job.rec.state = JobState::Pending;
-        job.rec.worker = None;
-        job.rec.error = Some(format!("attempt {} requeued: {reason}", job.rec.attempt));
-        job.claim_deadline = None;
-        comm.persist(StoreOp::PutJob(job.rec.clone()));
-        let prio = job.rec.spec.priority;
-        self.enqueue(id, prio);
     }
 }

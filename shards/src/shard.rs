@@ -31,6 +31,8 @@ pub struct ShardConfig {
     pub disconnect_grace: Micros,
     /// After a restart, a job that was on a worker waits this long for its agent to claim it.
     pub reattach_grace: Micros,
+    /// An assignment the agent has not acknowledged (started) within this goes back.
+    pub assign_timeout: Micros,
 }
 
 impl ShardConfig {
@@ -46,6 +48,7 @@ impl ShardConfig {
             heartbeat_timeout: ms(3_000),
             disconnect_grace: ms(10_000),
             reattach_grace: ms(15_000),
+            assign_timeout: ms(30_000),
         }
     }
 }
@@ -88,6 +91,12 @@ pub(crate) enum Timer {
     Worker(WorkerId),
     /// Check a job's claim deadline.
     Claim(JobId),
+    /// A retry's backoff ends.
+    Retry(JobId),
+    /// An assignment must have been acknowledged by now.
+    Ack(JobId, Attempt),
+    /// A job's queue timeout.
+    Queue(JobId),
 }
 
 /// One shard: its jobs, its queue, its workers. See the crate docs.
@@ -120,6 +129,16 @@ pub struct Shard {
     pub(crate) assign_seq: u64,
     /// Listing fan-outs waiting for parts: request → (parts missing, jobs, workers).
     pub(crate) gathers: HashMap<ReqId, Gather>,
+    /// The time of the call being handled (set by every `handle_*`).
+    pub(crate) now: Micros,
+    /// Last event number of this shard.
+    pub(crate) event_seq: u64,
+    /// Clients following events: (origin shard, request, only this job).
+    pub(crate) event_followers: Vec<(usize, ReqId, Option<JobId>)>,
+    /// Event reads fanned out from here: shards that have not ended their part yet.
+    pub(crate) event_streams: HashMap<ReqId, usize>,
+    /// Idempotency keys this shard owns (see `lifecycle::key_shard`).
+    pub(crate) idem: HashMap<String, JobId>,
 }
 
 #[derive(Debug, Default)]
@@ -132,8 +151,15 @@ pub(crate) struct Gather {
 
 impl Shard {
     /// A shard with the jobs it owned before a restart (`jobs` may hold other shards' jobs;
-    /// they are skipped). Jobs that were on a worker wait `reattach_grace` for their agent.
-    pub fn new(cfg: ShardConfig, jobs: impl IntoIterator<Item = JobRecord>, now: Micros) -> Self {
+    /// they only feed the idempotency keys this shard owns). Jobs that were on a worker wait
+    /// `reattach_grace` for their agent. `event_seq` is the last event number stored for this
+    /// shard.
+    pub fn new(
+        cfg: ShardConfig,
+        jobs: impl IntoIterator<Item = JobRecord>,
+        now: Micros,
+        event_seq: u64,
+    ) -> Self {
         let mut shard = Self {
             remote_work: vec![false; cfg.shards],
             unfit_at: vec![false; cfg.shards],
@@ -152,8 +178,18 @@ impl Shard {
             steal_cursor: 0,
             assign_seq: 0,
             gathers: HashMap::new(),
+            now,
+            event_seq,
+            event_followers: Vec::new(),
+            event_streams: HashMap::new(),
+            idem: HashMap::new(),
         };
         for rec in jobs {
+            if let Some(key) = &rec.spec.policy.idempotency_key
+                && crate::lifecycle::key_shard(key, shard.cfg.shards) == shard.cfg.index
+            {
+                shard.idem.insert(key.clone(), rec.id);
+            }
             if rec.id.owner(shard.cfg.shards) != shard.cfg.index {
                 continue;
             }
@@ -171,10 +207,12 @@ impl Shard {
                 shard.timers.push(Reverse((deadline, Timer::Claim(id))));
             }
             let prio = job.rec.spec.priority;
+            let waiting = job.rec.not_before.is_some();
             shard.jobs.insert(id, job);
-            if state == hodei_core::state::JobState::Pending {
+            if state == hodei_core::state::JobState::Pending && !waiting {
                 shard.enqueue(id, prio);
             }
+            shard.arm_job_timers(id);
         }
         shard
     }

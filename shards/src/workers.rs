@@ -6,11 +6,12 @@ use std::collections::HashMap;
 
 use hodei_core::ids::WorkerId;
 use hodei_core::job::WorkerInfo;
-use hodei_core::state::WorkerState;
+use hodei_core::spec::RetryOn;
+use hodei_core::state::{JobState, WorkerState};
 use hodei_core::time::Micros;
-use hodei_core::wire::{FromAgent, Hello, ToAgent};
+use hodei_core::wire::{ErrorKind, FromAgent, FromServer, Hello, ToAgent};
 
-use crate::comm::{Comm, ConnId, Report};
+use crate::comm::{Comm, ConnId, Reply, Report};
 use crate::shard::{Shard, Timer, Worker};
 
 impl Shard {
@@ -22,6 +23,7 @@ impl Shard {
         msg: FromAgent,
         comm: &mut impl Comm,
     ) {
+        self.now = now;
         if let FromAgent::Hello(hello) = msg {
             self.on_hello(now, conn, hello, comm);
             return;
@@ -37,6 +39,11 @@ impl Shard {
         w.last_seen = now;
         match msg {
             FromAgent::Hello(_) | FromAgent::Heartbeat { .. } => {}
+            FromAgent::Draining { timeout_ms } => {
+                let reason = format!("agent draining, {timeout_ms} ms grace");
+                self.set_worker_state(wid, WorkerState::Draining, Some(reason), comm);
+            }
+            FromAgent::Goodbye => self.terminate(wid, comm),
             FromAgent::Started { job, attempt, at } => {
                 self.report(wid, job, attempt, Report::Started { at }, comm)
             }
@@ -136,8 +143,10 @@ impl Shard {
         } else {
             WorkerState::Busy
         };
+        let state = w.state;
         self.workers.insert(id, w);
         self.conns.insert(conn, id);
+        self.worker_event(id, state, Some("registered".to_owned()), comm);
         self.timers.push(Reverse((
             now + self.cfg.heartbeat_timeout,
             Timer::Worker(id),
@@ -147,6 +156,7 @@ impl Shard {
             ToAgent::Welcome {
                 worker: id,
                 heartbeat_ms: self.cfg.heartbeat / 1_000,
+                lease_ms: self.cfg.disconnect_grace / 2_000,
             },
         );
         for h in forgotten {
@@ -163,6 +173,7 @@ impl Shard {
 
     /// An agent connection closed (or was closed).
     pub fn handle_agent_closed(&mut self, now: Micros, conn: ConnId, comm: &mut impl Comm) {
+        self.now = now;
         let Some(id) = self.conns.remove(&conn) else {
             return;
         };
@@ -184,6 +195,8 @@ impl Shard {
                 now + self.cfg.disconnect_grace,
                 Timer::Worker(id),
             )));
+            let reason = Some("connection lost or silent".to_owned());
+            self.worker_event(id, WorkerState::Disconnected, reason, comm);
         }
         self.free.remove(&id);
     }
@@ -201,6 +214,8 @@ impl Shard {
         w.free_slots = w.res.slots;
         w.free_cpus = w.res.cpus;
         w.free_mem = w.res.memory;
+        let reason = Some("did not come back within the disconnect grace".to_owned());
+        self.worker_event(id, WorkerState::Lost, reason, comm);
         for h in held {
             let reason = format!("worker {id} lost");
             self.report(id, h.job, h.attempt, Report::Lost { reason }, comm);
@@ -248,6 +263,7 @@ impl Shard {
 
     /// Fires due timers.
     pub fn handle_timeout(&mut self, now: Micros, comm: &mut impl Comm) {
+        self.now = now;
         while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
             if at > now {
                 break;
@@ -261,14 +277,15 @@ impl Shard {
                         .get(&job)
                         .is_some_and(|j| j.claim_deadline.is_some_and(|d| d <= now));
                     if expired {
-                        self.requeue(
-                            job,
-                            "no agent re-attached it after the server restarted",
-                            comm,
-                        );
+                        let reason =
+                            "lost: no agent re-attached it after the server restarted".to_owned();
+                        self.attempt_over(job, RetryOn::LOST, JobState::Failed, reason, comm);
                         self.schedule(comm);
                     }
                 }
+                Timer::Retry(job) => self.on_retry_due(job, comm),
+                Timer::Ack(job, attempt) => self.on_ack_due(job, attempt, comm),
+                Timer::Queue(job) => self.on_queue_due(job, comm),
             }
         }
     }
@@ -289,5 +306,77 @@ impl Shard {
             (None, Some(since)) if since + self.cfg.disconnect_grace <= now => self.lose(id, comm),
             _ => {}
         }
+    }
+}
+
+impl Shard {
+    /// Moves a worker to a lifecycle state, recording it as an event (Ready/Busy flips are
+    /// capacity, not lifecycle, and are not events).
+    pub(crate) fn set_worker_state(
+        &mut self,
+        id: WorkerId,
+        state: WorkerState,
+        reason: Option<String>,
+        comm: &mut impl Comm,
+    ) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.state == state || !w.state.can_transition_to(state) {
+            return;
+        }
+        w.state = state;
+        self.refresh_worker(id);
+        self.worker_event(id, state, reason, comm);
+    }
+
+    /// The agent drained and said goodbye: terminated, not lost. Anything it still held is
+    /// handed back to the owners as lost.
+    fn terminate(&mut self, id: WorkerId, comm: &mut impl Comm) {
+        self.set_worker_state(
+            id,
+            WorkerState::Terminated,
+            Some("agent drained and left".to_owned()),
+            comm,
+        );
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        let held: Vec<_> = w.held.drain().map(|(_, h)| h).collect();
+        for h in held {
+            let reason = format!("worker {id} left while holding it");
+            self.report(id, h.job, h.attempt, Report::Lost { reason }, comm);
+        }
+    }
+
+    /// `hodei worker drain`: ask the agent to drain.
+    pub(crate) fn drain_worker(
+        &mut self,
+        id: WorkerId,
+        timeout_ms: u64,
+        comm: &mut impl Comm,
+    ) -> Reply {
+        let Some(w) = self.workers.get(&id) else {
+            return Reply::Msg(FromServer::Error {
+                kind: ErrorKind::NotFound,
+                message: format!("worker {id} does not exist"),
+            });
+        };
+        let Some(conn) = w.conn else {
+            let msg = format!("worker {id} is {} and cannot be drained", w.state);
+            return Reply::Msg(FromServer::Error {
+                kind: ErrorKind::Invalid,
+                message: msg,
+            });
+        };
+        comm.send_agent(conn, ToAgent::Drain { timeout_ms });
+        let reason = format!("drain requested, {timeout_ms} ms grace");
+        self.set_worker_state(id, WorkerState::Draining, Some(reason), comm);
+        Reply::Msg(FromServer::Workers(
+            self.worker_infos()
+                .into_iter()
+                .filter(|w| w.id == id)
+                .collect(),
+        ))
     }
 }

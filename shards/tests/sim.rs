@@ -274,7 +274,7 @@ impl Sim {
             .map(|i| {
                 let mut cfg = ShardConfig::new(i, n, self.epoch);
                 cfg.ports = (0..n).map(|p| u16::try_from(p).unwrap_or(0)).collect();
-                Shard::new(cfg, jobs.clone(), self.now)
+                Shard::new(cfg, jobs.clone(), self.now, 0)
             })
             .collect();
         for s in 0..n {
@@ -314,6 +314,7 @@ impl Sim {
         // Group commit: the store first, then every message of the step.
         for op in rec.persists {
             match op {
+                StoreOp::PutEvent(_) => {}
                 StoreOp::PutJob(r) => {
                     if let Some(prev) = self.store.get(&r.id)
                         && prev.state != r.state
@@ -704,7 +705,7 @@ impl Sim {
                     self.report_finished(agent, job, output_end);
                 }
             }
-            ToAgent::OutputAck { .. } => {}
+            ToAgent::OutputAck { .. } | ToAgent::Drain { .. } => {}
         }
     }
 

@@ -1,0 +1,279 @@
+//! What ends an attempt and what follows it: the retry policy with backoff, the deadlines of
+//! every intermediate state (assignment not acknowledged, queue timeout, retry wait), and
+//! the events every job and worker state change produces.
+
+use std::cmp::Reverse;
+
+use hodei_core::event::{Event, EventKind, Subject};
+use hodei_core::ids::{Attempt, JobId, WorkerId};
+use hodei_core::spec::RetryOn;
+use hodei_core::state::{JobState, WorkerState};
+use hodei_core::wire::{FromServer, ToAgent};
+
+use crate::comm::{Comm, Reply, StoreOp};
+use crate::shard::{Shard, Timer};
+
+/// The shard that owns an idempotency key: every submit with that key is routed there, so
+/// deduplication needs no shared map.
+#[must_use]
+pub(crate) fn key_shard(key: &str, shards: usize) -> usize {
+    // FNV-1a: stable across builds and restarts (std's hasher is randomly seeded).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    #[allow(clippy::cast_possible_truncation)]
+    let s = (h % shards.max(1) as u64) as usize;
+    s
+}
+
+impl Shard {
+    /// Records a job's current state as an event (persisted in this turn's batch).
+    pub(crate) fn job_event(&mut self, id: JobId, reason: Option<String>, comm: &mut impl Comm) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let kind = EventKind::Job {
+            state: job.rec.state,
+            attempt: job.rec.attempt,
+            worker: job.rec.worker,
+        };
+        let cid = job.rec.spec.policy.correlation_id.clone();
+        self.emit(Subject::Job(id), cid, kind, reason, comm);
+    }
+
+    /// Records a worker's state change as an event.
+    pub(crate) fn worker_event(
+        &mut self,
+        id: WorkerId,
+        state: WorkerState,
+        reason: Option<String>,
+        comm: &mut impl Comm,
+    ) {
+        self.emit(
+            Subject::Worker(id),
+            String::new(),
+            EventKind::Worker { state },
+            reason,
+            comm,
+        );
+    }
+
+    /// A report for a stale attempt: recorded, never applied.
+    pub(crate) fn stale_event(
+        &mut self,
+        id: JobId,
+        attempt: Attempt,
+        worker: WorkerId,
+        comm: &mut impl Comm,
+    ) {
+        let cid = self
+            .jobs
+            .get(&id)
+            .map(|j| j.rec.spec.policy.correlation_id.clone())
+            .unwrap_or_default();
+        let reason = Some(format!(
+            "report for attempt {attempt} from {worker} ignored"
+        ));
+        self.emit(
+            Subject::Job(id),
+            cid,
+            EventKind::StaleReport { attempt, worker },
+            reason,
+            comm,
+        );
+    }
+
+    fn emit(
+        &mut self,
+        subject: Subject,
+        correlation_id: String,
+        kind: EventKind,
+        reason: Option<String>,
+        comm: &mut impl Comm,
+    ) {
+        self.event_seq += 1;
+        #[allow(clippy::cast_possible_truncation)]
+        let ev = Event {
+            shard: self.cfg.index as u8,
+            seq: self.event_seq,
+            at: self.now,
+            subject,
+            correlation_id,
+            kind,
+            reason,
+        };
+        let followers: Vec<_> = self
+            .event_followers
+            .iter()
+            .filter(|(_, _, job)| job.is_none_or(|j| ev.subject == Subject::Job(j)))
+            .map(|(o, r, _)| (*o, *r))
+            .collect();
+        for (origin, req) in followers {
+            self.reply_to(
+                origin,
+                req,
+                Reply::Msg(FromServer::Events(vec![ev.clone()])),
+                false,
+                comm,
+            );
+        }
+        comm.persist(StoreOp::PutEvent(ev));
+    }
+
+    /// An attempt ended without success (`class`), or was lost: retry it after a backoff if
+    /// the policy allows, else end the job in `final_state`.
+    pub(crate) fn attempt_over(
+        &mut self,
+        id: JobId,
+        class: RetryOn,
+        final_state: JobState,
+        reason: String,
+        comm: &mut impl Comm,
+    ) {
+        let now = self.now;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let policy = &job.rec.spec.policy;
+        let retry = policy.retry_on.contains(class) && job.rec.attempt.0 <= policy.retries;
+        if retry && job.rec.state.can_transition_to(JobState::Pending) {
+            let delay =
+                policy.backoff_ms(job.rec.attempt.0 + 1, id.0 ^ u64::from(job.rec.attempt.0));
+            let at = now + delay * 1_000;
+            job.rec.state = JobState::Pending;
+            job.rec.worker = None;
+            job.rec.not_before = Some(at);
+            job.rec.error = Some(format!(
+                "attempt {} {reason}; retry {} of {} in {delay} ms",
+                job.rec.attempt, job.rec.attempt.0, policy.retries
+            ));
+            job.claim_deadline = None;
+            comm.persist(StoreOp::PutJob(job.rec.clone()));
+            self.timers.push(Reverse((at, Timer::Retry(id))));
+            self.job_event(id, Some(reason), comm);
+        } else if job.rec.state.can_transition_to(final_state) {
+            let attempts = job.rec.attempt.0;
+            job.rec.state = final_state;
+            job.rec.finished_at = Some(now);
+            job.rec.error = Some(
+                if class == RetryOn::LOST || !policy.retry_on.contains(class) {
+                    format!(
+                        "attempt {attempts} {reason}; no retry ({} attempt(s), retry on: {})",
+                        attempts,
+                        retry_on_names(policy.retry_on)
+                    )
+                } else {
+                    format!("attempt {attempts} {reason}; retries exhausted ({attempts} attempts)")
+                },
+            );
+            job.claim_deadline = None;
+            comm.persist(StoreOp::PutJob(job.rec.clone()));
+            self.job_event(id, Some(reason), comm);
+            self.finished(id, comm);
+        }
+    }
+
+    /// Timer: a retry's backoff is over.
+    pub(crate) fn on_retry_due(&mut self, id: JobId, comm: &mut impl Comm) {
+        let now = self.now;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.rec.state != JobState::Pending || job.rec.not_before.is_none_or(|t| t > now) {
+            return;
+        }
+        job.rec.not_before = None;
+        let prio = job.rec.spec.priority;
+        self.enqueue(id, prio);
+        self.schedule(comm);
+    }
+
+    /// Timer: the agent did not acknowledge (start) an assignment in time.
+    pub(crate) fn on_ack_due(&mut self, id: JobId, attempt: Attempt, comm: &mut impl Comm) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        if job.rec.state != JobState::Assigned || job.rec.attempt != attempt {
+            return;
+        }
+        if let Some(w) = job.rec.worker {
+            self.send_worker(w, ToAgent::Abandon { job: id, attempt }, comm);
+        }
+        let secs = self.cfg.assign_timeout / 1_000_000;
+        self.attempt_over(
+            id,
+            RetryOn::LOST,
+            JobState::Failed,
+            format!("was not acknowledged by its agent within {secs} s"),
+            comm,
+        );
+        self.schedule(comm);
+    }
+
+    /// Timer: a job that never started reached its queue timeout.
+    pub(crate) fn on_queue_due(&mut self, id: JobId, comm: &mut impl Comm) {
+        let now = self.now;
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let Some(limit) = job.rec.spec.policy.queue_timeout_ms else {
+            return;
+        };
+        let state = job.rec.state;
+        if job.rec.ran
+            || !matches!(state, JobState::Pending | JobState::Assigned)
+            || job.rec.created_at + limit * 1_000 > now
+        {
+            return;
+        }
+        let (attempt, worker) = (job.rec.attempt, job.rec.worker);
+        job.rec.state = JobState::TimedOut;
+        job.rec.finished_at = Some(now);
+        job.rec.worker = None;
+        let reason = format!(
+            "queue timeout: not started within {} ms of submission",
+            limit
+        );
+        job.rec.error = Some(reason.clone());
+        comm.persist(StoreOp::PutJob(job.rec.clone()));
+        if state == JobState::Pending && job.rec.not_before.is_none() {
+            self.pending = self.pending.saturating_sub(1);
+        }
+        if let (JobState::Assigned, Some(w)) = (state, worker) {
+            self.send_worker(w, ToAgent::Abandon { job: id, attempt }, comm);
+        }
+        self.job_event(id, Some(reason), comm);
+        self.finished(id, comm);
+    }
+
+    /// Arms the deadlines a new or restored job needs.
+    pub(crate) fn arm_job_timers(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        if let (Some(limit), false, false) = (
+            job.rec.spec.policy.queue_timeout_ms,
+            job.rec.ran,
+            job.rec.state.is_final(),
+        ) {
+            self.timers.push(Reverse((
+                job.rec.created_at + limit * 1_000,
+                Timer::Queue(id),
+            )));
+        }
+        if let (JobState::Pending, Some(at)) = (job.rec.state, job.rec.not_before) {
+            self.timers.push(Reverse((at, Timer::Retry(id))));
+        }
+    }
+}
+
+fn retry_on_names(r: RetryOn) -> String {
+    let n = r.names();
+    if n.is_empty() {
+        "none".to_owned()
+    } else {
+        n.join(",")
+    }
+}
