@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use hodei_core::ids::JobId;
+use hodei_core::ids::{JobId, WorkerId};
 use hodei_core::job::JobRecord;
-use hodei_core::spec::{Command, JobSpec, parse_key_value, parse_size};
+use hodei_core::spec::{Command, JobSpec, Policy, RetryOn, parse_key_value, parse_size};
 use hodei_core::state::JobState;
 use hodei_core::wire::{FromServer, Stream, ToServer};
 
@@ -58,6 +58,8 @@ pub enum JobCmd {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Submit a finished job again, as a new job (prints its id).
+    Retry { id: JobId },
     /// Wait until jobs end; exits 0 if all succeeded, 1 if any did not, 2 on --timeout.
     Wait {
         #[arg(required = true)]
@@ -94,6 +96,24 @@ pub struct SubmitArgs {
     /// Working directory on the agent (created if missing).
     #[arg(long)]
     workdir: Option<String>,
+    /// Attempts after the first one.
+    #[arg(long, default_value_t = 3)]
+    retries: u32,
+    /// Which endings are retried: exit, lost, timeout (comma-separated), or none.
+    #[arg(long, default_value = "lost", value_parser = RetryOn::parse)]
+    retry_on: RetryOn,
+    /// Retry delay range MIN..MAX: exponential from MIN with jitter, capped at MAX.
+    #[arg(long, default_value = "1s..60s", value_parser = parse_backoff)]
+    backoff: (u64, u64),
+    /// End the job timed out if it has not started this long after submission.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    queue_timeout: Option<Duration>,
+    /// Submitting again with the same key returns the existing job (across restarts).
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// Correlation id carried in every log line and event about the job (generated if unset).
+    #[arg(long, default_value = "")]
+    correlation_id: String,
     /// Run this bash script (written to a file with `set -euo pipefail` and executed).
     #[arg(long, conflicts_with = "command")]
     script: Option<PathBuf>,
@@ -121,9 +141,17 @@ impl SubmitArgs {
                 bail!("no command given: use `hodei job submit -- CMD [ARGS...]` or --script FILE")
             }
         };
-        let timeout_ms = self
-            .timeout
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let timeout_ms = self.timeout.map(ms);
+        let policy = Policy {
+            retries: self.retries,
+            retry_on: self.retry_on,
+            backoff_min_ms: self.backoff.0,
+            backoff_max_ms: self.backoff.1,
+            queue_timeout_ms: self.queue_timeout.map(ms),
+            idempotency_key: self.idempotency_key,
+            correlation_id: self.correlation_id,
+        };
         let spec = JobSpec {
             name: self.name,
             command,
@@ -134,10 +162,28 @@ impl SubmitArgs {
             memory: self.mem.unwrap_or(0),
             labels: self.labels,
             timeout_ms,
+            policy,
         };
         spec.validate()?;
         Ok(spec)
     }
+}
+
+/// Parses `1s..60s`.
+fn parse_backoff(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("invalid backoff {s:?}: expected MIN..MAX, e.g. 1s..60s"))?;
+    let d = |x: &str| {
+        humantime::parse_duration(x.trim())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .map_err(|e| format!("invalid backoff {s:?}: {e}"))
+    };
+    let (min, max) = (d(a)?, d(b)?);
+    if min > max {
+        return Err(format!("invalid backoff {s:?}: MIN is larger than MAX"));
+    }
+    Ok((min, max))
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +192,13 @@ pub enum WorkerCmd {
     List {
         #[arg(long)]
         json: bool,
+    },
+    /// Drain a worker: no new jobs; running ones get --timeout to finish, then the agent
+    /// kills them (they are retried elsewhere), reports and leaves.
+    Drain {
+        id: WorkerId,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -249,6 +302,20 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
                 })
                 .await?;
         }
+        JobCmd::Retry { id } => {
+            let replies = client.request(&ToServer::Retry { job: id }).await?;
+            let new = replies
+                .into_iter()
+                .find_map(|m| {
+                    if let FromServer::Submitted { ids } = m {
+                        ids.first().copied()
+                    } else {
+                        None
+                    }
+                })
+                .context("the server did not acknowledge the retry")?;
+            println!("{new}");
+        }
         JobCmd::Wait { ids, timeout } => return wait(&client, ids, timeout).await,
     }
     Ok(0)
@@ -317,7 +384,26 @@ async fn futures_join_all<F: std::future::Future>(
 /// Runs a `hodei worker` command.
 pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
     let client = Client::connect(&target.server, &target.ca).await?;
-    let WorkerCmd::List { json } = cmd;
+    let json = match cmd {
+        WorkerCmd::List { json } => json,
+        WorkerCmd::Drain { id, timeout } => {
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+            for m in client
+                .request(&ToServer::DrainWorker {
+                    worker: id,
+                    timeout_ms,
+                })
+                .await?
+            {
+                if let FromServer::Workers(ws) = m {
+                    for w in ws {
+                        println!("{} {}", w.id, w.state);
+                    }
+                }
+            }
+            return Ok(0);
+        }
+    };
     let mut workers = Vec::new();
     for m in client.request(&ToServer::ListWorkers).await? {
         if let FromServer::Workers(ws) = m {

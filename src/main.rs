@@ -7,6 +7,7 @@
 
 mod cli;
 mod client;
+mod events;
 mod server;
 mod up;
 mod view;
@@ -45,7 +46,14 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::JobCmd,
     },
-    /// Inspect workers (connected agents).
+    /// The event log: every job and worker state change, numbered per shard.
+    Events {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        args: events::EventsArgs,
+    },
+    /// Inspect and drain workers (connected agents).
     Worker {
         #[command(flatten)]
         target: cli::Target,
@@ -74,6 +82,9 @@ struct ServerArgs {
     /// After a restart, a job that was on an agent waits this long for it to re-attach.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     reattach_grace: Duration,
+    /// An assignment its agent has not started within this goes back to the queue.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    assign_timeout: Duration,
     /// Enable UDP generic segmentation offload (costs ~80 us per round trip on some VMs).
     #[arg(long)]
     gso: bool,
@@ -95,6 +106,7 @@ impl ServerArgs {
             heartbeat: self.heartbeat,
             disconnect_grace: self.disconnect_grace,
             reattach_grace: self.reattach_grace,
+            assign_timeout: self.assign_timeout,
             transport,
         }
     }
@@ -136,6 +148,7 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Up(args) => up::run(&args.server.options(), args.agents, args.slots).map(|()| 0),
         Cmd::Job { target, cmd } => block_on(cli::job(cmd, &target)),
         Cmd::Worker { target, cmd } => block_on(cli::worker(cmd, &target)),
+        Cmd::Events { target, args } => block_on(events::run(args, &target)),
     }
 }
 

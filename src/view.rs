@@ -5,6 +5,12 @@ use hodei_core::spec::Command;
 use hodei_core::time::Micros;
 use serde_json::{Value, json};
 
+/// RFC 3339 text of a time.
+pub fn time_text(us: Micros) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
+    humantime::format_rfc3339_micros(t).to_string()
+}
+
 fn time(us: Option<Micros>) -> Value {
     us.map_or(Value::Null, |us| {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
@@ -52,6 +58,14 @@ pub fn job_json(j: &JobRecord) -> Value {
         "labels": pairs(&j.spec.labels),
         "timeout_ms": j.spec.timeout_ms,
         "output_bytes": j.output_end,
+        "attempts": j.attempt.0,
+        "retries": j.spec.policy.retries,
+        "retry_on": j.spec.policy.retry_on.names(),
+        "next_attempt_at": time(j.not_before),
+        "queue_timeout_ms": j.spec.policy.queue_timeout_ms,
+        "idempotency_key": j.spec.policy.idempotency_key,
+        "correlation_id": j.spec.policy.correlation_id,
+        "retry_of": j.retry_of.map(|r| r.to_string()),
     })
 }
 
@@ -93,3 +107,40 @@ pub fn job_row(j: &JobRecord) -> String {
 
 /// Header of [`job_row`].
 pub const JOB_HEADER: &str = "ID             STATE      EXIT TRY WORKER     COMMAND";
+
+/// An event as JSON.
+pub fn event_json(e: &hodei_core::event::Event) -> Value {
+    use hodei_core::event::{EventKind, Subject};
+    let (kind, subject) = match &e.subject {
+        Subject::Job(j) => ("job", j.to_string()),
+        Subject::Worker(w) => ("worker", w.to_string()),
+    };
+    let mut v = json!({
+        "cursor": format!("{}:{}", e.shard, e.seq),
+        "shard": e.shard,
+        "seq": e.seq,
+        "at": time(Some(e.at)),
+        "subject": kind,
+        "id": subject,
+        "correlation_id": e.correlation_id,
+        "reason": e.reason,
+    });
+    match &e.kind {
+        EventKind::Job {
+            state,
+            attempt,
+            worker,
+        } => {
+            v["state"] = json!(state.as_str());
+            v["attempt"] = json!(attempt.0);
+            v["worker"] = json!(worker.map(|w| w.to_string()));
+        }
+        EventKind::Worker { state } => v["state"] = json!(state.as_str()),
+        EventKind::StaleReport { attempt, worker } => {
+            v["state"] = json!("stale_report_ignored");
+            v["attempt"] = json!(attempt.0);
+            v["worker"] = json!(worker.to_string());
+        }
+    }
+    v
+}

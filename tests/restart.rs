@@ -12,7 +12,17 @@ use common::{Scratch, Server, wait_for};
 
 #[test]
 fn kill_9_of_the_server_loses_no_acknowledged_job_and_runs_none_twice() {
-    let scratch = Scratch::new("kill9");
+    kill_loop("kill9", 100, 3, 1);
+}
+
+/// The loop: the server killed again and again while 1,000 jobs are submitted and run.
+#[test]
+fn kill_9_in_a_loop_with_a_thousand_jobs() {
+    kill_loop("kill9loop", 1_000, 6, 4);
+}
+
+fn kill_loop(name: &str, jobs: usize, kills: usize, submitters: usize) {
+    let scratch = Scratch::new(name);
     let locks = scratch.path("locks");
     std::fs::create_dir_all(&locks).unwrap();
     let mut server = Server::start(&scratch, 2);
@@ -34,49 +44,56 @@ fn kill_9_of_the_server_loses_no_acknowledged_job_and_runs_none_twice() {
 
     let acked: Arc<Mutex<HashMap<String, String>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
-    let submitter = {
-        let (acked, stop) = (Arc::clone(&acked), Arc::clone(&stop));
-        let (addr, ca, script) = (server.addr.clone(), server.ca(), script.clone());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::Relaxed) && n < 400 {
-                n += 1;
-                let token = format!("t{n}");
-                let out = std::process::Command::new(common::HODEI)
-                    .args([
-                        "job",
-                        "submit",
-                        "--env",
-                        &format!("T={token}"),
-                        "--script",
-                        script.to_str().unwrap(),
-                    ])
-                    .env("HODEI_SERVER", &addr)
-                    .env("HODEI_CA", &ca)
-                    .output()
-                    .unwrap();
-                if out.status.success() {
-                    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                    acked.lock().unwrap().insert(token, id);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let threads: Vec<_> = (0..submitters)
+        .map(|_| {
+            let (acked, stop, next) = (Arc::clone(&acked), Arc::clone(&stop), Arc::clone(&next));
+            let (addr, ca, script) = (server.addr.clone(), server.ca(), script.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= jobs * 2 {
+                        break;
+                    }
+                    let token = format!("t{n}");
+                    let out = std::process::Command::new(common::HODEI)
+                        .args([
+                            "job",
+                            "submit",
+                            "--env",
+                            &format!("T={token}"),
+                            "--script",
+                            script.to_str().unwrap(),
+                        ])
+                        .env("HODEI_SERVER", &addr)
+                        .env("HODEI_CA", &ca)
+                        .output()
+                        .unwrap();
+                    if out.status.success() {
+                        let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                        acked.lock().unwrap().insert(token, id);
+                    }
                 }
-            }
+            })
         })
-    };
+        .collect();
 
-    for round in 0..3 {
-        let target = (round + 1) * 25;
-        wait_for("submissions", Duration::from_secs(60), || {
+    for round in 0..kills {
+        let target = (round + 1) * jobs / (kills + 1);
+        wait_for("submissions", Duration::from_secs(120), || {
             (acked.lock().unwrap().len() >= target).then_some(())
         });
         server.kill9();
         std::thread::sleep(Duration::from_millis(300)); // a real outage, not a blip
         server.restart();
     }
-    wait_for("more submissions", Duration::from_secs(60), || {
-        (acked.lock().unwrap().len() >= 100).then_some(())
+    wait_for("more submissions", Duration::from_secs(120), || {
+        (acked.lock().unwrap().len() >= jobs).then_some(())
     });
     stop.store(true, Ordering::Relaxed);
-    submitter.join().unwrap();
+    for t in threads {
+        t.join().unwrap();
+    }
 
     let acked = acked.lock().unwrap().clone();
     let mut wait = vec!["job", "wait", "--timeout", "180s"];

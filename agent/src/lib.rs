@@ -1,7 +1,9 @@
 //! Hodei's agent: connects to a Hodei server over QUIC, registers its resources and labels,
 //! heartbeats, runs each assigned job as its own process group ([`runner`]), streams the
 //! output back in batches with backpressure, and survives server restarts and network loss
-//! by reconnecting with backoff and jitter and re-attaching the jobs it still holds.
+//! by reconnecting with backoff and jitter and re-attaching the jobs it still holds. It kills
+//! its jobs itself when it has been cut off from the server for longer than its lease, and
+//! drains (finishes its jobs, reports, says goodbye) on SIGTERM/SIGINT or when told to.
 //!
 //! - [`runner`]: one job attempt as a process group: spawn, timeout, cancel, output batches
 //!   and the on-disk spool that outlives a disconnect.
@@ -15,6 +17,7 @@ pub mod runner;
 pub mod session;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -40,13 +43,17 @@ pub struct AgentArgs {
     /// Report every job succeeded without spawning anything (measures dispatch overhead).
     #[arg(long)]
     pub noop: bool,
+    /// On SIGTERM/SIGINT: how long running jobs may go on before they are killed (and
+    /// reported drained, so the server retries them). A second signal kills them at once.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     hodei_core::spec::parse_key_value(s)
 }
 
-/// Runs the agent until SIGINT/SIGTERM.
+/// Runs the agent until it has drained (after SIGINT/SIGTERM or the server's `Drain`).
 ///
 /// # Errors
 /// Bad flags (unreadable CA, unresolvable server address) and fatal registration refusals.
@@ -57,4 +64,30 @@ pub fn run(args: AgentArgs) -> Result<()> {
         .context("cannot start the agent runtime")?;
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, session::run(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+
+    use super::AgentArgs;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: AgentArgs,
+    }
+
+    #[test]
+    fn drain_timeout_defaults_to_30s_and_takes_human_durations() {
+        let cli = Cli::try_parse_from(["agent"]).unwrap();
+        assert_eq!(cli.args.drain_timeout, Duration::from_secs(30));
+        let cli = Cli::try_parse_from(["agent", "--drain-timeout", "1m 30s"]).unwrap();
+        assert_eq!(cli.args.drain_timeout, Duration::from_secs(90));
+        let cli = Cli::try_parse_from(["agent", "--drain-timeout", "250ms"]).unwrap();
+        assert_eq!(cli.args.drain_timeout, Duration::from_millis(250));
+        assert!(Cli::try_parse_from(["agent", "--drain-timeout", "soon"]).is_err());
+    }
 }

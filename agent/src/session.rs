@@ -6,8 +6,28 @@
 //! yet acknowledged, with its output in the on-disk spool. On reconnect they are listed in
 //! the Hello; the server answers `Resume { output_end }` (resend the spool from there, then
 //! the result), `Abandon` (stale attempt: kill and forget) or `FinishedAck` (already final).
+//!
+//! Two rules bound how long that lasts:
+//!
+//! - **Lease** ([`lease`]): cut off from the server for longer than the lease it granted in
+//!   its `Welcome`, the agent kills and forgets every job still running, because the server
+//!   is about to run them elsewhere. Finished results are kept and reported on reconnect.
+//! - **Drain** ([`drain`]): on SIGTERM/SIGINT or the server's `Drain`, the agent takes no new
+//!   job, lets running ones finish within the drain timeout, kills and reports the rest as
+//!   `Drained`, waits briefly for the acknowledgements, says `Goodbye` and exits.
+//!
+//! Files: [`online`] is the life of one connection, [`jobs`] the bookkeeping of the attempts
+//! held, [`backoff`] and [`chunks`] small helpers.
 
-use std::collections::HashMap;
+mod backoff;
+mod chunks;
+mod drain;
+mod jobs;
+mod lease;
+mod online;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,30 +36,50 @@ use anyhow::{Context, Result};
 use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::Outcome;
 use hodei_core::time::Micros;
-use hodei_core::wire::{ALPN_AGENT, Chunk, FromAgent, HeldJob, Hello, Resources, ToAgent};
-use hodei_transport::{FrameReader, FrameWriter, TransportOptions};
-use rand::Rng;
+use hodei_core::wire::{ALPN_AGENT, Resources};
+use hodei_transport::TransportOptions;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::AgentArgs;
-use crate::runner::{self, RunEvent, RunEventKind, RunHandle, RunnerOptions};
+use crate::runner::{RunEvent, RunHandle, RunnerOptions};
+use backoff::Backoff;
+use drain::Drain;
+
+/// Capacity of the runner → session event channel. Bounded: when the server is slow, runners
+/// stop reading their pipes (backpressure).
+const EVENTS: usize = 256;
+
+/// While leaving after a drain, retry a lost connection at least this often: the time left
+/// to report is short ([`drain::LEAVE_GRACE`]).
+const LEAVE_RETRY: Duration = Duration::from_millis(500);
 
 /// An attempt this agent holds.
 struct Held {
     attempt: Attempt,
     cpus: u32,
     memory: u64,
-    handle: RunHandle,
+    /// The job's correlation id, carried in every log line about it.
+    cid: String,
+    /// `None` for an assignment refused while draining: nothing was spawned.
+    handle: Option<RunHandle>,
     /// Output bytes the server has been sent on the current connection (or acknowledged).
     sent_end: u64,
     /// Output bytes produced so far (all in the spool).
     produced: u64,
-    /// Set once the process ended; kept until the server acknowledges it.
+    /// Set once the attempt ended; kept until the server acknowledges it.
     finished: Option<(Outcome, Micros)>,
+    /// The runner sent its `Finished` (unlike a result the drain had to make up).
+    runner_done: bool,
     started_at: Option<Micros>,
     /// Held across a reconnect: live output waits for the server's `Resume`.
     resuming: bool,
+    /// The server asked to cancel it: a kill ends it `Cancelled` even during a drain.
+    cancel_requested: bool,
+    /// The drain killed it: the runner's `Cancelled` is reported as `Drained`.
+    drained: bool,
 }
 
 struct Agent {
@@ -49,13 +89,51 @@ struct Agent {
     worker: Option<WorkerId>,
     jobs: HashMap<JobId, Held>,
     events_tx: mpsc::Sender<RunEvent>,
+    /// Attempts killed and forgotten whose runner has not ended yet. A dying job may still
+    /// print, and its spool would come back; it is removed again when the runner ends.
+    fenced: HashSet<(JobId, Attempt)>,
+    /// The server's `Welcome` arrived on the current connection.
+    welcomed: bool,
+    /// From the server's last `Welcome`; see [`lease`].
+    lease: Duration,
+    /// When the last welcomed connection ended; `None` while welcomed (or never connected).
+    disconnected_since: Option<Instant>,
+    /// `--drain-timeout`, for a drain started by a signal.
+    drain_timeout: Duration,
+    drain: Option<Drain>,
 }
 
 /// Why a session ended.
 enum End {
     Lost(String),
     Redirect(u16),
-    Shutdown,
+    /// Drained and said goodbye.
+    Left,
+    /// Drained, but the time to report and say goodbye ran out.
+    GaveUp,
+}
+
+/// SIGTERM and SIGINT, which both mean "drain".
+struct Signals {
+    term: Signal,
+    int: Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+        })
+    }
+
+    /// Waits for either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 pub async fn run(args: AgentArgs) -> Result<()> {
@@ -85,8 +163,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         work_root,
         ..RunnerOptions::default()
     });
-    // Bounded: when the server is slow, runners stop reading their pipes (backpressure).
-    let (events_tx, mut events_rx) = mpsc::channel(256);
+    let (events_tx, mut events_rx) = mpsc::channel(EVENTS);
     let mut agent = Agent {
         opts,
         resources: Resources {
@@ -99,434 +176,172 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         worker: None,
         jobs: HashMap::new(),
         events_tx,
+        fenced: HashSet::new(),
+        welcomed: false,
+        lease: lease::DEFAULT,
+        disconnected_since: None,
+        drain_timeout: args.drain_timeout,
+        drain: None,
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut signals = Signals::new()?;
     let mut backoff = Backoff::new();
     let mut target = server;
+    let mut wait = Duration::ZERO;
     info!(%server, slots, cpus, "hodei agent starting");
+    // Every way out of this loop is the end of a drain, when no job runs any more.
     loop {
-        let attempt = tokio::select! {
-            r = hodei_transport::connect(&endpoint, target) => r,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+        let pause = if agent.leaving() {
+            wait.min(LEAVE_RETRY)
+        } else {
+            wait
         };
-        let end = match attempt {
+        let io = (&mut events_rx, &mut signals);
+        if agent.offline(tokio::time::sleep(pause), io).await.is_none() {
+            break;
+        }
+        let io = (&mut events_rx, &mut signals);
+        let Some(connected) = agent
+            .offline(hodei_transport::connect(&endpoint, target), io)
+            .await
+        else {
+            break;
+        };
+        let end = match connected {
             Ok(conn) => {
                 agent
-                    .session(&conn, &mut events_rx, &mut term, &mut int, &mut backoff)
+                    .session(&conn, &mut events_rx, &mut signals, &mut backoff)
                     .await
             }
             Err(e) => End::Lost(e.to_string()),
         };
+        agent.connection_ended();
         match end {
-            End::Shutdown => break,
+            End::Left | End::GaveUp => break,
             End::Redirect(port) => {
                 target = SocketAddr::new(server.ip(), port);
-                continue;
+                wait = Duration::ZERO;
             }
             End::Lost(why) => {
                 target = server;
-                let wait = backoff.next();
+                wait = backoff.next();
                 warn!(
                     "disconnected ({why}); {} job(s) kept; reconnecting in {wait:?}",
                     agent.jobs.len()
                 );
-                // Keep consuming runner events while waiting: output is spooled on disk.
-                let sleep = tokio::time::sleep(wait);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        () = &mut sleep => break,
-                        Some(ev) = events_rx.recv() => agent.record(ev),
-                        _ = term.recv() => return agent.shutdown(&mut events_rx).await,
-                        _ = int.recv() => return agent.shutdown(&mut events_rx).await,
-                    }
-                }
             }
         }
     }
-    agent.shutdown(&mut events_rx).await
+    for (job, h) in &agent.jobs {
+        warn!(job = %job, cid = %h.cid, "leaving without the server's acknowledgement of this job's result");
+    }
+    // Give the connection's close a moment to reach the server (it may be gone: bounded).
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    info!("agent stopped");
+    Ok(())
 }
 
 impl Agent {
-    async fn session(
+    /// Runs `fut` (a backoff pause, a connection attempt) while disconnected: keeps recording
+    /// runner events (output is spooled on disk), enforces the lease and the drain, and
+    /// answers signals. `None`: the agent is done (a drain ended and the time to report ran
+    /// out, or there is nobody to report to).
+    async fn offline<F: Future>(
         &mut self,
-        conn: &quinn::Connection,
-        events_rx: &mut mpsc::Receiver<RunEvent>,
-        term: &mut tokio::signal::unix::Signal,
-        int: &mut tokio::signal::unix::Signal,
-        backoff: &mut Backoff,
-    ) -> End {
-        let (send, recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => return End::Lost(e.to_string()),
-        };
-        let mut w = FrameWriter::new(send);
-        let mut r = FrameReader::new(recv);
-        let held = self
-            .jobs
-            .iter()
-            .map(|(job, h)| HeldJob {
-                job: *job,
-                attempt: h.attempt,
-                cpus: h.cpus,
-                memory: h.memory,
-            })
-            .collect();
-        for h in self.jobs.values_mut() {
-            h.resuming = true;
-            h.sent_end = 0;
-        }
-        let hello = Hello {
-            worker: self.worker,
-            hostname: self.hostname.clone(),
-            resources: self.resources.clone(),
-            held,
-        };
-        if let Err(e) = w.send(&FromAgent::Hello(hello)).await {
-            return End::Lost(e.to_string());
-        }
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(1));
+        fut: F,
+        (events_rx, signals): (&mut mpsc::Receiver<RunEvent>, &mut Signals),
+    ) -> Option<F::Output> {
+        tokio::pin!(fut);
         loop {
-            let step = tokio::select! {
-                msg = r.next::<ToAgent>() => match msg {
-                    Ok(Some(m)) => self.on_server(m, &mut w, &mut heartbeat, backoff).await,
-                    Ok(None) => Err(End::Lost("server closed the stream".into())),
-                    Err(e) => Err(End::Lost(e.to_string())),
-                },
-                Some(ev) = events_rx.recv() => self.on_event(ev, &mut w).await,
-                _ = heartbeat.tick() => {
-                    #[allow(clippy::cast_possible_truncation)]
-                    let running = self.jobs.values().filter(|h| h.finished.is_none()).count() as u32;
-                    let load = crate::resources::load();
-                    w.send(&FromAgent::Heartbeat { running, load }).await.map_err(|e| End::Lost(e.to_string()))
-                }
-                _ = term.recv() => Err(End::Shutdown),
-                _ = int.recv() => Err(End::Shutdown),
-            };
-            if let Err(end) = step {
-                if matches!(end, End::Shutdown) {
-                    let _ = w.finish();
-                    conn.close(0u32.into(), b"agent shutting down");
-                }
-                return end;
+            let now = Instant::now();
+            if self.lease_expired(now) {
+                self.expire_lease(events_rx);
             }
-        }
-    }
-
-    async fn on_server(
-        &mut self,
-        msg: ToAgent,
-        w: &mut FrameWriter,
-        heartbeat: &mut tokio::time::Interval,
-        backoff: &mut Backoff,
-    ) -> Result<(), End> {
-        let lost = |e: hodei_transport::TransportError| End::Lost(e.to_string());
-        match msg {
-            ToAgent::Welcome {
-                worker,
-                heartbeat_ms,
-            } => {
-                if self.worker != Some(worker) {
-                    info!(%worker, "registered");
-                }
-                self.worker = Some(worker);
-                backoff.reset();
-                *heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(50)));
-            }
-            ToAgent::Redirect { port } => return Err(End::Redirect(port)),
-            ToAgent::Refused { reason } => {
-                warn!("server refused registration: {reason}");
-                // A stale id (e.g. the server's data dir was wiped): register afresh.
-                self.worker = None;
-                return Err(End::Lost(reason));
-            }
-            ToAgent::Assign { job, attempt, spec } => {
-                if let Some(old) = self.jobs.get(&job) {
-                    if old.attempt >= attempt {
-                        return Ok(()); // duplicate
+            // Offline, made-up results cannot be sent: they go out after the next Resume.
+            let (_, drain_wake) = self.drain_tick(now);
+            let leave_until = self.drain.as_ref().and_then(Drain::leave_until);
+            if let Some(until) = leave_until {
+                // Not registered and nothing held: nobody to report to or say goodbye to.
+                if (self.worker.is_none() && self.jobs.is_empty()) || now >= until {
+                    if !self.jobs.is_empty() || self.worker.is_some() {
+                        warn!("drained, but the server could not be reached in time");
                     }
-                    old.handle.cancel();
-                }
-                let (cpus, memory) = (spec.cpus, spec.memory);
-                let handle = runner::spawn_job(
-                    job,
-                    attempt,
-                    spec,
-                    Arc::clone(&self.opts),
-                    self.events_tx.clone(),
-                );
-                self.jobs.insert(
-                    job,
-                    Held {
-                        attempt,
-                        cpus,
-                        memory,
-                        handle,
-                        sent_end: 0,
-                        produced: 0,
-                        finished: None,
-                        started_at: None,
-                        resuming: false,
-                    },
-                );
-            }
-            ToAgent::Cancel { job, attempt } => {
-                if let Some(h) = self.jobs.get(&job).filter(|h| h.attempt == attempt) {
-                    h.handle.cancel();
+                    return None;
                 }
             }
-            ToAgent::Abandon { job, attempt } | ToAgent::FinishedAck { job, attempt } => {
-                if self.jobs.get(&job).is_some_and(|h| h.attempt == attempt)
-                    && let Some(h) = self.jobs.remove(&job)
-                {
-                    h.handle.cancel(); // no-op if it already ended
-                    runner::forget(&self.opts, job, attempt);
+            let wake = earliest(earliest(drain_wake, leave_until), self.lease_wake());
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                Some(ev) = events_rx.recv() => {
+                    let _ = self.record(ev);
                 }
+                () = signals.recv() => self.on_signal(Instant::now()),
+                () = sleep_until(wake) => {}
             }
-            ToAgent::Resume {
-                job,
-                attempt,
-                output_end,
-            } => {
-                let Some(h) = self.jobs.get_mut(&job).filter(|h| h.attempt == attempt) else {
-                    return Ok(());
-                };
-                h.resuming = false;
-                h.sent_end = output_end;
-                if let Some(at) = h.started_at {
-                    w.push(&FromAgent::Started { job, attempt, at })
-                        .map_err(lost)?;
-                }
-                let chunks = match runner::read_spool(&self.opts, job, attempt, output_end) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        warn!(%job, "cannot read the spool to resume output: {e}");
-                        Vec::new()
-                    }
-                };
-                let Some(h) = self.jobs.get_mut(&job) else {
-                    return Ok(());
-                };
-                let mut offset = output_end;
-                for batch in split(chunks, self.opts.batch_bytes) {
-                    let len: u64 = batch.iter().map(|c| c.data.len() as u64).sum();
-                    w.push(&FromAgent::Output {
-                        job,
-                        attempt,
-                        offset,
-                        chunks: batch,
-                    })
-                    .map_err(lost)?;
-                    offset += len;
-                }
-                h.sent_end = offset;
-                if let Some((outcome, at)) = h.finished.clone() {
-                    w.push(&FromAgent::Finished {
-                        job,
-                        attempt,
-                        outcome,
-                        at,
-                    })
-                    .map_err(lost)?;
-                }
-                w.flush().await.map_err(lost)?;
-            }
-            ToAgent::OutputAck { .. } => {}
-        }
-        Ok(())
-    }
-
-    /// Notes a runner event without sending it (while disconnected).
-    fn record(&mut self, ev: RunEvent) {
-        let Some(h) = self
-            .jobs
-            .get_mut(&ev.job)
-            .filter(|h| h.attempt == ev.attempt)
-        else {
-            return;
-        };
-        match ev.kind {
-            RunEventKind::Started { at } => h.started_at = Some(at),
-            RunEventKind::Output { offset, chunks } => {
-                h.produced = h
-                    .produced
-                    .max(offset + chunks.iter().map(|c| c.data.len() as u64).sum::<u64>());
-            }
-            RunEventKind::Finished { outcome, at } => h.finished = Some((outcome, at)),
         }
     }
 
-    /// Records a runner event and forwards it, trimming output the server already has.
-    async fn on_event(&mut self, ev: RunEvent, w: &mut FrameWriter) -> Result<(), End> {
-        let (job, attempt) = (ev.job, ev.attempt);
-        let msg = match &ev.kind {
-            RunEventKind::Started { at } => Some(FromAgent::Started {
-                job,
-                attempt,
-                at: *at,
-            }),
-            RunEventKind::Output { offset, chunks } => {
-                let sent = self
-                    .jobs
-                    .get(&job)
-                    .filter(|h| h.attempt == attempt)
-                    .map(|h| (h.sent_end, h.resuming));
-                match sent {
-                    Some((sent_end, false)) => {
-                        let trimmed = trim(chunks.clone(), *offset, sent_end);
-                        let start = offset.max(&sent_end);
-                        (!trimmed.is_empty()).then_some(FromAgent::Output {
-                            job,
-                            attempt,
-                            offset: *start,
-                            chunks: trimmed,
-                        })
-                    }
-                    _ => None,
-                }
-            }
-            RunEventKind::Finished { outcome, at } => Some(FromAgent::Finished {
-                job,
-                attempt,
-                outcome: outcome.clone(),
-                at: *at,
-            }),
-        };
-        let resuming = self.jobs.get(&job).is_some_and(|h| h.resuming);
-        self.record(ev);
-        let Some(msg) = msg else { return Ok(()) };
-        if resuming || self.jobs.get(&job).is_none_or(|h| h.attempt != attempt) {
-            return Ok(());
+    /// A connection ended (or failed before its `Welcome`): the lease clock starts, unless
+    /// it already runs from an earlier loss.
+    fn connection_ended(&mut self) {
+        self.welcomed = false;
+        if self.disconnected_since.is_none() {
+            self.disconnected_since = Some(Instant::now());
         }
-        if let FromAgent::Output { offset, chunks, .. } = &msg
-            && let Some(h) = self.jobs.get_mut(&job)
-        {
-            h.sent_end = offset + chunks.iter().map(|c| c.data.len() as u64).sum::<u64>();
-        }
-        // Awaiting the write is the backpressure: a slow server stalls this loop, the bounded
-        // event channel fills, and runners stop reading their pipes.
-        w.send(&msg).await.map_err(|e| End::Lost(e.to_string()))
     }
 
-    /// SIGTERM/SIGINT: kill running jobs (full drain semantics are a later issue), give
-    /// their runners a moment to report, and exit.
-    async fn shutdown(&mut self, events_rx: &mut mpsc::Receiver<RunEvent>) -> Result<()> {
-        let running: Vec<_> = self
-            .jobs
-            .iter()
-            .filter(|(_, h)| h.finished.is_none())
-            .map(|(j, _)| *j)
-            .collect();
-        if !running.is_empty() {
-            info!("stopping {} running job(s)", running.len());
-        }
-        for h in self.jobs.values() {
-            h.handle.cancel();
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.jobs.values().any(|h| h.finished.is_none()) {
-            match tokio::time::timeout_at(deadline, events_rx.recv()).await {
-                Ok(Some(ev)) => self.record(ev),
-                _ => break,
-            }
-        }
-        info!("agent stopped");
-        Ok(())
+    /// A drain is on and no job runs any more: only reporting and leaving remain.
+    fn leaving(&self) -> bool {
+        self.drain.as_ref().is_some_and(Drain::leaving)
     }
 }
 
-/// Drops the bytes of `chunks` (starting at `offset`) that lie before `from`.
-fn trim(chunks: Vec<Chunk>, offset: u64, from: u64) -> Vec<Chunk> {
-    let mut skip = from.saturating_sub(offset);
-    let mut out = Vec::new();
-    for mut c in chunks {
-        let len = c.data.len() as u64;
-        if skip >= len {
-            skip -= len;
-            continue;
-        }
-        if skip > 0 {
-            #[allow(clippy::cast_possible_truncation)] // skip < len, a usize
-            c.data.drain(..skip as usize);
-            skip = 0;
-        }
-        out.push(c);
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
-    out
 }
 
-/// Splits chunks into batches of about `max` bytes.
-fn split(chunks: Vec<Chunk>, max: usize) -> Vec<Vec<Chunk>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = 0;
-    for c in chunks {
-        size += c.data.len();
-        cur.push(c);
-        if size >= max {
-            out.push(std::mem::take(&mut cur));
-            size = 0;
-        }
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
 }
 
-/// Exponential backoff with jitter: 100 ms doubling to 5 s, each wait ±50 %.
-struct Backoff {
-    next: Duration,
+/// `d` in whole milliseconds, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(5);
-
-    const fn new() -> Self {
-        Self { next: Self::MIN }
-    }
-
-    fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
-
-    fn next(&mut self) -> Duration {
-        let base = self.next;
-        self.next = (self.next * 2).min(Self::MAX);
-        base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
-    }
+/// `now + d`, or a year from now when that overflows (`--drain-timeout 1000years`).
+fn later(now: Instant, d: Duration) -> Instant {
+    now.checked_add(d)
+        .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hodei_core::wire::Stream;
 
-    fn c(s: &str) -> Chunk {
-        Chunk {
-            stream: Stream::Stdout,
-            data: s.as_bytes().to_vec(),
-        }
+    #[test]
+    fn earliest_ignores_none() {
+        let t = Instant::now();
+        let u = t + Duration::from_secs(1);
+        assert_eq!(earliest(None, None), None);
+        assert_eq!(earliest(Some(u), None), Some(u));
+        assert_eq!(earliest(None, Some(t)), Some(t));
+        assert_eq!(earliest(Some(u), Some(t)), Some(t));
     }
 
     #[test]
-    fn trim_drops_what_the_server_has() {
-        let out = trim(vec![c("abc"), c("def")], 10, 14);
-        assert_eq!(out, vec![c("ef")]);
-        assert_eq!(trim(vec![c("abc")], 10, 10), vec![c("abc")]);
-        assert!(trim(vec![c("abc")], 10, 20).is_empty());
-    }
-
-    #[test]
-    fn backoff_grows_and_caps() {
-        let mut b = Backoff::new();
-        let waits: Vec<Duration> = (0..10).map(|_| b.next()).collect();
-        assert!(waits[0] <= Duration::from_millis(150));
-        assert!(
-            waits[9] >= Duration::from_millis(2_500) && waits[9] <= Duration::from_millis(7_500)
-        );
+    fn huge_durations_do_not_overflow() {
+        let now = Instant::now();
+        assert!(later(now, Duration::MAX) > now);
+        assert_eq!(millis(Duration::MAX), u64::MAX);
+        assert_eq!(millis(Duration::from_millis(1500)), 1500);
     }
 }

@@ -126,7 +126,14 @@ macro_rules! wire {
     )*};
 }
 
-wire!(FromAgent, ToAgent, ToServer, FromServer, JobRecord);
+wire!(
+    FromAgent,
+    ToAgent,
+    ToServer,
+    FromServer,
+    JobRecord,
+    crate::event::Event
+);
 
 #[cfg(test)]
 mod tests {

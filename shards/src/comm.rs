@@ -127,6 +127,7 @@ pub enum Report {
 
 /// Shard-to-shard messages. The driver delivers them in order per pair of shards.
 #[derive(Clone, Debug, PartialEq)]
+#[allow(clippy::large_enum_variant)] // sent in batches (a Vec per turn); boxing adds allocations
 pub enum ShardMsg {
     /// A client request for a job this shard owns (or a fan-out part of a listing).
     Request {

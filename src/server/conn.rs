@@ -194,6 +194,26 @@ async fn client_stream(
                 ok && w.flush().await.is_ok()
             }
             Reply::Msg(m) => w.send(&m).await.is_ok(),
+            Reply::StoredEvents {
+                shard,
+                after,
+                upto,
+                job,
+            } => match store.read_events(shard, after, upto, job) {
+                Ok(events) => {
+                    let mut ok = true;
+                    for part in events.chunks(JOBS_PER_FRAME) {
+                        ok &= w.push(&FromServer::Events(part.to_vec())).is_ok();
+                    }
+                    ok && w.flush().await.is_ok()
+                }
+                Err(e) => {
+                    let _ = w
+                        .send(&internal(&format!("cannot read events: {e:#}")))
+                        .await;
+                    false
+                }
+            },
             Reply::StoredLogs { job, attempt, upto } => match store.read_output(job, attempt, upto)
             {
                 Ok(chunks) => send_logs(&mut w, chunks).await,

@@ -30,6 +30,7 @@ pub struct ServerOptions {
     pub heartbeat: Duration,
     pub disconnect_grace: Duration,
     pub reattach_grace: Duration,
+    pub assign_timeout: Duration,
     pub transport: TransportOptions,
 }
 
@@ -97,13 +98,11 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
         cfg.heartbeat_timeout = micros(opts.heartbeat) * 3;
         cfg.disconnect_grace = micros(opts.disconnect_grace);
         cfg.reattach_grace = micros(opts.reattach_grace);
-        let shard = Shard::new(
-            cfg,
-            jobs.iter()
-                .filter(|j| j.id.owner(opts.shards) == i)
-                .cloned(),
-            now,
-        );
+        cfg.assign_timeout = micros(opts.assign_timeout);
+        #[allow(clippy::cast_possible_truncation)] // at most 256 shards, checked above
+        let seq = store.last_event_seq(i as u8)?;
+        // Every job goes in: each shard keeps its own and indexes the idempotency keys it owns.
+        let shard = Shard::new(cfg, jobs.iter().cloned(), now, seq);
         let setup = ShardSetup {
             shard,
             store: store.clone(),

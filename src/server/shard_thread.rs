@@ -11,11 +11,12 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hodei_core::event::{Event, EventKind, Subject};
 use hodei_core::time::wall_now;
 use hodei_core::wire::{FromAgent, ToAgent, ToServer};
-use hodei_shards::{ConnId, Reply, ReqId, Shard, ShardMsg};
+use hodei_shards::{ConnId, Reply, ReqId, Shard, ShardMsg, StoreOp};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::effects::Effects;
 use super::store::Store;
@@ -150,6 +151,11 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             running = false;
             continue;
         }
+        for op in &turn.persists {
+            if let StoreOp::PutEvent(e) = op {
+                log_event(e);
+            }
+        }
         release(turn, &writers, &mut clients, &peers);
     }
     info!(shard = index, "shard stopping: closing connections");
@@ -201,5 +207,30 @@ fn release(
         if last {
             clients.remove(&req);
         }
+    }
+}
+
+/// One log line per durable event; a job's lines carry its correlation id.
+fn log_event(e: &Event) {
+    let reason = e.reason.as_deref().unwrap_or("");
+    match (&e.subject, &e.kind) {
+        (
+            Subject::Job(job),
+            EventKind::Job {
+                state,
+                attempt,
+                worker,
+            },
+        ) => {
+            let worker = worker.map(|w| w.to_string()).unwrap_or_default();
+            debug!(%job, cid = %e.correlation_id, %state, attempt = attempt.0, %worker, reason, "job state");
+        }
+        (Subject::Job(job), EventKind::StaleReport { attempt, worker }) => {
+            info!(%job, cid = %e.correlation_id, attempt = attempt.0, %worker, "stale report ignored (fenced)");
+        }
+        (Subject::Worker(worker), EventKind::Worker { state }) => {
+            info!(%worker, %state, reason, "worker state")
+        }
+        _ => {}
     }
 }

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use hodei_core::event::{Event, Subject};
 use hodei_core::frame::{Wire, split_frame};
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::JobRecord;
@@ -27,6 +28,7 @@ pub struct Store {
     jobs: Keyspace,
     output: Keyspace,
     meta: Keyspace,
+    events: Keyspace,
     clean: PathBuf,
 }
 
@@ -71,6 +73,13 @@ fn output_key(job: JobId, attempt: Attempt, offset: u64) -> [u8; 20] {
     k[..8].copy_from_slice(&job.to_be_bytes());
     k[8..12].copy_from_slice(&attempt.0.to_be_bytes());
     k[12..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn event_key(shard: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = shard;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -245,6 +254,7 @@ impl Store {
             jobs: ks("jobs")?,
             output: ks("output")?,
             meta: ks("meta")?,
+            events: ks("events")?,
             db,
             clean,
         })
@@ -319,6 +329,10 @@ impl Store {
                     let v = rec.to_frame().context("cannot encode a job record")?;
                     batch.insert(&self.jobs, rec.id.to_be_bytes().to_vec(), v);
                 }
+                StoreOp::PutEvent(ev) => {
+                    let v = ev.to_frame().context("cannot encode an event")?;
+                    batch.insert(&self.events, event_key(ev.shard, ev.seq).to_vec(), v);
+                }
                 StoreOp::PutOutput {
                     job,
                     attempt,
@@ -349,6 +363,47 @@ impl Store {
                 break;
             }
             out.extend(decode_chunks(&v)?);
+        }
+        Ok(out)
+    }
+
+    /// Last event number stored by `shard`.
+    pub fn last_event_seq(&self, shard: u8) -> Result<u64> {
+        let Some(kv) = self.events.prefix([shard]).next_back() else {
+            return Ok(0);
+        };
+        let (k, _) = kv.into_inner().context("cannot read the events keyspace")?;
+        let seq: [u8; 8] = k
+            .get(1..9)
+            .and_then(|s| s.try_into().ok())
+            .context("corrupt event key")?;
+        Ok(u64::from_be_bytes(seq))
+    }
+
+    /// Events of `shard` with `after < seq <= upto`, optionally only one job's.
+    pub fn read_events(
+        &self,
+        shard: u8,
+        after: u64,
+        upto: u64,
+        job: Option<JobId>,
+    ) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        if after >= upto {
+            return Ok(out);
+        }
+        for kv in self
+            .events
+            .range(event_key(shard, after + 1)..=event_key(shard, upto))
+        {
+            let (k, v) = kv.into_inner().context("cannot read the events keyspace")?;
+            let (payload, _) =
+                split_frame(&v)?.with_context(|| format!("corrupt store: event {}", hex(&k)))?;
+            let ev = Event::decode(payload)
+                .with_context(|| format!("corrupt store: event {}", hex(&k)))?;
+            if job.is_none_or(|j| ev.subject == Subject::Job(j)) {
+                out.push(ev);
+            }
         }
         Ok(out)
     }

@@ -85,6 +85,8 @@ pub struct Server {
     pub addr: String,
     pub log: PathBuf,
     pub shards: usize,
+    /// Extra `hodei server` flags.
+    pub flags: Vec<String>,
 }
 
 impl Server {
@@ -96,6 +98,22 @@ impl Server {
             addr: format!("127.0.0.1:{port}"),
             log: scratch.path("server.log"),
             shards,
+            flags: Vec::new(),
+        };
+        s.restart();
+        s
+    }
+
+    /// A server with extra flags (e.g. short grace periods).
+    pub fn start_with(scratch: &Scratch, shards: usize, flags: &[&str]) -> Self {
+        let port = free_port();
+        let mut s = Self {
+            proc: None,
+            data: scratch.path("data"),
+            addr: format!("127.0.0.1:{port}"),
+            log: scratch.path("server.log"),
+            shards,
+            flags: flags.iter().map(|f| (*f).to_owned()).collect(),
         };
         s.restart();
         s
@@ -117,8 +135,9 @@ impl Server {
             ])
             .arg("--data-dir")
             .arg(&self.data)
+            .args(&self.flags)
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,hodei=debug")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -243,4 +262,46 @@ pub fn pid_alive(pid: i32) -> bool {
 
 pub fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+impl Server {
+    /// Waits until a job satisfies `f`, returning its JSON.
+    pub fn wait_job(
+        &self,
+        id: &str,
+        what: &str,
+        f: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        wait_for(what, Duration::from_secs(60), || {
+            let j = self.job(id);
+            f(&j).then_some(j)
+        })
+    }
+
+    /// The worker id of the agent whose log says it registered.
+    pub fn worker_of(scratch: &Scratch, agent: &str) -> String {
+        wait_for("the agent to register", Duration::from_secs(30), || {
+            let log = std::fs::read_to_string(scratch.path(&format!("{agent}.log"))).ok()?;
+            let line = log.lines().find(|l| l.contains("registered"))?;
+            let plain: String = strip_ansi(line);
+            plain
+                .split("worker=")
+                .nth(1)
+                .map(|w| w.split_whitespace().next().unwrap_or("").to_owned())
+        })
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        match (esc, c) {
+            (false, '\u{1b}') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => out.push(c),
+        }
+    }
+    out
 }

@@ -1,0 +1,150 @@
+//! Bookkeeping of the attempts the agent holds: starting one, recording what its runner
+//! reports (and turning it into the message for the server), and letting one go.
+
+use std::sync::Arc;
+
+use hodei_core::ids::{Attempt, JobId};
+use hodei_core::job::Outcome;
+use hodei_core::spec::JobSpec;
+use hodei_core::time::wall_now;
+use hodei_core::wire::FromAgent;
+use tracing::debug;
+
+use super::chunks::{self, trim};
+use super::{Agent, Held, drain};
+use crate::runner::{self, RunEvent, RunEventKind, RunHandle};
+
+impl Held {
+    fn new(attempt: Attempt, spec: &JobSpec, handle: Option<RunHandle>) -> Self {
+        Self {
+            attempt,
+            cpus: spec.cpus,
+            memory: spec.memory,
+            cid: spec.policy.correlation_id.clone(),
+            handle,
+            sent_end: 0,
+            produced: 0,
+            finished: None,
+            runner_done: false,
+            started_at: None,
+            resuming: false,
+            cancel_requested: false,
+            drained: false,
+        }
+    }
+}
+
+impl Agent {
+    /// Jobs whose end is not known yet.
+    pub(super) fn running(&self) -> usize {
+        self.jobs.values().filter(|h| h.finished.is_none()).count()
+    }
+
+    /// Starts an attempt.
+    pub(super) fn start(&mut self, job: JobId, attempt: Attempt, spec: JobSpec) {
+        debug!(job = %job, cid = %spec.policy.correlation_id, %attempt, "assigned");
+        let held = Held::new(attempt, &spec, None);
+        let handle = runner::spawn_job(
+            job,
+            attempt,
+            spec,
+            Arc::clone(&self.opts),
+            self.events_tx.clone(),
+        );
+        self.jobs.insert(
+            job,
+            Held {
+                handle: Some(handle),
+                ..held
+            },
+        );
+    }
+
+    /// An assignment that arrived while draining: ended `Drained` without running. It is
+    /// held like any result until the server acknowledges it. Returns the report to send.
+    pub(super) fn refuse(&mut self, job: JobId, attempt: Attempt, spec: &JobSpec) -> FromAgent {
+        debug!(job = %job, cid = %spec.policy.correlation_id, %attempt, "draining: assignment refused");
+        let at = wall_now();
+        let mut held = Held::new(attempt, spec, None);
+        held.finished = Some((Outcome::Drained, at));
+        self.jobs.insert(job, held);
+        FromAgent::Finished {
+            job,
+            attempt,
+            outcome: Outcome::Drained,
+            at,
+        }
+    }
+
+    /// Lets go of an attempt already removed from `jobs`: kills it if it still runs and
+    /// deletes its files.
+    pub(super) fn drop_held(&mut self, job: JobId, h: Held) {
+        if let Some(handle) = &h.handle
+            && !h.runner_done
+        {
+            handle.cancel(); // no-op if it already ended
+            self.fenced.insert((job, h.attempt));
+        }
+        runner::forget(&self.opts, job, h.attempt);
+    }
+
+    /// Records a runner event; returns what to send the server about it on a live
+    /// connection: nothing for a stale or forgotten attempt, for one waiting for its
+    /// `Resume`, or for output the server already has.
+    pub(super) fn record(&mut self, ev: RunEvent) -> Option<FromAgent> {
+        let (job, attempt) = (ev.job, ev.attempt);
+        let Some(h) = self.jobs.get_mut(&job).filter(|h| h.attempt == attempt) else {
+            if matches!(ev.kind, RunEventKind::Finished { .. })
+                && self.fenced.remove(&(job, attempt))
+            {
+                // Killed and forgotten earlier; it may have spooled while dying.
+                runner::forget(&self.opts, job, attempt);
+            }
+            return None;
+        };
+        if h.finished.is_some() {
+            // The drain gave up on it and reported it drained: its late events change nothing.
+            h.runner_done |= matches!(ev.kind, RunEventKind::Finished { .. });
+            return None;
+        }
+        match ev.kind {
+            RunEventKind::Started { at } => {
+                debug!(job = %job, cid = %h.cid, %attempt, "started");
+                h.started_at = Some(at);
+                (!h.resuming).then_some(FromAgent::Started { job, attempt, at })
+            }
+            RunEventKind::Output { offset, chunks } => {
+                let end = offset + chunks::len(&chunks);
+                h.produced = h.produced.max(end);
+                if h.resuming {
+                    return None;
+                }
+                let start = offset.max(h.sent_end);
+                let trimmed = trim(chunks, offset, h.sent_end);
+                h.sent_end = h.sent_end.max(end);
+                (!trimmed.is_empty()).then_some(FromAgent::Output {
+                    job,
+                    attempt,
+                    offset: start,
+                    chunks: trimmed,
+                })
+            }
+            RunEventKind::Finished { outcome, at } => {
+                let outcome = if h.drained {
+                    drain::drained(outcome)
+                } else {
+                    outcome
+                };
+                debug!(job = %job, cid = %h.cid, %attempt, ?outcome, "finished");
+                h.runner_done = true;
+                h.finished = Some((outcome.clone(), at));
+                (!h.resuming).then_some(FromAgent::Finished {
+                    job,
+                    attempt,
+                    outcome,
+                    at,
+                })
+            }
+        }
+    }
+}
