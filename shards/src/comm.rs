@@ -188,6 +188,13 @@ pub enum ShardMsg {
         /// What happened.
         report: Report,
     },
+    /// A client that followed events went away: drop its subscription.
+    ClientGone {
+        /// Shard that held the client.
+        origin: usize,
+        /// Its request there.
+        req: ReqId,
+    },
     /// From a job's owner to a worker's shard: forward this to the agent.
     ToWorker {
         /// Worker (owned by the receiver).

@@ -72,6 +72,20 @@ impl Shard {
         }
     }
 
+    /// The driver found a client's reply channel closed (it disconnected): forget its
+    /// event subscriptions on every shard. (Log followers and waiters end with their job.)
+    pub fn handle_client_gone(&mut self, req: ReqId, comm: &mut impl Comm) {
+        if self.event_streams.remove(&req).is_none() {
+            return;
+        }
+        let origin = self.cfg.index;
+        self.event_followers
+            .retain(|(o, r, _)| (*o, *r) != (origin, req));
+        for s in (0..self.cfg.shards).filter(|s| *s != origin) {
+            comm.send_shard(s, ShardMsg::ClientGone { origin, req });
+        }
+    }
+
     /// Requests every shard answers a part of.
     fn fan_out(&mut self, now: Micros, req: ReqId, body: ToServer, comm: &mut impl Comm) {
         match &body {

@@ -330,6 +330,10 @@ impl Shard {
                 report,
             } => self.on_report(worker, job, attempt, report, comm),
             ShardMsg::ToWorker { worker, msg } => self.deliver(worker, msg, comm),
+            ShardMsg::ClientGone { origin, req } => {
+                self.event_followers
+                    .retain(|(o, r, _)| (*o, *r) != (origin, req));
+            }
         }
     }
 }

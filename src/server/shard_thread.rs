@@ -91,6 +91,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     let mut writers: HashMap<ConnId, UnboundedSender<AgentOut>> = HashMap::new();
     let mut clients: HashMap<ReqId, UnboundedSender<(Reply, bool)>> = HashMap::new();
     let mut fx = Effects::default();
+    let mut gone = Vec::new();
     shard.handle_start(&mut fx);
     let mut running = true;
     while running {
@@ -156,7 +157,12 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 log_event(e);
             }
         }
-        release(turn, &writers, &mut clients, &peers);
+        release(turn, &writers, &mut clients, &peers, &mut gone);
+        // Clients whose stream ended: their subscriptions go next turn.
+        for req in gone.drain(..) {
+            clients.remove(&req);
+            shard.handle_client_gone(req, &mut fx);
+        }
     }
     info!(shard = index, "shard stopping: closing connections");
     for w in writers.values() {
@@ -179,6 +185,7 @@ fn release(
     writers: &HashMap<ConnId, UnboundedSender<AgentOut>>,
     clients: &mut HashMap<ReqId, UnboundedSender<(Reply, bool)>>,
     peers: &[UnboundedSender<Input>],
+    gone: &mut Vec<ReqId>,
 ) {
     for (conn, msg) in turn.agent {
         if let Some(w) = writers.get(&conn) {
@@ -201,8 +208,10 @@ fn release(
         }
     }
     for (req, reply, last) in turn.reply {
-        if let Some(c) = clients.get(&req) {
-            let _ = c.send((reply, last));
+        if let Some(c) = clients.get(&req)
+            && c.send((reply, last)).is_err()
+        {
+            gone.push(req);
         }
         if last {
             clients.remove(&req);
