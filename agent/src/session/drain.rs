@@ -187,7 +187,7 @@ impl Agent {
                 continue;
             }
             let Some(handle) = &h.handle else { continue };
-            warn!(job = %job, cid = %h.cid, "drain timeout passed: killing the job");
+            warn!(job = %job, cid = %h.cid, "drain grace over: killing the job");
             handle.cancel();
             // A cancel the server asked for stays a cancel.
             h.drained = !h.cancel_requested;
