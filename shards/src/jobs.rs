@@ -561,7 +561,10 @@ impl Shard {
                     return;
                 }
                 if state == JobState::Assigned
-                    && !matches!(outcome, hodei_core::job::Outcome::SpawnFailed(_))
+                    && !matches!(
+                        outcome,
+                        hodei_core::job::Outcome::SpawnFailed(_) | hodei_core::job::Outcome::Drained
+                    )
                 {
                     // Its Started was lost with a connection: it did run.
                     self.mark_running(id, at, comm);
