@@ -13,9 +13,12 @@ use hodei_core::wire::{ALPN_CLIENT, FromServer, ToServer};
 use hodei_transport::{FrameReader, FrameWriter, TransportOptions};
 
 pub struct Cluster {
+    /// The server first, then the agents.
     procs: Vec<Child>,
     dir: PathBuf,
     addr: std::net::SocketAddr,
+    hodei: PathBuf,
+    shards: usize,
 }
 
 impl Cluster {
@@ -37,22 +40,7 @@ impl Cluster {
             .local_addr()?
             .port();
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let mut procs = vec![
-            Command::new(hodei)
-                .args([
-                    "server",
-                    "--listen",
-                    &addr.to_string(),
-                    "--shards",
-                    &shards.to_string(),
-                    "--data-dir",
-                ])
-                .arg(dir.join("data"))
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .context("cannot start hodei server")?,
-        ];
+        let mut procs = vec![spawn_server(hodei, &addr, shards, &dir)?];
         let ca = dir.join("data/ca.pem");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !ca.exists() {
@@ -81,7 +69,13 @@ impl Cluster {
             }
             procs.push(cmd.spawn().context("cannot start hodei agent")?);
         }
-        let cluster = Self { procs, dir, addr };
+        let cluster = Self {
+            procs,
+            dir,
+            addr,
+            hodei: hodei.to_owned(),
+            shards,
+        };
         let client = cluster.client().await?;
         // Wait for every agent to register.
         loop {
@@ -113,6 +107,36 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Err(last.map_or_else(|| anyhow::anyhow!("cannot connect"), Into::into))
+    }
+
+    /// The server's pid.
+    pub fn server_pid(&self) -> Option<u32> {
+        self.procs.first().map(Child::id)
+    }
+
+    /// `kill -9` of the server, then a new server process on the same data dir; returns
+    /// how long it took until the new one answered a request.
+    pub async fn restart_server(&mut self) -> Result<Duration> {
+        if let Some(p) = self.procs.first_mut() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let t0 = std::time::Instant::now();
+        let server = spawn_server(&self.hodei, &self.addr, self.shards, &self.dir)?;
+        if let Some(p) = self.procs.first_mut() {
+            *p = server;
+        }
+        let deadline = t0 + Duration::from_secs(120);
+        loop {
+            if let Ok(c) = self.client().await
+                && c.workers().await.is_ok()
+            {
+                return Ok(t0.elapsed());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("the restarted server did not answer within 120 s");
+            }
+        }
     }
 
     pub fn stop(mut self) {
@@ -205,4 +229,39 @@ impl Client {
         }
         Ok(n)
     }
+}
+
+fn spawn_server(
+    hodei: &Path,
+    addr: &std::net::SocketAddr,
+    shards: usize,
+    dir: &Path,
+) -> Result<Child> {
+    Command::new(hodei)
+        .args([
+            "server",
+            "--listen",
+            &addr.to_string(),
+            "--shards",
+            &shards.to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.join("data"))
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .context("cannot start hodei server")
+}
+
+/// Resident set size of a process, in MiB (from /proc).
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
 }

@@ -8,6 +8,7 @@
 
 mod cluster;
 mod machine;
+mod store_scale;
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -35,6 +36,10 @@ struct Cli {
 enum Cmd {
     /// Dispatch latency at a fixed rate and throughput at saturation.
     Dispatch(DispatchArgs),
+    /// Server RSS with N queued jobs (default 1,000,000).
+    Memory(store_scale::ScaleArgs),
+    /// kill -9 of a server holding N jobs (default 1,000,000) → serving again.
+    Restart(store_scale::ScaleArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -73,12 +78,15 @@ struct DispatchArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let Cmd::Dispatch(args) = cli.cmd;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, dispatch(args))
+    match cli.cmd {
+        Cmd::Dispatch(args) => local.block_on(&rt, dispatch(args)),
+        Cmd::Memory(args) => local.block_on(&rt, store_scale::memory(args)),
+        Cmd::Restart(args) => local.block_on(&rt, store_scale::restart(args)),
+    }
 }
 
 struct ModeResult {
