@@ -139,16 +139,25 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM to the agents, which drain and say goodbye while the server still runs, then
+    /// to the server.
     pub fn stop(mut self) {
-        for p in self.procs.iter().rev() {
+        let term = |p: &Child| {
             if let Ok(pid) = i32::try_from(p.id()) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(pid),
                     nix::sys::signal::Signal::SIGTERM,
                 );
             }
+        };
+        let first = 1.min(self.procs.len());
+        let (server, agents) = self.procs.split_at_mut(first);
+        agents.iter().for_each(term);
+        for p in agents.iter_mut() {
+            let _ = p.wait();
         }
-        for p in &mut self.procs {
+        server.iter().for_each(term);
+        for p in server.iter_mut() {
             let _ = p.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -5,8 +5,12 @@
 //! hdrhistogram percentiles (the agent stamps the start with the same wall clock). Then
 //! jobs/s at saturation: a burst submitted in batches, timed until every job is final.
 //! Both with real `/bin/true` jobs and with agents in `--noop` mode (dispatch overhead only).
+//!
+//! `memory`, `restart`: a server holding many jobs ([`store_scale`]). `compare`: the same
+//! workloads on Hodei and on HyperQueue in one run ([`compare`]).
 
 mod cluster;
+mod compare;
 mod machine;
 mod store_scale;
 
@@ -40,6 +44,8 @@ enum Cmd {
     Memory(store_scale::ScaleArgs),
     /// kill -9 of a server holding N jobs (default 1,000,000) → serving again.
     Restart(store_scale::ScaleArgs),
+    /// The same workloads on Hodei and on HyperQueue, side by side.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -86,6 +92,7 @@ fn main() -> Result<()> {
         Cmd::Dispatch(args) => local.block_on(&rt, dispatch(args)),
         Cmd::Memory(args) => local.block_on(&rt, store_scale::memory(args)),
         Cmd::Restart(args) => local.block_on(&rt, store_scale::restart(args)),
+        Cmd::Compare(args) => local.block_on(&rt, compare::compare(args)),
     }
 }
 
