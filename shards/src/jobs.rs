@@ -563,7 +563,8 @@ impl Shard {
                 if state == JobState::Assigned
                     && !matches!(
                         outcome,
-                        hodei_core::job::Outcome::SpawnFailed(_) | hodei_core::job::Outcome::Drained
+                        hodei_core::job::Outcome::SpawnFailed(_)
+                            | hodei_core::job::Outcome::Drained
                     )
                 {
                     // Its Started was lost with a connection: it did run.

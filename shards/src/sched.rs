@@ -87,10 +87,13 @@ impl Shard {
         if target != w.state && w.state.can_transition_to(target) {
             w.state = target;
         }
-        if w.state.accepts_jobs() && w.free_slots > 0 {
-            self.free.insert(id);
-        } else {
-            self.free.remove(&id);
+        if let Some(old) = w.free_key.take() {
+            self.free.remove(&old);
+        }
+        if w.state.accepts_jobs() && w.free_slots > 0 && w.conn.is_some() {
+            let key = (std::cmp::Reverse(w.free_slots), w.last_assigned, id);
+            w.free_key = Some(key);
+            self.free.insert(key);
         }
     }
 
@@ -171,14 +174,13 @@ impl Shard {
                 continue; // lazily deleted (cancelled or already assigned)
             }
             let spec = &job.rec.spec;
-            // The least loaded fitting worker; among equals, the one idle longest.
+            // The least loaded fitting worker; among equals, the one idle longest (the free
+            // set's order).
             let target = self
                 .free
                 .iter()
-                .filter_map(|w| self.workers.get(w))
-                .filter(|w| w.fits(spec))
-                .min_by_key(|w| (std::cmp::Reverse(w.free_slots), w.last_assigned))
-                .map(|w| w.id);
+                .map(|(_, _, w)| *w)
+                .find(|w| self.workers.get(w).is_some_and(|w| w.fits(spec)));
             match target {
                 Some(worker) => {
                     if let Some(g) = self.assign(id, worker, comm) {
@@ -223,8 +225,9 @@ impl Shard {
         };
         self.steal_cursor = (target + 1) % n;
         let mut offers = Vec::new();
-        for id in std::mem::take(&mut self.free) {
+        for (_, _, id) in std::mem::take(&mut self.free) {
             if let Some(w) = self.workers.get_mut(&id) {
+                w.free_key = None;
                 offers.push(Offer {
                     worker: id,
                     slots: w.free_slots,

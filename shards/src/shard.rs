@@ -82,7 +82,14 @@ pub(crate) struct Worker {
     pub(crate) disconnected_at: Option<Micros>,
     /// When it was last given a job (a shard-local counter), to rotate among equals.
     pub(crate) last_assigned: u64,
+    /// Its key in [`Shard::free`], while it is there.
+    pub(crate) free_key: Option<FreeKey>,
 }
+
+/// Order of the free set: most free slots first, then idle longest, then id. The first
+/// worker that fits a job is the least loaded one, found in O(log n) for a job without
+/// special requirements.
+pub(crate) type FreeKey = (Reverse<u32>, u64, WorkerId);
 
 /// Timer kinds; each is checked against current state when it fires (lazy deletion).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,7 +120,7 @@ pub struct Shard {
     pub(crate) workers: HashMap<WorkerId, Worker>,
     pub(crate) conns: HashMap<ConnId, WorkerId>,
     /// Ready workers with a free slot: the only candidates for scheduling.
-    pub(crate) free: BTreeSet<WorkerId>,
+    pub(crate) free: BTreeSet<FreeKey>,
     pub(crate) timers: BinaryHeap<Reverse<(Micros, Timer)>>,
     /// Other shards that said they have queued work.
     pub(crate) remote_work: Vec<bool>,
@@ -250,7 +257,7 @@ impl Shard {
     pub fn free_workers(
         &self,
     ) -> impl Iterator<Item = (WorkerId, u32, u32, u64, &[(String, String)])> {
-        self.free.iter().filter_map(|w| {
+        self.free.iter().filter_map(|(_, _, w)| {
             self.workers.get(w).map(|wk| {
                 (
                     wk.id,

@@ -116,6 +116,7 @@ impl Shard {
             last_seen: now,
             disconnected_at: None,
             last_assigned: 0,
+            free_key: None,
         };
         let mut forgotten = Vec::new();
         if let Some(prev) = previous {
@@ -198,7 +199,7 @@ impl Shard {
             let reason = Some("connection lost or silent".to_owned());
             self.worker_event(id, WorkerState::Disconnected, reason, comm);
         }
-        self.free.remove(&id);
+        self.refresh_worker(id);
     }
 
     /// A worker's grace ran out: requeue its attempts.
