@@ -1,7 +1,13 @@
 //! The [`Shard`] struct: what one shard owns, and the entry points the driver calls.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap};
+use std::hash::{BuildHasherDefault, DefaultHasher};
+
+/// A hash map with a fixed hasher: iteration order depends only on the inputs, so a
+/// simulation seed replays exactly (std's default hasher is randomly keyed per process).
+/// Keys come from the shard itself (ids it minted), not from peers choosing collisions.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
 use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::JobRecord;
@@ -145,7 +151,8 @@ pub struct Shard {
     /// Event reads fanned out from here: shards that have not ended their part yet.
     pub(crate) event_streams: HashMap<ReqId, usize>,
     /// Idempotency keys this shard owns (see `lifecycle::key_shard`).
-    pub(crate) idem: HashMap<String, JobId>,
+    /// (A BTreeMap: the keys are user strings, which must not be able to choose hash collisions.)
+    pub(crate) idem: std::collections::BTreeMap<String, JobId>,
 }
 
 #[derive(Debug, Default)]
@@ -171,25 +178,25 @@ impl Shard {
             remote_work: vec![false; cfg.shards],
             unfit_at: vec![false; cfg.shards],
             cfg,
-            jobs: HashMap::new(),
+            jobs: HashMap::default(),
             queue: BinaryHeap::new(),
             pending: 0,
             next_job_seq: 0,
             next_worker_seq: 0,
-            workers: HashMap::new(),
-            conns: HashMap::new(),
+            workers: HashMap::default(),
+            conns: HashMap::default(),
             free: BTreeSet::new(),
             timers: BinaryHeap::new(),
             queued_since_advert: false,
             steal: None,
             steal_cursor: 0,
             assign_seq: 0,
-            gathers: HashMap::new(),
+            gathers: HashMap::default(),
             now,
             event_seq,
             event_followers: Vec::new(),
-            event_streams: HashMap::new(),
-            idem: HashMap::new(),
+            event_streams: HashMap::default(),
+            idem: std::collections::BTreeMap::new(),
         };
         for rec in jobs {
             if let Some(key) = &rec.spec.policy.idempotency_key

@@ -2,7 +2,6 @@
 //! disconnects and lost workers.
 
 use std::cmp::Reverse;
-use std::collections::HashMap;
 
 use hodei_core::ids::WorkerId;
 use hodei_core::job::WorkerInfo;
@@ -112,7 +111,7 @@ impl Shard {
             free_cpus: hello.resources.cpus,
             free_mem: hello.resources.memory,
             res: hello.resources,
-            held: HashMap::new(),
+            held: crate::shard::HashMap::default(),
             last_seen: now,
             disconnected_at: None,
             last_assigned: 0,
