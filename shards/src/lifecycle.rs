@@ -132,6 +132,20 @@ impl Shard {
         reason: String,
         comm: &mut impl Comm,
     ) {
+        self.attempt_over_after(id, class, final_state, reason, 0, comm);
+    }
+
+    /// As [`Shard::attempt_over`], but a retry waits at least `min_wait` (an attempt whose
+    /// agent may still run it must not be retried before the agent's lease is over).
+    pub(crate) fn attempt_over_after(
+        &mut self,
+        id: JobId,
+        class: RetryOn,
+        final_state: JobState,
+        reason: String,
+        min_wait: u64,
+        comm: &mut impl Comm,
+    ) {
         let now = self.now;
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
@@ -141,7 +155,7 @@ impl Shard {
         if retry && job.rec.state.can_transition_to(JobState::Pending) {
             let delay =
                 policy.backoff_ms(job.rec.attempt.0 + 1, id.0 ^ u64::from(job.rec.attempt.0));
-            let at = now + delay * 1_000;
+            let at = now + (delay * 1_000).max(min_wait);
             job.rec.state = JobState::Pending;
             job.rec.worker = None;
             job.rec.not_before = Some(at);
@@ -202,11 +216,15 @@ impl Shard {
             self.send_worker(w, ToAgent::Abandon { job: id, attempt }, comm);
         }
         let secs = self.cfg.assign_timeout / 1_000_000;
-        self.attempt_over(
+        // The agent may be alive but slow, or cut off with the Assign on its way: the
+        // Abandon reaches it, or its lease kills the attempt, within the disconnect grace.
+        let wait = self.cfg.disconnect_grace;
+        self.attempt_over_after(
             id,
             RetryOn::LOST,
             JobState::Failed,
             format!("was not acknowledged by its agent within {secs} s"),
+            wait,
             comm,
         );
         self.schedule(comm);

@@ -45,30 +45,43 @@ impl Worker {
     }
 
     pub(crate) fn reserve(&mut self, held: HeldJob) {
-        self.free_slots = self.free_slots.saturating_sub(1);
-        self.free_cpus = self.free_cpus.saturating_sub(held.cpus);
-        self.free_mem = self.free_mem.saturating_sub(held.memory);
         self.held.insert(held.job, held);
+        self.recompute();
     }
 
     /// Releases an attempt's reservation; false if it did not hold that attempt.
     pub(crate) fn release(&mut self, job: JobId, attempt: Attempt) -> bool {
         match self.held.get(&job) {
             Some(h) if h.attempt == attempt => {
-                self.free_slots += 1;
-                self.free_cpus += h.cpus;
-                self.free_mem += h.memory;
                 self.held.remove(&job);
+                self.recompute();
                 true
             }
             _ => false,
         }
+    }
+
+    /// Free capacity is derived, never adjusted in place: what the agent offers, minus the
+    /// attempts it holds, minus what is offered to an outstanding steal. (Adding back what
+    /// was taken double-counted after a re-registration with more held attempts than slots.)
+    pub(crate) fn recompute(&mut self) {
+        #[allow(clippy::cast_possible_truncation)]
+        let held = self.held.len() as u32;
+        let cpus: u32 = self.held.values().map(|h| h.cpus).sum();
+        let mem: u64 = self.held.values().map(|h| h.memory).sum();
+        let (os, oc, om) = self.offered;
+        self.free_slots = self.res.slots.saturating_sub(held).saturating_sub(os);
+        self.free_cpus = self.res.cpus.saturating_sub(cpus).saturating_sub(oc);
+        self.free_mem = self.res.memory.saturating_sub(mem).saturating_sub(om);
     }
 }
 
 impl Shard {
     /// Our capacity grew: shards whose work did not fit before are worth asking again.
     pub(crate) fn capacity_grew(&mut self) {
+        if self.steal.is_some() {
+            self.grew_during_steal = true;
+        }
         for (remote, unfit) in self.remote_work.iter_mut().zip(self.unfit_at.iter_mut()) {
             *remote |= std::mem::take(unfit);
         }
@@ -236,9 +249,8 @@ impl Shard {
                     labels: w.res.labels.clone(),
                 });
                 // Reserved for the request: local scheduling must not use it meanwhile.
-                w.free_slots = 0;
-                w.free_cpus = 0;
-                w.free_mem = 0;
+                w.offered = (w.free_slots, w.free_cpus, w.free_mem);
+                w.recompute();
             }
         }
         comm.send_shard(
@@ -309,14 +321,14 @@ impl Shard {
         if let Some((_, offers)) = self.steal.take() {
             for o in offers {
                 if let Some(w) = self.workers.get_mut(&o.worker) {
-                    w.free_slots += o.slots;
-                    w.free_cpus += o.cpus;
-                    w.free_mem += o.memory;
+                    w.offered = (0, 0, 0);
+                    w.recompute();
                 }
                 self.refresh_worker(o.worker);
             }
         }
-        if !more || grants.is_empty() {
+        let grew = std::mem::take(&mut self.grew_during_steal);
+        if !more || (grants.is_empty() && !grew) {
             // Nothing (more) for our capacity there: stop asking until it queues new work
             // or our capacity grows.
             self.remote_work[from] = false;

@@ -90,6 +90,8 @@ pub(crate) struct Worker {
     pub(crate) last_assigned: u64,
     /// Its key in [`Shard::free`], while it is there.
     pub(crate) free_key: Option<FreeKey>,
+    /// Capacity offered to an outstanding steal request (slots, CPUs, memory).
+    pub(crate) offered: (u32, u32, u64),
 }
 
 /// Order of the free set: most free slots first, then idle longest, then id. The first
@@ -138,6 +140,9 @@ pub struct Shard {
     /// Outstanding steal request: target shard and the capacity reserved for it.
     pub(crate) steal: Option<(usize, Vec<Offer>)>,
     pub(crate) steal_cursor: usize,
+    /// Capacity grew while a steal request was out: its empty answer is no reason to stop
+    /// asking.
+    pub(crate) grew_during_steal: bool,
     /// Counts assignments, for [`Worker::last_assigned`].
     pub(crate) assign_seq: u64,
     /// Listing fan-outs waiting for parts: request → (parts missing, jobs, workers).
@@ -190,6 +195,7 @@ impl Shard {
             queued_since_advert: false,
             steal: None,
             steal_cursor: 0,
+            grew_during_steal: false,
             assign_seq: 0,
             gathers: HashMap::default(),
             now,

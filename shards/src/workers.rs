@@ -116,6 +116,7 @@ impl Shard {
             disconnected_at: None,
             last_assigned: 0,
             free_key: None,
+            offered: (0, 0, 0),
         };
         let mut forgotten = Vec::new();
         if let Some(prev) = previous {
@@ -211,9 +212,7 @@ impl Shard {
         }
         w.state = WorkerState::Lost;
         let held: Vec<_> = w.held.drain().map(|(_, h)| h).collect();
-        w.free_slots = w.res.slots;
-        w.free_cpus = w.res.cpus;
-        w.free_mem = w.res.memory;
+        w.recompute();
         let reason = Some("did not come back within the disconnect grace".to_owned());
         self.worker_event(id, WorkerState::Lost, reason, comm);
         for h in held {
@@ -228,18 +227,23 @@ impl Shard {
             return;
         };
         // Both end the agent's hold on the attempt without a further report.
-        if let ToAgent::Abandon { job, attempt } | ToAgent::FinishedAck { job, attempt } = &msg
-            && w.release(*job, *attempt)
+        let ends = match &msg {
+            ToAgent::Abandon { job, attempt } | ToAgent::FinishedAck { job, attempt } => {
+                Some((*job, *attempt))
+            }
+            _ => None,
+        };
+        // The message goes out first: an Assign that reuses the freed slot must not overtake
+        // the Abandon that frees it on the agent's stream.
+        if let Some(conn) = w.conn {
+            comm.send_agent(conn, msg);
+        }
+        if let Some((job, attempt)) = ends
+            && w.release(job, attempt)
         {
             self.refresh_worker(worker);
             self.capacity_grew();
             self.schedule(comm);
-        }
-        let Some(w) = self.workers.get(&worker) else {
-            return;
-        };
-        if let Some(conn) = w.conn {
-            comm.send_agent(conn, msg);
         }
     }
 
