@@ -1,0 +1,94 @@
+//! What a run injects: [`Opts`].
+
+/// What one run injects, and how big it is.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub shards: usize,
+    pub agents: usize,
+    pub slots: u32,
+    pub jobs: usize,
+    /// Submissions are spread over this span.
+    pub submit_ms: u64,
+    /// Run time of a job's process (uniform).
+    pub job_ms: (u64, u64),
+    /// Random retry policies, exit codes, run-time limits and queue timeouts.
+    pub policies: bool,
+    /// Floor of the random policies' first retry delay.
+    pub min_backoff_ms: u64,
+    /// `hodei job retry` requests for random final jobs.
+    pub retries: usize,
+    /// Single-job submits with an idempotency key, each sent twice.
+    pub keyed: usize,
+    /// Cancel requests for random acknowledged jobs.
+    pub cancels: usize,
+    /// Wait requests for random acknowledged jobs.
+    pub waits: usize,
+    /// Faults happen within [10 ms, fault_ms].
+    pub fault_ms: u64,
+    pub restarts: usize,
+    /// Agent processes killed (their jobs die with them); they come back as new workers.
+    pub crashes: usize,
+    pub partitions: usize,
+    pub partition_ms: (u64, u64),
+    /// Connections dropped with everything in flight.
+    pub conn_losses: usize,
+    /// Agents drained (half by SIGTERM, half by `hodei worker drain`); they come back later.
+    pub drains: usize,
+    /// Longest commit (fsync) of a turn; 0 is a fast disk (0.2-0.3 ms).
+    pub slow_disk_ms: u64,
+    /// After a server restart, agents wait up to this long before reconnecting.
+    pub late_reconnect_ms: u64,
+    /// One job in eight runs up to this long instead (0: none).
+    pub long_job_ms: u64,
+    /// Some spawns take longer than the assignment acknowledgement deadline.
+    pub slow_spawns: bool,
+    pub assign_timeout_ms: Option<u64>,
+    /// All agents connect to this shard (forces work stealing).
+    pub agent_shard: Option<usize>,
+    /// All submissions go to this shard.
+    pub submit_shard: Option<usize>,
+}
+
+impl Opts {
+    /// No faults, default policies.
+    pub fn base(shards: usize, agents: usize, jobs: usize) -> Self {
+        Self {
+            shards,
+            agents,
+            slots: 2,
+            jobs,
+            submit_ms: 1_500,
+            job_ms: (1, 50),
+            long_job_ms: 0,
+            policies: false,
+            min_backoff_ms: 0,
+            retries: 0,
+            keyed: 0,
+            cancels: 0,
+            waits: 0,
+            fault_ms: 3_000,
+            restarts: 0,
+            crashes: 0,
+            partitions: 0,
+            partition_ms: (500, 20_000),
+            conn_losses: 0,
+            drains: 0,
+            slow_disk_ms: 0,
+            late_reconnect_ms: 0,
+            slow_spawns: false,
+            assign_timeout_ms: None,
+            agent_shard: None,
+            submit_shard: None,
+        }
+    }
+
+    /// Can a process legitimately complete successfully twice? Only when a result is lost
+    /// with its agent (tracked separately), or an agent stays away longer than the server
+    /// waits for it while holding a finished result, or a slow start outlives the ack
+    /// deadline.
+    pub fn exactly_once(&self) -> bool {
+        (self.partitions == 0 || self.partition_ms.1 <= 5_000)
+            && self.late_reconnect_ms == 0
+            && !self.slow_spawns
+    }
+}
