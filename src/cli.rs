@@ -34,7 +34,7 @@ pub struct Target {
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {
     /// Submit a job; prints its id once it is durable.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// Show one job.
     Get {
         id: JobId,
@@ -226,7 +226,7 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
     match cmd {
         JobCmd::Submit(args) => {
             let json = args.json;
-            let spec = args.spec()?;
+            let spec = (*args).spec()?;
             let replies = client
                 .request(&ToServer::Submit { specs: vec![spec] })
                 .await?;

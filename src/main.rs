@@ -85,6 +85,10 @@ struct ServerArgs {
     /// An assignment its agent has not started within this goes back to the queue.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     assign_timeout: Duration,
+    /// UDP socket receive/send buffer per shard socket, bytes (capped by net.core.rmem_max;
+    /// the kernel default of ~208 KiB drops handshakes when thousands of agents connect).
+    #[arg(long, default_value_t = 4 << 20)]
+    udp_buffer: usize,
     /// Enable UDP generic segmentation offload (costs ~80 us per round trip on some VMs).
     #[arg(long)]
     gso: bool,
@@ -97,6 +101,7 @@ impl ServerArgs {
         });
         let transport = hodei_transport::TransportOptions {
             gso: self.gso,
+            udp_buffer_bytes: Some(self.udp_buffer),
             ..Default::default()
         };
         server::ServerOptions {

@@ -1,6 +1,8 @@
 //! `kill -9` of the server while jobs are submitted and running: after a restart every
 //! acknowledged job finishes exactly once, and no job ever runs twice at the same time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] fns
+
 mod common;
 
 use std::collections::HashMap;

@@ -147,7 +147,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     // live server), well inside the server's re-attach grace.
     let transport = TransportOptions {
         idle_timeout: Duration::from_secs(3),
-        keep_alive: Duration::from_millis(500),
+        // Heartbeats (1 s) already keep the connection busy; a shorter keep-alive would add a
+        // PING and its ACK between every two heartbeats (measured: twice the packets).
+        keep_alive: Duration::from_secs(2),
         ..TransportOptions::default()
     };
     let client_cfg = hodei_transport::client_config(&args.ca, ALPN_AGENT, &transport)

@@ -40,6 +40,7 @@ pub enum Input {
 
 /// What an agent connection's writer task is told.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per message; boxing would allocate for each
 pub enum AgentOut {
     Msg(ToAgent),
     Close,
