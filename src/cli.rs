@@ -207,6 +207,17 @@ fn print_json(v: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// The first id of a `Submitted` answer.
+fn first_submitted(replies: Vec<FromServer>) -> Option<JobId> {
+    replies.into_iter().find_map(|m| {
+        if let FromServer::Submitted { ids } = m {
+            ids.first().copied()
+        } else {
+            None
+        }
+    })
+}
+
 fn one_job(replies: Vec<FromServer>) -> Result<JobRecord> {
     replies
         .into_iter()
@@ -230,16 +241,7 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
             let replies = client
                 .request(&ToServer::Submit { specs: vec![spec] })
                 .await?;
-            let id = replies
-                .into_iter()
-                .find_map(|m| {
-                    if let FromServer::Submitted { ids } = m {
-                        ids.first().copied()
-                    } else {
-                        None
-                    }
-                })
-                .context("the server did not acknowledge the job")?;
+            let id = first_submitted(replies).context("the server did not acknowledge the job")?;
             if json {
                 let job = one_job(client.request(&ToServer::GetJob { job: id }).await?)?;
                 print_json(&view::job_json(&job))?;
@@ -304,16 +306,8 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
         }
         JobCmd::Retry { id } => {
             let replies = client.request(&ToServer::Retry { job: id }).await?;
-            let new = replies
-                .into_iter()
-                .find_map(|m| {
-                    if let FromServer::Submitted { ids } = m {
-                        ids.first().copied()
-                    } else {
-                        None
-                    }
-                })
-                .context("the server did not acknowledge the retry")?;
+            let new =
+                first_submitted(replies).context("the server did not acknowledge the retry")?;
             println!("{new}");
         }
         JobCmd::Wait { ids, timeout } => return wait(&client, ids, timeout).await,

@@ -217,3 +217,50 @@ pub trait Comm {
     /// Answer a client request received by this shard; `last` ends the request's stream.
     fn reply(&mut self, req: ReqId, reply: Reply, last: bool);
 }
+
+/// A [`Comm`] that records every effect, in order per kind: the server's driver collects one
+/// loop turn in it (to commit the writes before releasing the rest), and tests and the
+/// simulation read exactly what a shard did.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Store writes.
+    pub persists: Vec<StoreOp>,
+    /// Messages to agent connections.
+    pub agent: Vec<(ConnId, ToAgent)>,
+    /// Connections to close.
+    pub close: Vec<ConnId>,
+    /// Messages to other shards.
+    pub shard: Vec<(usize, ShardMsg)>,
+    /// Client replies.
+    pub reply: Vec<(ReqId, Reply, bool)>,
+}
+
+impl Effects {
+    /// True if nothing was recorded.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.persists.is_empty()
+            && self.agent.is_empty()
+            && self.close.is_empty()
+            && self.shard.is_empty()
+            && self.reply.is_empty()
+    }
+}
+
+impl Comm for Effects {
+    fn persist(&mut self, op: StoreOp) {
+        self.persists.push(op);
+    }
+    fn send_agent(&mut self, conn: ConnId, msg: ToAgent) {
+        self.agent.push((conn, msg));
+    }
+    fn close_agent(&mut self, conn: ConnId) {
+        self.close.push(conn);
+    }
+    fn send_shard(&mut self, shard: usize, msg: ShardMsg) {
+        self.shard.push((shard, msg));
+    }
+    fn reply(&mut self, req: ReqId, reply: Reply, last: bool) {
+        self.reply.push((req, reply, last));
+    }
+}

@@ -19,5 +19,5 @@ mod sched;
 mod shard;
 mod workers;
 
-pub use comm::{Comm, ConnId, Grant, Offer, Reply, Report, ReqId, ShardMsg, StoreOp};
+pub use comm::{Comm, ConnId, Effects, Grant, Offer, Reply, Report, ReqId, ShardMsg, StoreOp};
 pub use shard::{Shard, ShardConfig};

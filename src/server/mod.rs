@@ -3,7 +3,6 @@
 //! shard, and on SIGINT/SIGTERM stops accepting, flushes the store and closes connections.
 
 mod conn;
-mod effects;
 mod shard_thread;
 pub mod store;
 

@@ -14,11 +14,10 @@ use anyhow::{Context, Result};
 use hodei_core::event::{Event, EventKind, Subject};
 use hodei_core::time::wall_now;
 use hodei_core::wire::{FromAgent, ToAgent, ToServer};
-use hodei_shards::{ConnId, Reply, ReqId, Shard, ShardMsg, StoreOp};
+use hodei_shards::{ConnId, Effects, Reply, ReqId, Shard, ShardMsg, StoreOp};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{debug, error, info, warn};
 
-use super::effects::Effects;
 use super::store::Store;
 
 /// Inputs of a shard's loop, from its own tasks and from other shards.

@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 
 use hodei_core::time::{Micros, ms};
-use hodei_core::wire::{FromAgent, ToAgent, ToServer};
-use hodei_shards::{Comm, ConnId, Reply, ReqId, Shard, ShardConfig, ShardMsg, StoreOp};
+use hodei_core::wire::{FromAgent, ToServer};
+use hodei_shards::{ConnId, ReqId, Shard, ShardConfig, ShardMsg};
 use rand::Rng;
 
 use crate::world::{Ev, Sim};
@@ -23,42 +23,7 @@ pub enum Input {
 }
 
 /// The effects of one loop turn (the driver's `Comm`).
-#[derive(Debug, Default)]
-pub struct Turn {
-    pub persists: Vec<StoreOp>,
-    pub agent: Vec<(ConnId, ToAgent)>,
-    pub close: Vec<ConnId>,
-    pub shard: Vec<(usize, ShardMsg)>,
-    pub reply: Vec<(ReqId, Reply, bool)>,
-}
-
-impl Turn {
-    fn is_empty(&self) -> bool {
-        self.persists.is_empty()
-            && self.agent.is_empty()
-            && self.close.is_empty()
-            && self.shard.is_empty()
-            && self.reply.is_empty()
-    }
-}
-
-impl Comm for Turn {
-    fn persist(&mut self, op: StoreOp) {
-        self.persists.push(op);
-    }
-    fn send_agent(&mut self, conn: ConnId, msg: ToAgent) {
-        self.agent.push((conn, msg));
-    }
-    fn close_agent(&mut self, conn: ConnId) {
-        self.close.push(conn);
-    }
-    fn send_shard(&mut self, shard: usize, msg: ShardMsg) {
-        self.shard.push((shard, msg));
-    }
-    fn reply(&mut self, req: ReqId, reply: Reply, last: bool) {
-        self.reply.push((req, reply, last));
-    }
-}
+pub type Turn = hodei_shards::Effects;
 
 pub struct Server {
     pub shards: Vec<Shard>,
