@@ -76,6 +76,9 @@ struct ServerArgs {
     /// Agents heartbeat this often; a connection silent for 3 intervals is dropped.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
+    /// An agent silent this long is treated as disconnected (default: 3 heartbeat intervals).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Option<Duration>,
     /// A dropped agent that does not reconnect within this is lost; its jobs are requeued.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     disconnect_grace: Duration,
@@ -109,6 +112,7 @@ impl ServerArgs {
             listen: self.listen,
             shards,
             heartbeat: self.heartbeat,
+            heartbeat_timeout: self.heartbeat_timeout.unwrap_or(self.heartbeat * 3),
             disconnect_grace: self.disconnect_grace,
             reattach_grace: self.reattach_grace,
             assign_timeout: self.assign_timeout,

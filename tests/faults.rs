@@ -159,3 +159,32 @@ fn sigterm_drains_the_agent() {
     });
     server.ok(&["job", "cancel", &long]);
 }
+
+/// `hodei worker drain ID`: the agent drains on the server's request and leaves; the
+/// worker ends terminated and its finished job's result is kept.
+#[test]
+fn worker_drain_command_drains_the_agent() {
+    let scratch = Scratch::new("draincmd");
+    let server = Server::start_with(&scratch, 2, FAST);
+    let mut a = server.agent(&scratch, "a", 1, &[]);
+    server.wait_workers(1);
+    let wa = Server::worker_of(&scratch, "a");
+    let job = server.submit(&["--", "sh", "-c", "sleep 1; echo drained-ok"]);
+    server.wait_job(&job, "running", |j| j["state"] == "running");
+    let out = server.ok(&["worker", "drain", &wa, "--timeout", "20s"]);
+    assert!(out.contains("draining"), "{out}");
+    assert!(a.wait_exit(Duration::from_secs(30)).success());
+    assert_eq!(server.job(&job)["state"], "succeeded");
+    assert_eq!(server.ok(&["job", "logs", &job]), "drained-ok\n");
+    let ws = server.json(&["worker", "list", "--json"]);
+    let st = ws
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == wa.as_str())
+        .unwrap()["state"]
+        .clone();
+    assert_eq!(st, "terminated");
+    let missing = server.cli(&["worker", "drain", "w9.9.9"]);
+    assert!(!missing.status.success());
+}

@@ -27,6 +27,7 @@ pub struct ServerOptions {
     pub listen: SocketAddr,
     pub shards: usize,
     pub heartbeat: Duration,
+    pub heartbeat_timeout: Duration,
     pub disconnect_grace: Duration,
     pub reattach_grace: Duration,
     pub assign_timeout: Duration,
@@ -94,7 +95,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
         let mut cfg = ShardConfig::new(i, opts.shards, epoch);
         cfg.ports.clone_from(&ports);
         cfg.heartbeat = micros(opts.heartbeat);
-        cfg.heartbeat_timeout = micros(opts.heartbeat) * 3;
+        cfg.heartbeat_timeout = micros(opts.heartbeat_timeout);
         cfg.disconnect_grace = micros(opts.disconnect_grace);
         cfg.reattach_grace = micros(opts.reattach_grace);
         cfg.assign_timeout = micros(opts.assign_timeout);
