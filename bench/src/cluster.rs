@@ -91,6 +91,18 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// One connection attempt, no retries.
+    async fn connect_once(&self) -> Result<Client> {
+        let cfg = hodei_transport::client_config(
+            &self.dir.join("data/ca.pem"),
+            ALPN_CLIENT,
+            &TransportOptions::default(),
+        )?;
+        let ep = hodei_transport::client_endpoint(self.addr, cfg)?;
+        let conn = hodei_transport::connect(&ep, self.addr).await?;
+        Ok(Client { conn, _ep: ep })
+    }
+
     pub async fn client(&self) -> Result<Client> {
         let cfg = hodei_transport::client_config(
             &self.dir.join("data/ca.pem"),
@@ -128,9 +140,14 @@ impl Cluster {
         }
         let deadline = t0 + Duration::from_secs(120);
         loop {
-            if let Ok(c) = self.client().await
-                && c.workers().await.is_ok()
-            {
+            // A fresh, short connection attempt each time: a QUIC handshake to a port nobody
+            // listens on yet is only retransmitted with exponential backoff, which would
+            // measure the backoff instead of the server.
+            let probe = async {
+                let c = self.connect_once().await?;
+                c.workers().await
+            };
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(250), probe).await {
                 return Ok(t0.elapsed());
             }
             if std::time::Instant::now() > deadline {

@@ -20,4 +20,5 @@ mod shard;
 mod workers;
 
 pub use comm::{Comm, ConnId, Effects, Grant, Offer, Reply, Report, ReqId, ShardMsg, StoreOp};
+pub use lifecycle::key_shard;
 pub use shard::{Shard, ShardConfig};

@@ -13,10 +13,10 @@ use hodei_core::wire::{FromServer, ToAgent};
 use crate::comm::{Comm, Reply, StoreOp};
 use crate::shard::{Shard, Timer};
 
-/// The shard that owns an idempotency key: every submit with that key is routed there, so
+/// The shard that owns an idempotency key (of `shards`): every submit with that key is routed there, so
 /// deduplication needs no shared map.
 #[must_use]
-pub(crate) fn key_shard(key: &str, shards: usize) -> usize {
+pub fn key_shard(key: &str, shards: usize) -> usize {
     // FNV-1a: stable across builds and restarts (std's hasher is randomly seeded).
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in key.bytes() {

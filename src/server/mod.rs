@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use hodei_core::job::JobRecord;
 use hodei_core::time::wall_now;
 use hodei_shards::{Shard, ShardConfig};
 use hodei_transport::TransportOptions;
@@ -57,8 +58,25 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
     let store = Store::open(&opts.data_dir)?;
     let epoch = store.next_epoch()?;
     let jobs = store.load_jobs()?;
+    let loaded = jobs.len();
+    // Partition by owner. A job whose idempotency key belongs to another shard (only after
+    // the shard count changed) is also handed to that shard, for its key index.
+    let mut per_shard: Vec<Vec<JobRecord>> = (0..opts.shards).map(|_| Vec::new()).collect();
+    let mut foreign_keys: Vec<(usize, JobRecord)> = Vec::new();
+    for j in jobs {
+        let owner = j.id.owner(opts.shards);
+        if let Some(k) = &j.spec.policy.idempotency_key {
+            let ks = hodei_shards::key_shard(k, opts.shards);
+            if ks != owner {
+                foreign_keys.push((ks, j.clone()));
+            }
+        }
+        if let Some(v) = per_shard.get_mut(owner) {
+            v.push(j);
+        }
+    }
     info!(
-        jobs = jobs.len(),
+        jobs = loaded,
         epoch,
         "store loaded from {}",
         opts.data_dir.display()
@@ -101,8 +119,14 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
         cfg.assign_timeout = micros(opts.assign_timeout);
         #[allow(clippy::cast_possible_truncation)] // at most 256 shards, checked above
         let seq = store.last_event_seq(i as u8)?;
-        // Every job goes in: each shard keeps its own and indexes the idempotency keys it owns.
-        let shard = Shard::new(cfg, jobs.iter().cloned(), now, seq);
+        // Each shard gets its own jobs (moved, not copied: a million jobs is a lot to copy),
+        // plus any other job whose idempotency key it owns, for its key index.
+        let mine = std::mem::take(per_shard.get_mut(i).context("shard index out of range")?);
+        let keyed = foreign_keys
+            .iter()
+            .filter(|j| j.0 == i)
+            .map(|j| j.1.clone());
+        let shard = Shard::new(cfg, mine.into_iter().chain(keyed), now, seq);
         let setup = ShardSetup {
             shard,
             store: store.clone(),
