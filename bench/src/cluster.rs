@@ -273,7 +273,10 @@ fn spawn_server(
             "--data-dir",
         ])
         .arg(dir.join("data"))
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("HODEI_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .context("cannot start hodei server")

@@ -204,6 +204,10 @@ impl Shard {
             event_streams: HashMap::default(),
             idem: std::collections::BTreeMap::new(),
         };
+        let jobs = jobs.into_iter();
+        // Reserve once: growing a map of a million jobs rehashes and moves them many times.
+        shard.jobs.reserve(jobs.size_hint().0);
+        shard.queue.reserve(jobs.size_hint().0);
         for rec in jobs {
             if let Some(key) = &rec.spec.policy.idempotency_key
                 && crate::lifecycle::key_shard(key, shard.cfg.shards) == shard.cfg.index

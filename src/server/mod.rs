@@ -55,13 +55,22 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
     let tls = hodei_transport::ensure_server_tls(&opts.data_dir).context("cannot prepare TLS")?;
     let server_config = hodei_transport::server_config(&tls, &opts.transport)
         .context("cannot build the TLS config")?;
+    let t0 = std::time::Instant::now();
     let store = Store::open(&opts.data_dir)?;
+    let opened = t0.elapsed();
     let epoch = store.next_epoch()?;
     let jobs = store.load_jobs()?;
     let loaded = jobs.len();
     // Partition by owner. A job whose idempotency key belongs to another shard (only after
     // the shard count changed) is also handed to that shard, for its key index.
-    let mut per_shard: Vec<Vec<JobRecord>> = (0..opts.shards).map(|_| Vec::new()).collect();
+    let mut counts = vec![0usize; opts.shards];
+    for j in &jobs {
+        if let Some(c) = counts.get_mut(j.id.owner(opts.shards)) {
+            *c += 1;
+        }
+    }
+    let mut per_shard: Vec<Vec<JobRecord>> =
+        counts.iter().map(|c| Vec::with_capacity(*c)).collect();
     let mut foreign_keys: Vec<(usize, JobRecord)> = Vec::new();
     for j in jobs {
         let owner = j.id.owner(opts.shards);
@@ -77,6 +86,8 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
     }
     info!(
         jobs = loaded,
+        open_ms = opened.as_millis(),
+        load_ms = (t0.elapsed() - opened).as_millis(),
         epoch,
         "store loaded from {}",
         opts.data_dir.display()
@@ -150,7 +161,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
             .context("cannot start a shard thread")?;
         threads.push(t);
     }
-    info!(%addr, shards = opts.shards, "hodei server listening");
+    info!(%addr, shards = opts.shards, start_ms = t0.elapsed().as_millis(), "hodei server listening");
     Ok(Running {
         threads,
         inputs: txs,

@@ -92,7 +92,14 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     let mut clients: HashMap<ReqId, UnboundedSender<(Reply, bool)>> = HashMap::new();
     let mut fx = Effects::default();
     let mut gone = Vec::new();
+    let t = std::time::Instant::now();
     shard.handle_start(&mut fx);
+    info!(
+        shard = index,
+        jobs = shard.jobs().count(),
+        start_ms = t.elapsed().as_millis(),
+        "shard ready"
+    );
     let mut running = true;
     while running {
         let sleep_until = shard.poll_timeout().map(|t| {

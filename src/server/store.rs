@@ -135,6 +135,9 @@ fn decode_chunks(mut b: &[u8]) -> Result<Vec<Chunk>> {
 /// expected (after a crash) or means damage (after a clean stop).
 const CLEAN: &str = "clean-shutdown";
 
+/// Journal bound (fjall's minimum is 64 MiB).
+const JOURNAL_BYTES: u64 = 64 << 20;
+
 /// A journal's bytes up to its last non-zero byte (journals are preallocated with zeros).
 struct JournalCopy {
     path: PathBuf,
@@ -229,12 +232,17 @@ impl Store {
         let clean = data_dir.join(CLEAN);
         let was_clean = clean.exists();
         let copies = snapshot_journals(&path)?;
-        let db = Database::builder(&path).open().with_context(|| {
-            format!(
-                "cannot open the store at {} (is another server using it, or is it corrupt?)",
-                path.display()
-            )
-        })?;
+        // A smaller journal bound (fjall's default is 512 MiB) makes fjall flush memtables
+        // sooner, so a restart after a crash replays less: measured with 1M jobs.
+        let db = Database::builder(&path)
+            .max_journaling_size(JOURNAL_BYTES)
+            .open()
+            .with_context(|| {
+                format!(
+                    "cannot open the store at {} (is another server using it, or is it corrupt?)",
+                    path.display()
+                )
+            })?;
         if let Err(e) = check_journals(&copies, was_clean) {
             // Put the journals back as they were, so that nothing is lost by refusing.
             drop(db);
