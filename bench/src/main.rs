@@ -133,7 +133,33 @@ async fn dispatch(args: DispatchArgs) -> Result<()> {
         cluster.stop();
         results.push(r?);
     }
-    report(&args, &results)
+    // The machine's raw spawn rate, measured in the same run: as many spawners as slots,
+    // each running /bin/true to completion, as fast as it can.
+    let raw = raw_spawn_rate(args.agents * args.slots as usize, args.burst)?;
+    report(&args, &results, raw)
+}
+
+/// `/bin/true` processes per second with `parallel` concurrent spawners, `total` in all.
+fn raw_spawn_rate(parallel: usize, total: usize) -> Result<f64> {
+    let t0 = Instant::now();
+    let per = total.div_ceil(parallel.max(1));
+    let threads: Vec<_> = (0..parallel.max(1))
+        .map(|_| {
+            std::thread::spawn(move || -> std::io::Result<()> {
+                for _ in 0..per {
+                    std::process::Command::new("/bin/true").status()?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("a spawner thread panicked"))??;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    let rate = (per * parallel.max(1)) as f64 / t0.elapsed().as_secs_f64();
+    Ok(rate)
 }
 
 fn spec() -> JobSpec {
@@ -228,11 +254,18 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     h.value_at_quantile(q) as f64 / 1000.0
 }
 
-fn report(args: &DispatchArgs, results: &[ModeResult]) -> Result<()> {
+fn report(args: &DispatchArgs, results: &[ModeResult], raw_spawn_per_s: f64) -> Result<()> {
     let machine = machine::describe();
     if args.json {
         let mut o = serde_json::Map::new();
         o.insert("machine".into(), machine.clone());
+        o.insert("raw_spawn_per_s".into(), json!(raw_spawn_per_s));
+        if let Some(t) = results.iter().find(|r| r.mode == "true") {
+            o.insert(
+                "true_vs_raw_spawn_pct".into(),
+                json!(100.0 * t.burst_jobs_per_s / raw_spawn_per_s),
+            );
+        }
         o.insert(
             "params".into(),
             json!({"jobs": args.jobs, "rate_per_s": args.rate, "burst": args.burst, "batch": args.batch,
@@ -271,6 +304,15 @@ fn report(args: &DispatchArgs, results: &[ModeResult]) -> Result<()> {
         return Ok(());
     }
     println!("machine: {}", machine);
+    println!(
+        "raw spawn rate of /bin/true here (same run, as many spawners as slots): {raw_spawn_per_s:.0}/s"
+    );
+    if let Some(t) = results.iter().find(|r| r.mode == "true") {
+        println!(
+            "/bin/true jobs at saturation: {:.1} % of it",
+            100.0 * t.burst_jobs_per_s / raw_spawn_per_s
+        );
+    }
     println!(
         "params: {} jobs at {}/s, burst {} in batches of {}, {} agents x {} slots, {} shards",
         args.jobs, args.rate, args.burst, args.batch, args.agents, args.slots, args.shards
