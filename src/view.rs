@@ -12,10 +12,7 @@ pub fn time_text(us: Micros) -> String {
 }
 
 fn time(us: Option<Micros>) -> Value {
-    us.map_or(Value::Null, |us| {
-        let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
-        Value::String(humantime::format_rfc3339_micros(t).to_string())
-    })
+    us.map_or(Value::Null, |us| Value::String(time_text(us)))
 }
 
 fn pairs(p: &[(String, String)]) -> Value {

@@ -53,6 +53,17 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
     hodei_core::spec::parse_key_value(s)
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`). Shared by `hodei` and
+/// `hodei-agent`.
+pub fn init_logging() {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 /// Runs the agent until it has drained (after SIGINT/SIGTERM or the server's `Drain`).
 ///
 /// # Errors

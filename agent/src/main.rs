@@ -14,12 +14,7 @@ struct Cli {
 }
 
 fn main() -> std::process::ExitCode {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    hodei_agent::init_logging();
     let cli = Cli::parse();
     match hodei_agent::run(cli.args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -104,21 +104,15 @@ impl Cluster {
     }
 
     pub async fn client(&self) -> Result<Client> {
-        let cfg = hodei_transport::client_config(
-            &self.dir.join("data/ca.pem"),
-            ALPN_CLIENT,
-            &TransportOptions::default(),
-        )?;
-        let ep = hodei_transport::client_endpoint(self.addr, cfg)?;
         let mut last = None;
         for _ in 0..100 {
-            match hodei_transport::connect(&ep, self.addr).await {
-                Ok(conn) => return Ok(Client { conn, _ep: ep }),
+            match self.connect_once().await {
+                Ok(c) => return Ok(c),
                 Err(e) => last = Some(e),
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(last.map_or_else(|| anyhow::anyhow!("cannot connect"), Into::into))
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("cannot connect")))
     }
 
     /// The server's pid.
