@@ -95,6 +95,10 @@ struct ServerArgs {
     /// Enable UDP generic segmentation offload (costs ~80 us per round trip on some VMs).
     #[arg(long)]
     gso: bool,
+    /// Do not pin shard threads to cores (pinning helps when the server has the machine to
+    /// itself; see tuning/README.md for what it did here).
+    #[arg(long)]
+    no_pin: bool,
 }
 
 impl ServerArgs {
@@ -117,6 +121,7 @@ impl ServerArgs {
             reattach_grace: self.reattach_grace,
             assign_timeout: self.assign_timeout,
             transport,
+            pin: !self.no_pin,
         }
     }
 }

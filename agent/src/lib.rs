@@ -47,6 +47,13 @@ pub struct AgentArgs {
     /// reported drained, so the server retries them). A second signal kills them at once.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
+    /// An output batch is sent once it holds this many bytes...
+    #[arg(long, default_value_t = 64 * 1024)]
+    pub output_batch_bytes: usize,
+    /// ...or once this long has passed since its first byte (latency of `logs --follow`
+    /// against messages per second; see tuning/README.md).
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub output_batch_interval: Duration,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {

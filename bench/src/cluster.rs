@@ -1,20 +1,28 @@
 //! A throwaway Hodei cluster for a benchmark run: `hodei server` and `hodei agent` processes
-//! on loopback with a temporary data dir, and a QUIC client to it.
+//! on loopback with a temporary data dir, and a QUIC client to it. The processes are
+//! [`Proc`]s: dropping the cluster (an error, a timeout) kills them; [`Cluster::stop`] stops
+//! them gracefully.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use hodei_core::ids::JobId;
 use hodei_core::job::JobRecord;
 use hodei_core::spec::JobSpec;
 use hodei_core::wire::{ALPN_CLIENT, FromServer, ToServer};
 use hodei_transport::{FrameReader, FrameWriter, TransportOptions};
+use nix::sys::signal::Signal;
+
+use crate::procs::{self, Proc};
+
+/// How long agents, then the server, get to exit after SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub struct Cluster {
     /// The server first, then the agents.
-    procs: Vec<Child>,
+    procs: Vec<Proc>,
     dir: PathBuf,
     addr: std::net::SocketAddr,
     hodei: PathBuf,
@@ -29,23 +37,33 @@ impl Cluster {
         slots: u32,
         noop: bool,
     ) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
-            "hodei-bench-{}-{}",
-            std::process::id(),
-            u8::from(noop)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        let dir = procs::temp_dir(if noop { "noop" } else { "true" })?;
+        // Owned by the cluster from here on, so that an error below still cleans up.
+        let mut cluster = Self {
+            procs: Vec::new(),
+            dir,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            hodei: hodei.to_owned(),
+            shards,
+        };
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
-        let mut procs = vec![spawn_server(hodei, &addr, shards, &dir)?];
+        cluster.addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let (addr, dir) = (cluster.addr, cluster.dir.clone());
+        cluster
+            .procs
+            .push(spawn_server(hodei, &addr, shards, &dir)?);
         let ca = dir.join("data/ca.pem");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !ca.exists() {
             if std::time::Instant::now() > deadline {
                 bail!("the server did not start");
+            }
+            if let Some(server) = cluster.procs.first_mut()
+                && let Some(status) = server.try_finish()?
+            {
+                bail!("the server exited at start ({status})");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -63,19 +81,13 @@ impl Cluster {
             .arg("--work-dir")
             .arg(dir.join(format!("agent-{i}")))
             .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
             .stdout(Stdio::null());
             if noop {
                 cmd.arg("--noop");
             }
-            procs.push(cmd.spawn().context("cannot start hodei agent")?);
+            cluster.procs.push(Proc::spawn(&mut cmd, "hodei agent")?);
         }
-        let cluster = Self {
-            procs,
-            dir,
-            addr,
-            hodei: hodei.to_owned(),
-            shards,
-        };
         let client = cluster.client().await?;
         // Wait for every agent to register.
         loop {
@@ -117,18 +129,18 @@ impl Cluster {
 
     /// The server's pid.
     pub fn server_pid(&self) -> Option<u32> {
-        self.procs.first().map(Child::id)
+        self.procs.first().map(Proc::id)
     }
 
     /// `kill -9` of the server, then a new server process on the same data dir; returns
-    /// how long it took until the new one answered a request.
-    pub async fn restart_server(&mut self) -> Result<Duration> {
+    /// how long it took until the new one answered a request. `spawned` gets the new pid.
+    pub async fn restart_server(&mut self, spawned: impl FnOnce(u32)) -> Result<Duration> {
         if let Some(p) = self.procs.first_mut() {
-            let _ = p.kill();
-            let _ = p.wait();
+            p.kill();
         }
         let t0 = std::time::Instant::now();
         let server = spawn_server(&self.hodei, &self.addr, self.shards, &self.dir)?;
+        spawned(server.id());
         if let Some(p) = self.procs.first_mut() {
             *p = server;
         }
@@ -151,27 +163,25 @@ impl Cluster {
     }
 
     /// SIGTERM to the agents, which drain and say goodbye while the server still runs, then
-    /// to the server.
+    /// to the server; SIGKILL for any that takes longer than [`STOP_GRACE`].
     pub fn stop(mut self) {
-        let term = |p: &Child| {
-            if let Ok(pid) = i32::try_from(p.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        };
         let first = 1.min(self.procs.len());
         let (server, agents) = self.procs.split_at_mut(first);
-        agents.iter().for_each(term);
-        for p in agents.iter_mut() {
-            let _ = p.wait();
+        // Signal all agents first, so that their grace periods overlap.
+        agents.iter().for_each(|p| p.signal(Signal::SIGTERM));
+        agents.iter_mut().for_each(|p| p.wait_or_kill(STOP_GRACE));
+        server.iter_mut().for_each(|p| p.stop(STOP_GRACE));
+        // Drop kills nothing more and removes the dir.
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Agents first: killed while the server lives, they cannot reconnect to it.
+        for p in self.procs.iter_mut().rev() {
+            p.kill();
         }
-        server.iter().for_each(term);
-        for p in server.iter_mut() {
-            let _ = p.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        procs::remove_dir(&self.dir);
     }
 }
 
@@ -256,35 +266,22 @@ fn spawn_server(
     addr: &std::net::SocketAddr,
     shards: usize,
     dir: &Path,
-) -> Result<Child> {
-    Command::new(hodei)
-        .args([
-            "server",
-            "--listen",
-            &addr.to_string(),
-            "--shards",
-            &shards.to_string(),
-            "--data-dir",
-        ])
-        .arg(dir.join("data"))
-        .env(
-            "RUST_LOG",
-            std::env::var("HODEI_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
-        .stdout(Stdio::null())
-        .spawn()
-        .context("cannot start hodei server")
-}
-
-/// Resident set size of a process, in MiB (from /proc).
-pub fn rss_mib(pid: u32) -> Option<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
+) -> Result<Proc> {
+    let mut cmd = Command::new(hodei);
+    cmd.args([
+        "server",
+        "--listen",
+        &addr.to_string(),
+        "--shards",
+        &shards.to_string(),
+        "--data-dir",
+    ])
+    .arg(dir.join("data"))
+    .env(
+        "RUST_LOG",
+        std::env::var("HODEI_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null());
+    Proc::spawn(&mut cmd, "hodei server")
 }

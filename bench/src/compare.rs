@@ -29,6 +29,9 @@ use hodei_core::wire::{FromServer, ToServer};
 use serde_json::{Value, json};
 
 use crate::cluster::{Client, Cluster};
+use crate::output::{Outcome, OutputArgs};
+use crate::plot::{self, Bars};
+use crate::procs::{Proc, TempDir};
 
 /// The HyperQueue driver, written to a temporary file at run time.
 const HQ_DRIVER: &str = include_str!("../hq/hq_bench.py");
@@ -70,10 +73,9 @@ pub struct CompareArgs {
     hq_latency_poll: Duration,
     /// Bound on the whole run (both systems); past it the run fails.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    /// Print one JSON object instead of the table.
-    #[arg(long)]
-    json: bool,
+    pub duration: Duration,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 /// What one system measured.
@@ -93,16 +95,8 @@ impl Side {
     }
 }
 
-/// A directory removed when dropped.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 pub async fn compare(args: CompareArgs) -> Result<()> {
+    let started = Instant::now();
     if args.jobs == 0 || args.latency_jobs == 0 || args.workers == 0 || args.slots == 0 {
         bail!("--jobs, --latency-jobs, --workers and --slots must be at least 1");
     }
@@ -112,13 +106,9 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
             args.hodei.display()
         );
     }
-    let deadline = Instant::now() + args.duration;
+    let deadline = started + args.duration;
     let load = load_1m();
-    let tmp =
-        TempDir(std::env::temp_dir().join(format!("hodei-bench-compare-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&tmp.0);
-    std::fs::create_dir_all(&tmp.0)
-        .with_context(|| format!("cannot create {}", tmp.0.display()))?;
+    let tmp = TempDir::new("compare")?;
     let driver = tmp.0.join("hq_bench.py");
     std::fs::write(&driver, HQ_DRIVER)
         .with_context(|| format!("cannot write {}", driver.display()))?;
@@ -130,18 +120,18 @@ pub async fn compare(args: CompareArgs) -> Result<()> {
         .and_then(Value::as_str)
         .unwrap_or("unknown")
         .to_owned();
-    if !args.json {
+    if !args.output.json {
         eprintln!("HyperQueue {hq_version} runs here; measuring Hodei…");
     }
 
     let hodei = run_hodei(&args, deadline).await?;
-    if !args.json {
+    if !args.output.json {
         eprintln!("measuring HyperQueue…");
     }
     let hq_out = run_driver(&args, &driver, &tmp.0, false, deadline).await?;
     let hq = hq_side(&hq_out)?;
-    report(&args, &hodei, &hq, &hq_version, load);
-    Ok(())
+    let outcome = report(&args, &hodei, &hq, &hq_version, load);
+    crate::output::emit(outcome, &args.output, args.duration, started)
 }
 
 fn remaining(deadline: Instant) -> Result<Duration> {
@@ -271,7 +261,7 @@ async fn run_driver(
     let _ = std::fs::remove_file(&out);
     let stdout = std::fs::File::create(dir.join("hq-stdout.log"))?;
     let stderr = std::fs::File::create(&log)?;
-    let mut cmd = tokio::process::Command::new(&args.python);
+    let mut cmd = std::process::Command::new(&args.python);
     cmd.arg(driver)
         .arg("--out")
         .arg(&out)
@@ -286,22 +276,21 @@ async fn run_driver(
         .current_dir(dir)
         .stdin(std::process::Stdio::null())
         .stdout(stdout)
-        .stderr(stderr)
-        .kill_on_drop(true);
+        .stderr(stderr);
     if check {
         cmd.arg("--check");
     }
-    let mut child = cmd.spawn().with_context(|| {
-        format!(
-            "HyperQueue cannot run: cannot start {} (pass --python)",
-            args.python.display()
-        )
-    })?;
+    let what = format!(
+        "the HyperQueue driver: {} (pass --python)",
+        args.python.display()
+    );
+    // Its own process group, killed when `proc` is dropped: on every error path below.
+    let mut proc = Proc::spawn(&mut cmd, &what).context("HyperQueue cannot run")?;
     // The driver stops itself at the deadline; this is the backstop.
-    let status = match tokio::time::timeout(left + Duration::from_secs(10), child.wait()).await {
-        Ok(s) => s.context("cannot wait for the HyperQueue driver")?,
+    let status = match tokio::time::timeout(left + Duration::from_secs(5), proc.wait()).await {
+        Ok(s) => s?,
         Err(_) => {
-            let _ = child.kill().await;
+            proc.kill();
             bail!(
                 "HyperQueue did not finish within --duration {}",
                 humantime::format_duration(args.duration)
@@ -418,34 +407,25 @@ fn ratio(a: f64, b: f64) -> Option<f64> {
     (b > 0.0 && a.is_finite() && b.is_finite()).then(|| a / b)
 }
 
-fn report(args: &CompareArgs, hodei: &Side, hq: &Side, hq_version: &str, load: Option<f64>) {
-    let machine = crate::machine::describe();
+fn report(
+    args: &CompareArgs,
+    hodei: &Side,
+    hq: &Side,
+    hq_version: &str,
+    load: Option<f64>,
+) -> Outcome {
     let params = json!({
         "jobs": args.jobs, "latency_jobs": args.latency_jobs, "workers": args.workers,
         "slots": args.slots, "hodei_shards": args.shards, "hodei_batch": args.batch,
         "warmup": args.warmup, "hq_poll_ms": args.hq_poll.as_secs_f64() * 1000.0,
         "hq_latency_poll_ms": args.hq_latency_poll.as_secs_f64() * 1000.0,
         "hq_version": hq_version, "load_1m_at_start": load,
+        "duration_s": args.duration.as_secs_f64(),
     });
-    let rows = figures(args, hodei, hq);
-    if args.json {
-        let mut o = serde_json::Map::new();
-        o.insert("machine".into(), machine);
-        o.insert("params".into(), params);
-        o.insert("ratio".into(), json!("hodei / hq"));
-        for (key, _, h, q) in &rows {
-            o.insert(format!("hodei_{key}"), json!(h));
-            o.insert(format!("hq_{key}"), json!(q));
-            o.insert(format!("{key}_ratio"), json!(ratio(*h, *q)));
-        }
-        println!("{}", Value::Object(o));
-        return;
-    }
-    println!("machine: {machine}");
-    println!(
-        "params: {} x /bin/true (throughput), {} sequential (latency), {} workers x {} slots, \
+    let line = format!(
+        "{} x /bin/true (throughput), {} sequential (latency), {} workers x {} slots, \
          Hodei {} shards and batches of {}, HyperQueue {hq_version} polled every {:?} / {:?}, \
-         {} warm-up jobs, load {} at start",
+         {} warm-up jobs, load {} at start, bound {}",
         args.jobs,
         args.latency_jobs,
         args.workers,
@@ -456,13 +436,47 @@ fn report(args: &CompareArgs, hodei: &Side, hq: &Side, hq_version: &str, load: O
         args.hq_latency_poll,
         args.warmup,
         load.map_or_else(|| "?".to_owned(), |l| format!("{l:.2}")),
+        humantime::format_duration(args.duration),
     );
-    println!(
+    let mut o = Outcome::new("compare", params, line);
+    let rows = figures(args, hodei, hq);
+    o.figure("ratio", "hodei / hq");
+    o.table.push(format!(
         "{:<24} {:>12} {:>12} {:>10}",
         "figure", "Hodei", "HyperQueue", "Hodei/HQ"
-    );
-    for (_, label, h, q) in &rows {
+    ));
+    for (key, label, h, q) in &rows {
+        o.figure(format!("hodei_{key}"), *h);
+        o.figure(format!("hq_{key}"), *q);
+        o.figure(format!("{key}_ratio"), ratio(*h, *q));
         let r = ratio(*h, *q).map_or_else(|| "-".to_owned(), |r| format!("{r:.2}"));
-        println!("{label:<24} {h:>12.3} {q:>12.3} {r:>10}");
+        o.table
+            .push(format!("{label:<24} {h:>12.3} {q:>12.3} {r:>10}"));
     }
+    let pick = |keys: &[&str]| -> (Vec<String>, Vec<Bars>) {
+        let chosen: Vec<_> = rows.iter().filter(|r| keys.contains(&r.0)).collect();
+        let categories = chosen.iter().map(|r| r.1.to_owned()).collect();
+        let bars = vec![
+            Bars {
+                name: "Hodei".into(),
+                values: chosen.iter().map(|r| r.2).collect(),
+            },
+            Bars {
+                name: format!("HyperQueue {hq_version}"),
+                values: chosen.iter().map(|r| r.3).collect(),
+            },
+        ];
+        (categories, bars)
+    };
+    let (c, b) = pick(&["jobs_per_s"]);
+    o.plot(
+        "compare_throughput.svg",
+        plot::bar_chart("throughput: /bin/true jobs", "jobs/s", &c, &b),
+    );
+    let (c, b) = pick(&["latency_p50_ms", "latency_p90_ms", "latency_max_ms"]);
+    o.plot(
+        "compare_latency.svg",
+        plot::bar_chart("latency: submit -> seen finished", "ms", &c, &b),
+    );
+    o
 }

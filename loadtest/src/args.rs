@@ -122,9 +122,13 @@ pub struct Args {
     /// Handshakes (connect + Hello/Welcome) in flight at once, whole fleet.
     #[arg(long, default_value_t = 256)]
     pub connect_concurrency: usize,
-    /// QUIC keep-alive of agent connections (the real agent uses 500ms).
-    #[arg(long, default_value = "500ms", value_parser = duration)]
+    /// QUIC keep-alive of agent connections (the real agent uses 2s).
+    #[arg(long, default_value = "2s", value_parser = duration)]
     pub keep_alive: Duration,
+    /// Ask the server to delay its ACKs up to this long (QUIC ACK frequency), e.g. 200ms;
+    /// default: QUIC's own (an ACK per two packets or 25 ms). See tuning/README.md.
+    #[arg(long, value_parser = duration)]
+    pub peer_ack_delay: Option<Duration>,
     /// QUIC idle timeout of agent connections; also bounds a handshake (the real agent
     /// uses 3s).
     #[arg(long, default_value = "3s", value_parser = duration)]

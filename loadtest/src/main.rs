@@ -87,6 +87,7 @@ fn measure(
     let agent_opts = TransportOptions {
         keep_alive: args.keep_alive,
         idle_timeout: args.idle_timeout,
+        peer_ack_delay: args.peer_ack_delay,
         ..TransportOptions::default()
     };
     let agent_cfg = hodei_transport::client_config(ca, ALPN_AGENT, &agent_opts)

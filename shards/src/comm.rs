@@ -245,6 +245,15 @@ impl Effects {
             && self.shard.is_empty()
             && self.reply.is_empty()
     }
+
+    /// Moves everything `other` recorded to the end of this, keeping the order of each kind.
+    pub fn append(&mut self, other: &mut Effects) {
+        self.persists.append(&mut other.persists);
+        self.agent.append(&mut other.agent);
+        self.close.append(&mut other.close);
+        self.shard.append(&mut other.shard);
+        self.reply.append(&mut other.reply);
+    }
 }
 
 impl Comm for Effects {

@@ -33,6 +33,8 @@ pub struct ServerOptions {
     pub reattach_grace: Duration,
     pub assign_timeout: Duration,
     pub transport: TransportOptions,
+    /// Pin shard thread i to core i (mod cores).
+    pub pin: bool,
 }
 
 /// A started server: its shard threads, and how to stop them.
@@ -115,7 +117,11 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
     let (txs, rxs): (Vec<_>, Vec<_>) = (0..opts.shards)
         .map(|_| unbounded_channel::<Input>())
         .unzip();
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let cores = if opts.pin {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
     let now = wall_now();
     let mut threads = Vec::new();
     for (i, ((rx, shared_socket), private_socket)) in

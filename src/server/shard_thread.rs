@@ -2,9 +2,11 @@
 //! its quinn endpoints (the shared SO_REUSEPORT port and its private redirect port), the
 //! connection tasks, and the loop that feeds the sans-IO [`Shard`].
 //!
-//! Loop turn: wait for an input or the shard's next deadline, drain what else is queued,
-//! commit the turn's store writes with one fdatasync, then release its messages. That order
-//! is the durability guarantee: nothing leaves before what it depends on is on disk.
+//! Loop turn: wait for an input, the shard's next deadline or the end of the commit in
+//! flight; drain what else is queued into the shard; then, if no commit is in flight, hand
+//! everything written since the last one to a blocking thread as one batch with one
+//! fdatasync (pipelined group commit). A batch's messages are released only when it is on
+//! disk, and batches commit in order: nothing leaves before what it depends on is durable.
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
@@ -43,6 +45,12 @@ pub enum Input {
 pub enum AgentOut {
     Msg(ToAgent),
     Close,
+}
+
+/// A batch being committed, and the messages that wait for it.
+struct InFlight {
+    commit: tokio::task::JoinHandle<(Vec<StoreOp>, Result<()>)>,
+    msgs: Effects,
 }
 
 /// Everything a shard thread needs, built by the server before the threads start.
@@ -100,27 +108,84 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         start_ms = t.elapsed().as_millis(),
         "shard ready"
     );
+    // Pipelined group commit: while one batch is being written (on a blocking thread), the
+    // shard goes on handling inputs into the next. A batch's messages wait for its commit,
+    // and a batch is committed only after the one before it, so nothing leaves before what
+    // it depends on is on disk, and under load batches grow instead of queueing fsyncs.
+    let mut pending = Effects::default();
+    let mut in_flight: Option<InFlight> = None;
     let mut running = true;
-    while running {
+    while running || in_flight.is_some() || !pending.is_empty() {
         let sleep_until = shard.poll_timeout().map(|t| {
             let delta = t.saturating_sub(wall_now());
             tokio::time::Instant::now() + Duration::from_micros(delta)
         });
-        let first = tokio::select! {
-            i = rx.recv() => i,
+        let mut inputs: Vec<Input> = Vec::new();
+        let mut committed = None;
+        tokio::select! {
+            i = rx.recv(), if running => inputs.extend(i),
             () = async {
                 match sleep_until {
                     Some(t) => tokio::time::sleep_until(t).await,
                     None => std::future::pending().await,
                 }
-            } => None,
-        };
+            }, if running => {}
+            r = async {
+                match in_flight.as_mut() {
+                    Some(f) => (&mut f.commit).await,
+                    None => std::future::pending().await,
+                }
+            } => committed = Some(r),
+            // Shutting down with nothing in flight: commit what is left (below).
+            () = std::future::ready(()), if !running && in_flight.is_none() => {}
+        }
+        if let Some(r) = committed {
+            let Some(done) = in_flight.take() else {
+                continue;
+            };
+            let ok = match r {
+                Ok((ops, Ok(()))) => {
+                    for op in &ops {
+                        if let StoreOp::PutEvent(e) = op {
+                            log_event(e);
+                        }
+                    }
+                    true
+                }
+                Ok((_, Err(e))) => {
+                    error!(
+                        shard = index,
+                        "{e:#}; stopping the shard: nothing of this batch was acknowledged"
+                    );
+                    false
+                }
+                Err(e) => {
+                    error!(
+                        shard = index,
+                        "store commit task failed: {e}; stopping the shard"
+                    );
+                    false
+                }
+            };
+            if !ok {
+                running = false;
+                pending = Effects::default();
+                continue;
+            }
+            release(done.msgs, &writers, &mut clients, &peers, &mut gone);
+            // Clients whose stream ended: their subscriptions go with the next batch.
+            for req in gone.drain(..) {
+                clients.remove(&req);
+                shard.handle_client_gone(req, &mut fx);
+            }
+        }
         let now = wall_now();
-        let mut inputs: Vec<Input> = first.into_iter().collect();
-        while inputs.len() < 4096 {
-            match rx.try_recv() {
-                Ok(i) => inputs.push(i),
-                Err(_) => break,
+        if running {
+            while inputs.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(i) => inputs.push(i),
+                    Err(_) => break,
+                }
             }
         }
         for input in inputs {
@@ -145,31 +210,32 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 Input::Shutdown => running = false,
             }
         }
-        shard.handle_timeout(now, &mut fx);
-        if fx.is_empty() {
+        if running {
+            shard.handle_timeout(now, &mut fx);
+        }
+        pending.append(&mut fx);
+        if in_flight.is_some() || pending.is_empty() {
             continue;
         }
-        let turn = std::mem::take(&mut fx);
-        // Group commit: one fdatasync for the whole turn, before any message leaves.
-        if let Err(e) = store.commit(&turn.persists) {
-            error!(
-                shard = index,
-                "{e:#}; stopping the shard: nothing of this turn was acknowledged"
-            );
-            running = false;
-            continue;
-        }
-        for op in &turn.persists {
-            if let StoreOp::PutEvent(e) = op {
-                log_event(e);
+        let mut msgs = std::mem::take(&mut pending);
+        if msgs.persists.is_empty() {
+            // Nothing to write and nothing in flight: all it depends on is already durable.
+            release(msgs, &writers, &mut clients, &peers, &mut gone);
+            for req in gone.drain(..) {
+                clients.remove(&req);
+                shard.handle_client_gone(req, &mut pending);
             }
+            continue;
         }
-        release(turn, &writers, &mut clients, &peers, &mut gone);
-        // Clients whose stream ended: their subscriptions go next turn.
-        for req in gone.drain(..) {
-            clients.remove(&req);
-            shard.handle_client_gone(req, &mut fx);
-        }
+        let ops = std::mem::take(&mut msgs.persists);
+        let store = store.clone();
+        in_flight = Some(InFlight {
+            commit: tokio::task::spawn_blocking(move || {
+                let r = store.commit(&ops);
+                (ops, r)
+            }),
+            msgs,
+        });
     }
     info!(shard = index, "shard stopping: closing connections");
     for w in writers.values() {

@@ -436,7 +436,6 @@ fn hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hodei_core::spec::JobSpec;
 
     fn tempdir(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("hodei-store-{name}-{}", std::process::id()));
@@ -450,7 +449,11 @@ mod tests {
         claim_data_dir(&dir)?;
         let store = Store::open(&dir)?;
         assert_eq!(store.next_epoch()?, 1);
-        let mut rec = JobRecord::new(JobId::new(0, 1, 1), JobSpec::exec("true", &[]), 5);
+        let mut rec = JobRecord::new(
+            JobId::new(0, 1, 1),
+            hodei_core::spec::JobSpec::exec("true", &[]),
+            5,
+        );
         rec.state = hodei_core::state::JobState::Running;
         rec.attempt = Attempt(1);
         let chunk = |s: &str| Chunk {

@@ -30,6 +30,10 @@ pub struct TransportOptions {
     /// `SO_RCVBUF`/`SO_SNDBUF` for sockets made by [`bind_reuseport`]; `None` keeps the
     /// system default. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
     pub udp_buffer_bytes: Option<usize>,
+    /// Ask the peer to delay its ACKs up to this long (QUIC ACK-frequency extension), so a
+    /// server does not answer every small heartbeat with an ACK packet of its own. `None`
+    /// keeps QUIC's default (an ACK for every second packet, or after 25 ms).
+    pub peer_ack_delay: Option<Duration>,
 }
 
 impl Default for TransportOptions {
@@ -39,6 +43,7 @@ impl Default for TransportOptions {
             keep_alive: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(10),
             udp_buffer_bytes: None,
+            peer_ack_delay: None,
         }
     }
 }
@@ -66,6 +71,13 @@ impl TransportOptions {
             )
         };
         t.max_idle_timeout(idle);
+        if let Some(delay) = self.peer_ack_delay {
+            let mut f = quinn::AckFrequencyConfig::default();
+            // Up to 16 packets or `delay`, whichever comes first.
+            f.ack_eliciting_threshold(quinn::VarInt::from_u32(16))
+                .max_ack_delay(Some(delay));
+            t.ack_frequency_config(Some(f));
+        }
         Ok(t)
     }
 }

@@ -1,0 +1,292 @@
+//! Unit tests of the audit chain: every kind of tampering is reported at the right seq.
+
+use super::*;
+
+fn chain_of(n: u64) -> (Vec<AuditRecord>, (u64, [u8; 32])) {
+    let mut c = AuditChain::new(3);
+    let recs = (0..n)
+        .map(|i| {
+            c.append(
+                1_000 + i,
+                format!("user{i}"),
+                "job.submit",
+                format!("job-{i}"),
+                "corr",
+                "{}",
+            )
+        })
+        .collect();
+    (recs, c.head())
+}
+
+/// A named way of editing one field of a record.
+type Edit = (&'static str, fn(&mut AuditRecord));
+
+/// Each way of editing one field of a record.
+fn edits() -> Vec<Edit> {
+    vec![
+        ("chain", |r| r.chain ^= 1),
+        ("seq+", |r| r.seq += 1),
+        ("seq-", |r| r.seq = r.seq.wrapping_sub(1)),
+        ("at_ms", |r| r.at_ms += 1),
+        ("actor", |r| r.actor.push('x')),
+        ("action", |r| r.action = "token.revoke".into()),
+        ("subject", |r| r.subject.clear()),
+        ("correlation_id", |r| r.correlation_id.push('!')),
+        ("detail", |r| r.detail = "{\"forged\":1}".into()),
+        ("prev", |r| r.prev[31] ^= 1),
+        ("hash", |r| r.hash[0] ^= 0x80),
+    ]
+}
+
+#[test]
+fn appended_chain_verifies() {
+    let (recs, head) = chain_of(10);
+    assert_eq!(head.0, 10);
+    assert_eq!(recs[0].prev, [0; 32]);
+    for w in recs.windows(2) {
+        assert_eq!(w[1].prev, w[0].hash);
+        assert_eq!(w[1].seq, w[0].seq + 1);
+    }
+    assert_eq!(head.1, recs[9].hash);
+    assert_eq!(verify(3, recs.clone(), None), Ok(10));
+    assert_eq!(verify(3, recs, Some(head)), Ok(10));
+    assert_eq!(
+        verify(3, Vec::new(), Some(AuditChain::new(3).head())),
+        Ok(0)
+    );
+}
+
+#[test]
+fn resume_continues_the_same_chain() {
+    let (mut recs, head) = chain_of(4);
+    let mut c = AuditChain::resume(3, head.0, head.1);
+    recs.push(c.append(9, "a", "b", "c", "d", "e"));
+    assert_eq!(verify(3, recs, Some(c.head())), Ok(5));
+}
+
+#[test]
+fn every_edit_of_every_record_is_detected_at_its_seq() {
+    let (recs, head) = chain_of(6);
+    for i in 0..recs.len() {
+        for (name, edit) in edits() {
+            let mut bad = recs.clone();
+            edit(&mut bad[i]);
+            for h in [None, Some(head)] {
+                let err = verify(3, bad.clone(), h).unwrap_err();
+                assert_eq!(err.seq(), i as u64, "edit {name} of record {i}: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn edit_is_reported_as_hash_mismatch() {
+    let (mut recs, _) = chain_of(20);
+    recs[17].detail.push('!');
+    assert_eq!(
+        verify(3, recs, None).unwrap_err().to_string(),
+        "record 17: hash mismatch (edited)"
+    );
+}
+
+#[test]
+fn deleted_middle_record() {
+    let (mut recs, head) = chain_of(6);
+    recs.remove(2);
+    assert_eq!(
+        verify(3, recs, Some(head)),
+        Err(ChainBreak::Missing { seq: 2, found: 3 })
+    );
+}
+
+#[test]
+fn deleted_first_record() {
+    let (mut recs, _) = chain_of(3);
+    recs.remove(0);
+    assert_eq!(
+        verify(3, recs, None),
+        Err(ChainBreak::Missing { seq: 0, found: 1 })
+    );
+}
+
+#[test]
+fn deleted_tail_needs_the_head() {
+    let (mut recs, head) = chain_of(6);
+    recs.truncate(4);
+    // Without a head, a shorter chain is still a valid chain.
+    assert_eq!(verify(3, recs.clone(), None), Ok(4));
+    assert_eq!(
+        verify(3, recs, Some(head)),
+        Err(ChainBreak::Truncated { seq: 4, head: 6 })
+    );
+    let err = verify(3, Vec::new(), Some(head)).unwrap_err();
+    assert_eq!(err, ChainBreak::Truncated { seq: 0, head: 6 });
+}
+
+#[test]
+fn swapped_records() {
+    let (mut recs, head) = chain_of(6);
+    recs.swap(1, 4);
+    assert_eq!(
+        verify(3, recs, Some(head)),
+        Err(ChainBreak::Missing { seq: 1, found: 4 })
+    );
+    let (mut recs, _) = chain_of(6);
+    recs.swap(2, 3);
+    assert_eq!(verify(3, recs, None).unwrap_err().seq(), 2);
+}
+
+#[test]
+fn duplicated_record() {
+    let (mut recs, _) = chain_of(4);
+    recs.insert(2, recs[1].clone());
+    assert_eq!(
+        verify(3, recs, None),
+        Err(ChainBreak::OutOfOrder { seq: 2, found: 1 })
+    );
+}
+
+#[test]
+fn record_of_another_chain() {
+    let (mut recs, _) = chain_of(4);
+    let mut other = AuditChain::new(4);
+    recs[2] = other.append(0, "a", "b", "c", "d", "e");
+    assert_eq!(
+        verify(3, recs, None),
+        Err(ChainBreak::OtherChain {
+            seq: 2,
+            expected: 3,
+            found: 4
+        })
+    );
+}
+
+#[test]
+fn rewritten_tail_is_caught_by_the_head() {
+    let (recs, head) = chain_of(6);
+    // Re-append records 3.. with a forged actor: a self-consistent chain.
+    let mut forged = recs[..3].to_vec();
+    let mut c = AuditChain::resume(3, 3, recs[2].hash);
+    for i in 3..6 {
+        forged.push(c.append(
+            1_000 + i,
+            "nobody",
+            "job.submit",
+            format!("job-{i}"),
+            "corr",
+            "{}",
+        ));
+    }
+    assert_eq!(verify(3, forged.clone(), None), Ok(6));
+    assert_eq!(
+        verify(3, forged, Some(head)),
+        Err(ChainBreak::HeadMismatch { seq: 5 })
+    );
+}
+
+#[test]
+fn records_past_the_head_are_accepted() {
+    let (recs, head) = chain_of(6);
+    let old_head = (3, recs[2].hash);
+    assert_eq!(verify(3, recs.clone(), Some(old_head)), Ok(6));
+    assert_eq!(verify(3, recs.clone(), Some(head)), Ok(6));
+    // ...but the record at the old head must still be the one it named.
+    let mut edited_then_rehashed = recs[..2].to_vec();
+    let mut c = AuditChain::resume(3, 2, recs[1].hash);
+    edited_then_rehashed.push(c.append(0, "x", "y", "z", "w", "v"));
+    assert_eq!(
+        verify(3, edited_then_rehashed, Some(old_head)),
+        Err(ChainBreak::HeadMismatch { seq: 2 })
+    );
+}
+
+#[test]
+fn verify_from_a_pruned_start() {
+    let (recs, head) = chain_of(6);
+    let start = (2, recs[1].hash);
+    assert_eq!(verify_from(3, start, recs[2..].to_vec(), Some(head)), Ok(4));
+    // Without the right start, pruning looks like deletion.
+    assert_eq!(verify(3, recs[2..].to_vec(), None).unwrap_err().seq(), 0);
+    assert_eq!(
+        verify_from(3, start, recs[2..].to_vec(), Some((1, recs[0].hash))),
+        Err(ChainBreak::HeadBeforeStart { seq: 2, head: 1 })
+    );
+}
+
+#[test]
+fn hash_matches_the_documented_encoding() {
+    let mut c = AuditChain::new(0x0102);
+    let r = c.append(7, "ab", "", "c", "corr", "d");
+    let mut bytes = b"hodei-audit/v1\0\0".to_vec();
+    bytes.extend([0u8; 32]);
+    bytes.extend([0x02, 0x01]);
+    bytes.extend(0u64.to_le_bytes());
+    bytes.extend(7u64.to_le_bytes());
+    for s in ["ab", "", "c", "corr", "d"] {
+        bytes.extend((s.len() as u64).to_le_bytes());
+        bytes.extend(s.as_bytes());
+    }
+    let expected = ring::digest::digest(&ring::digest::SHA256, &bytes);
+    assert_eq!(&r.hash[..], expected.as_ref());
+}
+
+#[test]
+fn moving_bytes_between_fields_changes_the_hash() {
+    let mut a = AuditChain::new(0);
+    let mut b = AuditChain::new(0);
+    let ra = a.append(0, "ab", "c", "", "", "");
+    let rb = b.append(0, "a", "bc", "", "", "");
+    assert_ne!(ra.hash, rb.hash);
+}
+
+#[test]
+fn encode_decode_roundtrip() {
+    let (recs, _) = chain_of(3);
+    for r in &recs {
+        assert_eq!(decode(&encode(r)).as_ref(), Ok(r));
+    }
+    let mut c = AuditChain::new(u16::MAX);
+    let r = c.append(u64::MAX, "ünïcødé", "", "a\0b", "x".repeat(1000), "\n");
+    assert_eq!(decode(&encode(&r)), Ok(r));
+}
+
+#[test]
+fn decode_refuses_damage() {
+    let (recs, _) = chain_of(1);
+    let bytes = encode(&recs[0]);
+    for n in 0..bytes.len() {
+        assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert_eq!(decode(&longer), Err(AuditError::TrailingBytes(1)));
+    let mut v2 = bytes.clone();
+    v2[0] = 2;
+    assert_eq!(decode(&v2), Err(AuditError::UnknownVersion(2)));
+    // A huge length prefix must be refused, not allocated.
+    let fixed = 1 + 32 + 2 + 8 + 8;
+    let mut huge = bytes[..fixed].to_vec();
+    huge.extend(u64::MAX.to_le_bytes());
+    assert!(matches!(
+        decode(&huge),
+        Err(AuditError::Truncated { field: "actor", .. })
+    ));
+    // Invalid UTF-8 in a string field.
+    let mut bad = bytes[..fixed].to_vec();
+    bad.extend(1u64.to_le_bytes());
+    bad.push(0xff);
+    assert_eq!(decode(&bad), Err(AuditError::NotUtf8("actor")));
+}
+
+#[test]
+fn json_writes_hashes_as_hex() {
+    let (recs, _) = chain_of(2);
+    let json = serde_json::to_string(&recs[1]).unwrap();
+    assert!(json.contains(&format!(
+        "\"prev\":\"{}\"",
+        crate::hex::encode(&recs[0].hash)
+    )));
+    let back: AuditRecord = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, recs[1]);
+}
