@@ -62,7 +62,7 @@ fn run(store: &store::Store, shard: u8, size: usize) -> Result<(Histogram<u64>, 
     while t0.elapsed() < PER_SIZE {
         let batch = ops(shard, &mut seq, size);
         let t = Instant::now();
-        store.commit(&batch)?;
+        store.commit(&batch, &[])?;
         h.record(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX))?;
         commits += 1;
     }

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use hodei_core::ids::{JobId, WorkerId};
 use hodei_core::job::JobRecord;
-use hodei_core::spec::{Command, JobSpec, Policy, RetryOn, parse_key_value, parse_size};
+use hodei_core::spec::{
+    Command, JobSpec, Policy, RetryOn, SecretDelivery, parse_key_value, parse_size,
+};
 use hodei_core::state::JobState;
 use hodei_core::wire::{FromServer, Stream, ToServer};
 
@@ -29,6 +31,45 @@ pub struct Target {
     /// CA certificate of the server (its data dir's ca.pem).
     #[arg(long, global = true, env = "HODEI_CA", default_value = ".hodei/ca.pem")]
     pub ca: PathBuf,
+    /// API token (default: the `admin.token` beside the CA file, which a local server
+    /// writes on its first start).
+    #[arg(long, global = true, env = "HODEI_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl Target {
+    /// The token to send: `--token`/`HODEI_TOKEN`, else the local server's admin token.
+    pub fn token(&self) -> Result<String> {
+        if let Some(t) = &self.token {
+            return Ok(t.trim().to_owned());
+        }
+        let path = self
+            .ca
+            .parent()
+            .map_or_else(|| PathBuf::from("admin.token"), |d| d.join("admin.token"));
+        match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(t.trim().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+                "no API token: pass --token or set HODEI_TOKEN (a local server keeps its admin token in {})",
+                path.display()
+            ),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
+    }
+
+    /// Connects with the token. A missing CA or an unreachable server is reported before a
+    /// missing token: it is the more basic problem.
+    pub async fn connect(&self) -> Result<Client> {
+        let token = self.token();
+        let client = Client::connect(
+            &self.server,
+            &self.ca,
+            token.as_ref().map(Clone::clone).unwrap_or_default(),
+        )
+        .await?;
+        token?;
+        Ok(client)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -117,6 +158,13 @@ pub struct SubmitArgs {
     /// Run this bash script (written to a file with `set -euo pipefail` and executed).
     #[arg(long, conflicts_with = "command")]
     script: Option<PathBuf>,
+    /// A secret the job needs (repeatable; set it first with `hodei secret set NAME`).
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// How the process gets its secrets: `files` (a private dir in HODEI_SECRETS_DIR) or
+    /// `stdin` (one JSON object).
+    #[arg(long, default_value = "files", value_parser = parse_delivery)]
+    secret_delivery: SecretDelivery,
     /// Print the job as JSON.
     #[arg(long)]
     json: bool,
@@ -163,9 +211,20 @@ impl SubmitArgs {
             labels: self.labels,
             timeout_ms,
             policy,
+            secrets: self.secrets,
+            secret_delivery: self.secret_delivery,
+            owner: String::new(),
         };
         spec.validate()?;
         Ok(spec)
+    }
+}
+
+fn parse_delivery(s: &str) -> Result<SecretDelivery, String> {
+    match s {
+        "files" => Ok(SecretDelivery::Files),
+        "stdin" => Ok(SecretDelivery::Stdin),
+        _ => Err(format!("unknown secret delivery {s:?}: use files or stdin")),
     }
 }
 
@@ -200,6 +259,9 @@ pub enum WorkerCmd {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Cut a worker's agent off at once: revoke its certificates and close its connections
+    /// (its jobs are retried elsewhere once it is lost).
+    Revoke { id: WorkerId },
 }
 
 fn print_json(v: &serde_json::Value) -> Result<()> {
@@ -233,7 +295,7 @@ fn one_job(replies: Vec<FromServer>) -> Result<JobRecord> {
 
 /// Runs a `hodei job` command; returns the process exit code.
 pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
-    let client = Client::connect(&target.server, &target.ca).await?;
+    let client = target.connect().await?;
     match cmd {
         JobCmd::Submit(args) => {
             let json = args.json;
@@ -377,7 +439,7 @@ async fn futures_join_all<F: std::future::Future>(
 
 /// Runs a `hodei worker` command.
 pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
-    let client = Client::connect(&target.server, &target.ca).await?;
+    let client = target.connect().await?;
     let json = match cmd {
         WorkerCmd::List { json } => json,
         WorkerCmd::Drain { id, timeout } => {
@@ -395,6 +457,15 @@ pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
                     }
                 }
             }
+            return Ok(0);
+        }
+        WorkerCmd::Revoke { id } => {
+            client
+                .request(&ToServer::RevokeWorker { worker: id })
+                .await?;
+            eprintln!(
+                "worker {id} revoked: its agent's certificates no longer work and its connections are closed"
+            );
             return Ok(0);
         }
     };

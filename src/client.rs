@@ -4,13 +4,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use hodei_core::wire::{ALPN_CLIENT, ErrorKind, FromServer, ToServer};
+use hodei_core::wire::{ALPN_CLIENT, ErrorKind, FromServer, Request, ToServer};
 use hodei_transport::{FrameReader, FrameWriter, TransportOptions};
 
 /// A connected client.
 pub struct Client {
     conn: quinn::Connection,
     _endpoint: quinn::Endpoint,
+    token: String,
 }
 
 /// Resolves `host:port`.
@@ -23,8 +24,8 @@ pub fn resolve(server: &str) -> Result<SocketAddr> {
 }
 
 impl Client {
-    /// Connects to `server`, trusting the CA in `ca`.
-    pub async fn connect(server: &str, ca: &Path) -> Result<Self> {
+    /// Connects to `server`, trusting the CA in `ca`; every request carries `token`.
+    pub async fn connect(server: &str, ca: &Path, token: String) -> Result<Self> {
         let addr = resolve(server)?;
         // A CLI call should fail fast when no server answers.
         let opts = TransportOptions {
@@ -39,6 +40,7 @@ impl Client {
         Ok(Self {
             conn,
             _endpoint: endpoint,
+            token,
         })
     }
 
@@ -55,15 +57,21 @@ impl Client {
             .await
             .context("cannot open a stream to the server")?;
         let mut w = FrameWriter::new(send);
-        w.send(body).await?;
+        w.send(&Request {
+            token: self.token.clone(),
+            body: body.clone(),
+        })
+        .await?;
         w.finish()?;
         let mut r = FrameReader::new(recv);
         while let Some(msg) = r.next::<FromServer>().await? {
             if let FromServer::Error { kind, message } = msg {
                 match kind {
-                    ErrorKind::NotFound | ErrorKind::Invalid | ErrorKind::Internal => {
-                        bail!("{message}")
-                    }
+                    ErrorKind::NotFound
+                    | ErrorKind::Invalid
+                    | ErrorKind::Internal
+                    | ErrorKind::Unauthenticated
+                    | ErrorKind::Forbidden => bail!("{message}"),
                 }
             }
             if !f(msg)? {

@@ -11,7 +11,6 @@ use hodei_core::ids::JobId;
 use hodei_core::wire::{FromServer, ToServer};
 
 use crate::cli::Target;
-use crate::client::Client;
 use crate::view;
 
 #[derive(Args, Debug)]
@@ -85,7 +84,7 @@ pub async fn run(args: EventsArgs, target: &Target) -> Result<u8> {
 }
 
 async fn stream(args: &EventsArgs, target: &Target, cursor: &mut Cursor) -> Result<()> {
-    let client = Client::connect(&target.server, &target.ca).await?;
+    let client = target.connect().await?;
     let since = (0..256).map(|s| cursor.get(s)).collect();
     let body = ToServer::Events {
         since,

@@ -5,6 +5,7 @@
 //! - `hodei up`: a server plus two local agents, in one command ([`up`]).
 //! - `hodei job ...`, `hodei worker ...`: the CLI ([`cli`]), over QUIC ([`client`]).
 
+mod admin;
 mod cli;
 mod client;
 mod events;
@@ -53,6 +54,27 @@ enum Cmd {
         #[command(flatten)]
         args: events::EventsArgs,
     },
+    /// API and join tokens (admin).
+    Token {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        cmd: admin::TokenCmd,
+    },
+    /// Secrets jobs can ask for (admin); values are sealed at rest and masked in output.
+    Secret {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(subcommand)]
+        cmd: admin::SecretCmd,
+    },
+    /// The tamper-evident audit log: query it, or `hodei audit verify`.
+    Audit {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        args: admin::AuditArgs,
+    },
     /// Inspect and drain workers (connected agents).
     Worker {
         #[command(flatten)]
@@ -95,6 +117,9 @@ struct ServerArgs {
     /// Enable UDP generic segmentation offload (costs ~80 us per round trip on some VMs).
     #[arg(long)]
     gso: bool,
+    /// Lifetime of agents' client certificates (they renew at two thirds of it).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    agent_cert_ttl: Duration,
     /// Do not pin shard threads to cores (pinning helps when the server has the machine to
     /// itself; see tuning/README.md for what it did here).
     #[arg(long)]
@@ -122,6 +147,7 @@ impl ServerArgs {
             assign_timeout: self.assign_timeout,
             transport,
             pin: !self.no_pin,
+            agent_cert_ttl: self.agent_cert_ttl,
         }
     }
 }
@@ -158,6 +184,9 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Job { target, cmd } => block_on(cli::job(cmd, &target)),
         Cmd::Worker { target, cmd } => block_on(cli::worker(cmd, &target)),
         Cmd::Events { target, args } => block_on(events::run(args, &target)),
+        Cmd::Token { target, cmd } => block_on(admin::token(cmd, &target)),
+        Cmd::Secret { target, cmd } => block_on(admin::secret(cmd, &target)),
+        Cmd::Audit { target, args } => block_on(admin::audit(args, &target)),
     }
 }
 

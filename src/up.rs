@@ -17,6 +17,8 @@ pub fn run(opts: &ServerOptions, agents: usize, slots: Option<u32>) -> Result<()
     let opts = &opts;
     let running = server::start(opts)?;
     let exe = std::env::current_exe().context("cannot find the hodei executable")?;
+    // The local agents join with a one-hour token good for exactly their number of joins.
+    let join = running.control.join_token(agents)?;
     let mut children: Vec<Child> = Vec::new();
     for i in 0..agents {
         let mut cmd = Command::new(&exe);
@@ -26,7 +28,8 @@ pub fn run(opts: &ServerOptions, agents: usize, slots: Option<u32>) -> Result<()
             .arg("--ca")
             .arg(&running.ca_path)
             .arg("--work-dir")
-            .arg(opts.data_dir.join(format!("agent-{i}")));
+            .arg(opts.data_dir.join(format!("agent-{i}")))
+            .env("HODEI_JOIN_TOKEN", &join);
         if let Some(s) = slots {
             cmd.arg("--slots").arg(s.to_string());
         }
@@ -37,6 +40,11 @@ pub fn run(opts: &ServerOptions, agents: usize, slots: Option<u32>) -> Result<()
     println!(
         "Hodei is up: server on {addr}, {agents} local agent(s), data in {}.",
         opts.data_dir.display()
+    );
+    let token = server::control::admin_token_path(&opts.data_dir);
+    println!(
+        "The admin token is in {} (mode 0600); the CLI reads it from beside the CA file.",
+        token.display()
     );
     println!("Try:");
     println!("  export HODEI_SERVER={addr} HODEI_CA={ca}");

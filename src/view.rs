@@ -63,6 +63,8 @@ pub fn job_json(j: &JobRecord) -> Value {
         "idempotency_key": j.spec.policy.idempotency_key,
         "correlation_id": j.spec.policy.correlation_id,
         "retry_of": j.retry_of.map(|r| r.to_string()),
+        "owner": j.spec.owner,
+        "secrets": j.spec.secrets,
     })
 }
 

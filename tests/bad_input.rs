@@ -147,6 +147,7 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
         .enable_all()
         .build()
         .unwrap();
+    let identity = server.join_identity();
     rt.block_on(async {
         let opts = hodei_transport::TransportOptions::default();
         for (alpn, payload) in [
@@ -160,7 +161,9 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
             ), // version 9
             (hodei_core::wire::ALPN_CLIENT, vec![0xff; 64]),
         ] {
-            let cfg = hodei_transport::client_config(&server.ca(), alpn, &opts).unwrap();
+            // Agents present their certificate (mTLS), so their garbage reaches the decoder.
+            let id = (alpn == hodei_core::wire::ALPN_AGENT).then_some(&identity);
+            let cfg = hodei_transport::client_config_with(&server.ca(), alpn, &opts, id).unwrap();
             let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
             let conn = hodei_transport::connect(&ep, addr).await.unwrap();
             let (mut send, _recv) = conn.open_bi().await.unwrap();

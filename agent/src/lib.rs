@@ -28,6 +28,10 @@ pub struct AgentArgs {
     /// Server address (host:port).
     #[arg(long, env = "HODEI_SERVER", default_value = "127.0.0.1:7700")]
     pub server: String,
+    /// Join token (from `hodei token create --role agent`), used once when this agent has
+    /// no valid certificate yet; afterwards it connects with its certificate (mTLS).
+    #[arg(long, env = "HODEI_JOIN_TOKEN", hide_env_values = true)]
+    pub join: Option<String>,
     /// CA certificate that signed the server's certificate.
     #[arg(long, env = "HODEI_CA", default_value = ".hodei/ca.pem")]
     pub ca: PathBuf,

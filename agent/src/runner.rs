@@ -1,24 +1,33 @@
 //! runner: runs one job attempt as its own process group and streams what it does as events.
 //!
-//! [`spawn_job`] starts a tokio task per attempt. The task prepares the attempt (working
-//! directory, script file), spawns the process as the leader of a new process group, then runs
-//! two futures side by side until both are done:
+//! [`spawn_job`] starts a tokio task per attempt. The task prepares the attempt (its secrets'
+//! delivery, working directory, script file), spawns the process as the leader of a new
+//! process group, then runs two futures side by side until both are done:
 //!
 //! - the **supervisor** ([`process`]) waits for the exit, a cancel or the time limit, signals the
 //!   whole group (SIGTERM, then SIGKILL after [`RunnerOptions::kill_grace`]) and, once the main
 //!   process is gone, SIGKILLs the group so no stray child keeps the pipes open. It never waits
 //!   on the events channel, so a cancel or a timeout still kills a job whose consumer stalls;
-//! - the **pump** ([`pump`]) reads stdout and stderr, batches them, appends every batch to the
-//!   attempt's spool file ([`spool`]) and only then sends it as an [`RunEventKind::Output`]
-//!   event. When the bounded channel is full the pump stops reading, the pipes fill and the job
-//!   blocks on write: output slows the producer, it is never dropped.
+//! - the **pump** ([`pump`]) reads stdout and stderr, masks the job's secret values in each
+//!   stream, batches them, appends every batch to the attempt's spool file ([`spool`]) and only
+//!   then sends it as an [`RunEventKind::Output`] event. When the bounded channel is full the
+//!   pump stops reading, the pipes fill and the job blocks on write: output slows the
+//!   producer, it is never dropped.
 //!
 //! Events of one attempt are always `Started`, `Output`*, `Finished`, with `Finished` last.
 //! The spool lets the agent resend output from any offset after a reconnect ([`read_spool`]);
 //! [`forget`] removes it once the server has acknowledged the result.
+//!
+//! Secrets ([`secrets`]): the values of an `Assign` come in a [`Secrets`] (wiped on drop). The
+//! redactor is compiled from them first, on the blocking pool (its cost grows with the values'
+//! size), then they are delivered as files or on stdin and dropped once the process is
+//! spawned; only the redactor's patterns stay until the output ends. The secrets directory is removed before
+//! `Finished` is sent, on every path (exit, timeout, cancel, spawn failure). Offsets and the
+//! spool are in redacted bytes: no secret value is ever spooled or sent.
 
 mod process;
 mod pump;
+mod secrets;
 mod spool;
 
 use std::path::PathBuf;
@@ -33,6 +42,7 @@ use hodei_core::time::{Micros, wall_now};
 use hodei_core::wire::Chunk;
 use tokio::sync::{Notify, mpsc, oneshot};
 
+pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
 pub use spool::read_spool;
 
 /// How the runner runs jobs; shared by every attempt of an agent.
@@ -165,11 +175,13 @@ impl CancelSignal {
 
 /// Spawns a tokio task (on the current runtime) that runs the attempt and sends its events on
 /// `events`. The task keeps running the job to completion even if `events` is closed: its
-/// output then only goes to the spool.
+/// output then only goes to the spool. `secrets` holds the values of `spec.secrets` (from the
+/// `Assign`); they live no longer than the attempt.
 pub fn spawn_job(
     job: JobId,
     attempt: Attempt,
     spec: JobSpec,
+    secrets: Secrets,
     opts: Arc<RunnerOptions>,
     events: mpsc::Sender<RunEvent>,
 ) -> RunHandle {
@@ -180,7 +192,7 @@ pub fn spawn_job(
         attempt,
         gone: false,
     };
-    tokio::spawn(run(spec, opts, sink, Arc::clone(&cancel)));
+    tokio::spawn(run(spec, secrets, opts, sink, Arc::clone(&cancel)));
     RunHandle { cancel }
 }
 
@@ -229,7 +241,13 @@ impl Sink {
 }
 
 /// The whole life of one attempt.
-async fn run(spec: JobSpec, opts: Arc<RunnerOptions>, mut sink: Sink, cancel: Arc<CancelSignal>) {
+async fn run(
+    spec: JobSpec,
+    secrets: Secrets,
+    opts: Arc<RunnerOptions>,
+    mut sink: Sink,
+    cancel: Arc<CancelSignal>,
+) {
     if opts.noop {
         sink.send(RunEventKind::Started { at: wall_now() }).await;
         let done = RunEventKind::Finished {
@@ -241,29 +259,50 @@ async fn run(spec: JobSpec, opts: Arc<RunnerOptions>, mut sink: Sink, cancel: Ar
     }
     if cancel.is_fired() {
         // Cancelled before anything ran: nothing to kill, nothing started.
-        let done = RunEventKind::Finished {
-            outcome: Outcome::Cancelled,
-            at: wall_now(),
-        };
-        sink.send(done).await;
-        return;
+        return end_unstarted(&mut sink, Outcome::Cancelled).await;
     }
     let (job, attempt) = (sink.job, sink.attempt);
-    let mut child = match process::spawn(&spec, &opts, job, attempt) {
-        Ok(child) => child,
+    // Masking must be ready before the job can print anything. Compiling the patterns costs
+    // time in the size of the values: off the runtime thread, which serves every other job
+    // and the connection.
+    let (redactor, secrets) = if secrets.is_empty() {
+        (hodei_auth::Redactor::new(&[]), secrets)
+    } else {
+        match tokio::task::spawn_blocking(move || (secrets.redactor(), secrets)).await {
+            Ok(built) => built,
+            Err(e) => {
+                // The build panicked or was cancelled: nothing could mask the output.
+                tracing::warn!(%job, %attempt, error = %e, "cannot set up output redaction");
+                let why = "cannot set up the masking of the job's secrets".to_owned();
+                return end_unstarted(&mut sink, Outcome::SpawnFailed(why)).await;
+            }
+        }
+    };
+    if cancel.is_fired() {
+        // Cancelled while the redactor was built: still nothing started.
+        return end_unstarted(&mut sink, Outcome::Cancelled).await;
+    }
+    let spawned = secrets::prepare(&spec, &secrets, &opts).and_then(|delivery| {
+        let child = process::spawn(&spec, &opts, job, attempt, &delivery)?;
+        Ok((child, delivery))
+    });
+    // The values go now: the delivery holds the stdin JSON until it is written, the files
+    // live in the secrets directory, and the pump needs only the redactor's patterns.
+    drop(secrets);
+    let (mut child, mut delivery) = match spawned {
+        Ok(spawned) => spawned,
         Err(msg) => {
+            // `prepare` and `spawn` dropped any secrets directory they made on the way out.
             tracing::debug!(%job, %attempt, error = %msg, "spawn failed");
-            let outcome = Outcome::SpawnFailed(msg);
-            sink.send(RunEventKind::Finished {
-                outcome,
-                at: wall_now(),
-            })
-            .await;
-            return;
+            return end_unstarted(&mut sink, Outcome::SpawnFailed(msg)).await;
         }
     };
     let started_at = wall_now();
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let feeder = match (delivery.stdin.take(), child.stdin.take()) {
+        (Some(json), Some(pipe)) => Some(secrets::feed_stdin(pipe, json)),
+        _ => None,
+    };
     let (exited_tx, exited_rx) = oneshot::channel();
     let limits = process::Limits {
         timeout: spec.timeout_ms.map(Duration::from_millis),
@@ -273,10 +312,23 @@ async fn run(spec: JobSpec, opts: Arc<RunnerOptions>, mut sink: Sink, cancel: Ar
     let pump = pump::Pump::new(
         &opts,
         spool::SpoolWriter::new(opts.spool_path(job, attempt)),
+        &redactor,
     );
     // Started is sent by the pump, not here: sending can block on a full channel, and the
     // supervisor must already be enforcing the time limit and cancels while it does.
     let pumping = pump.run(&mut sink, started_at, stdout, stderr, exited_rx);
     let ((outcome, at), ()) = tokio::join!(supervise, pumping);
+    if let Some(feeder) = feeder {
+        // Only a process that escaped the group can still hold stdin unread; stop feeding it.
+        feeder.abort();
+    }
+    // Before `Finished`: whoever sees the result can count on the secrets being gone.
+    drop(delivery);
+    sink.send(RunEventKind::Finished { outcome, at }).await;
+}
+
+/// Ends an attempt whose process never started: its only event is `Finished`.
+async fn end_unstarted(sink: &mut Sink, outcome: Outcome) {
+    let at = wall_now();
     sink.send(RunEventKind::Finished { outcome, at }).await;
 }

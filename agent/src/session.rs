@@ -16,12 +16,16 @@
 //!   job, lets running ones finish within the drain timeout, kills and reports the rest as
 //!   `Drained`, waits briefly for the acknowledgements, says `Goodbye` and exits.
 //!
+//! At start, the secrets directories a crashed run left behind are removed
+//! ([`crate::runner::clean_leftover_secrets`]).
+//!
 //! Files: [`online`] is the life of one connection, [`jobs`] the bookkeeping of the attempts
 //! held, [`backoff`] and [`chunks`] small helpers.
 
 mod backoff;
 mod chunks;
 mod drain;
+pub mod identity;
 mod jobs;
 mod lease;
 mod online;
@@ -101,6 +105,14 @@ struct Agent {
     /// `--drain-timeout`, for a drain started by a signal.
     drain_timeout: Duration,
     drain: Option<Drain>,
+    /// The certificate connections present.
+    identity: identity::Identity,
+    /// Where it is stored.
+    identity_dir: std::path::PathBuf,
+    /// The key of a renewal in flight.
+    pending_key: Option<String>,
+    /// Renewed: the next connection needs a new TLS config.
+    identity_changed: bool,
 }
 
 /// Why a session ended.
@@ -155,11 +167,25 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         peer_ack_delay: Some(Duration::from_millis(200)),
         ..TransportOptions::default()
     };
-    let client_cfg = hodei_transport::client_config(&args.ca, ALPN_AGENT, &transport)
-        .with_context(|| format!("cannot use CA file {}", args.ca.display()))?;
-    let endpoint = hodei_transport::client_endpoint(server, client_cfg)?;
     std::fs::create_dir_all(&args.work_dir)
         .with_context(|| format!("cannot create work dir {}", args.work_dir.display()))?;
+    // mTLS only: the certificate from an earlier join, or a join now with --join.
+    let identity = identity::ensure(&args.work_dir, server, &args.ca, args.join.as_deref()).await?;
+    let agent_cfg = |id: &identity::Identity| {
+        hodei_transport::client_config_with(
+            &args.ca,
+            ALPN_AGENT,
+            &transport,
+            Some(&id.client_identity()),
+        )
+        .with_context(|| {
+            format!(
+                "cannot use CA file {} or the agent identity",
+                args.ca.display()
+            )
+        })
+    };
+    let mut endpoint = hodei_transport::client_endpoint(server, agent_cfg(&identity)?)?;
     let work_root = std::fs::canonicalize(&args.work_dir).unwrap_or_else(|_| args.work_dir.clone());
     let (cpus, memory) = crate::resources::detect();
     let slots = args.slots.unwrap_or(cpus).max(1);
@@ -170,6 +196,11 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         batch_interval: args.output_batch_interval,
         ..RunnerOptions::default()
     });
+    // A crashed agent left its jobs' secrets directories behind; no job of ours runs yet.
+    let stale = crate::runner::clean_leftover_secrets(&opts);
+    if stale > 0 {
+        info!(stale, "removed secrets directories left by an earlier run");
+    }
     let (events_tx, mut events_rx) = mpsc::channel(EVENTS);
     let mut agent = Agent {
         opts,
@@ -189,6 +220,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         disconnected_since: None,
         drain_timeout: args.drain_timeout,
         drain: None,
+        identity,
+        identity_dir: args.work_dir.clone(),
+        pending_key: None,
+        identity_changed: false,
     };
     let mut signals = Signals::new()?;
     let mut backoff = Backoff::new();
@@ -205,6 +240,10 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         let io = (&mut events_rx, &mut signals);
         if agent.offline(tokio::time::sleep(pause), io).await.is_none() {
             break;
+        }
+        if agent.identity_changed {
+            endpoint.set_default_client_config(agent_cfg(&agent.identity)?);
+            agent.identity_changed = false;
         }
         let io = (&mut events_rx, &mut signals);
         let Some(connected) = agent

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use hodei_agent::runner::{RunEvent, RunEventKind, RunnerOptions, forget, read_spool, spawn_job};
+use hodei_agent::runner::{
+    RunEvent, RunEventKind, RunnerOptions, Secrets, forget, read_spool, spawn_job,
+};
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::Outcome;
 use hodei_core::spec::{Command, JobSpec};
@@ -87,7 +89,14 @@ async fn collect(rx: &mut mpsc::Receiver<RunEvent>) -> Vec<RunEventKind> {
 /// Runs a spec to completion and returns its events.
 async fn run(opts: &Arc<RunnerOptions>, id: JobId, spec: JobSpec) -> Vec<RunEventKind> {
     let (tx, mut rx) = mpsc::channel(16);
-    let _handle = spawn_job(id, Attempt(1), spec, Arc::clone(opts), tx);
+    let _handle = spawn_job(
+        id,
+        Attempt(1),
+        spec,
+        Secrets::default(),
+        Arc::clone(opts),
+        tx,
+    );
     collect(&mut rx).await
 }
 
@@ -304,7 +313,14 @@ async fn cancel_kills_the_whole_group() {
         pidfile.display()
     ));
     let (tx, mut rx) = mpsc::channel(16);
-    let handle = spawn_job(job(7), Attempt(1), spec, Arc::clone(&opts), tx);
+    let handle = spawn_job(
+        job(7),
+        Attempt(1),
+        spec,
+        Secrets::default(),
+        Arc::clone(&opts),
+        tx,
+    );
     let pid = read_pid(&pidfile).await;
     assert!(alive(pid));
     handle.cancel();
@@ -383,7 +399,14 @@ async fn backpressure_delivers_every_byte_in_order() {
     ));
     let expected: String = (1..=600_000).map(|i| format!("{i}\n")).collect();
     let (tx, mut rx) = mpsc::channel(1);
-    let _handle = spawn_job(job(12), Attempt(1), spec, Arc::clone(&opts), tx);
+    let _handle = spawn_job(
+        job(12),
+        Attempt(1),
+        spec,
+        Secrets::default(),
+        Arc::clone(&opts),
+        tx,
+    );
     let pid = read_pid(&pidfile).await;
     // Nobody reads events yet: the writer must end up blocked on its full pipe, alive.
     until("the job to block writing its output", || {
@@ -473,7 +496,14 @@ async fn keeps_running_when_the_receiver_is_gone() {
     ));
     let (tx, rx) = mpsc::channel(1);
     drop(rx);
-    let _handle = spawn_job(job(15), Attempt(1), spec, Arc::clone(&opts), tx);
+    let _handle = spawn_job(
+        job(15),
+        Attempt(1),
+        spec,
+        Secrets::default(),
+        Arc::clone(&opts),
+        tx,
+    );
     until("the job to complete", || donefile.exists()).await;
     let expected: String = (1..=20_000).map(|i| format!("{i}\n")).collect();
     let mut spooled = Vec::new();

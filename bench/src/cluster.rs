@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use hodei_core::ids::JobId;
 use hodei_core::job::JobRecord;
 use hodei_core::spec::JobSpec;
-use hodei_core::wire::{ALPN_CLIENT, FromServer, ToServer};
+use hodei_core::wire::{ALPN_CLIENT, FromServer, Request, ToServer};
 use hodei_transport::{FrameReader, FrameWriter, TransportOptions};
 use nix::sys::signal::Signal;
 
@@ -67,6 +67,8 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The agents join with one token (mTLS from then on).
+        let join = cluster.join_token(agents).await?;
         for i in 0..agents {
             let mut cmd = Command::new(hodei);
             cmd.args([
@@ -81,6 +83,7 @@ impl Cluster {
             .arg("--work-dir")
             .arg(dir.join(format!("agent-{i}")))
             .env("RUST_LOG", "warn")
+            .env("HODEI_JOIN_TOKEN", &join)
             .stdin(Stdio::null())
             .stdout(Stdio::null());
             if noop {
@@ -103,6 +106,23 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// A join token for `n` agents.
+    async fn join_token(&self, n: usize) -> Result<String> {
+        let client = self.client().await?;
+        let body = ToServer::CreateToken {
+            role: "agent".to_owned(),
+            name: "bench-agents".to_owned(),
+            ttl_ms: Some(3_600_000),
+            uses: Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        };
+        for m in client.request(&body).await? {
+            if let FromServer::Token { token, .. } = m {
+                return Ok(token);
+            }
+        }
+        bail!("the server created no join token")
+    }
+
     /// One connection attempt, no retries.
     async fn connect_once(&self) -> Result<Client> {
         let cfg = hodei_transport::client_config(
@@ -112,7 +132,16 @@ impl Cluster {
         )?;
         let ep = hodei_transport::client_endpoint(self.addr, cfg)?;
         let conn = hodei_transport::connect(&ep, self.addr).await?;
-        Ok(Client { conn, _ep: ep })
+        // Every request carries the admin token the server wrote on its first start.
+        let token = std::fs::read_to_string(self.dir.join("data/admin.token"))
+            .context("cannot read the server's admin.token")?
+            .trim()
+            .to_owned();
+        Ok(Client {
+            conn,
+            _ep: ep,
+            token,
+        })
     }
 
     pub async fn client(&self) -> Result<Client> {
@@ -188,13 +217,18 @@ impl Drop for Cluster {
 pub struct Client {
     conn: quinn::Connection,
     _ep: quinn::Endpoint,
+    token: String,
 }
 
 impl Client {
     pub async fn request(&self, body: &ToServer) -> Result<Vec<FromServer>> {
         let (send, recv) = self.conn.open_bi().await?;
         let mut w = FrameWriter::new(send);
-        w.send(body).await?;
+        w.send(&Request {
+            token: self.token.clone(),
+            body: body.clone(),
+        })
+        .await?;
         w.finish()?;
         let mut r = FrameReader::new(recv);
         let mut out = Vec::new();

@@ -43,6 +43,7 @@ fn main() {
         job: JobId::new(1, 2, 3),
         attempt: Attempt(1),
         spec: JobSpec::exec("/bin/true", &["a", "b"]),
+        secrets: Vec::new(),
     };
     let mut buf = Vec::with_capacity(4096);
     measure("encode heartbeat", || {

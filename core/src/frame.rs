@@ -130,6 +130,7 @@ wire!(
     FromAgent,
     ToAgent,
     ToServer,
+    crate::wire::Request,
     FromServer,
     JobRecord,
     crate::event::Event
@@ -170,6 +171,9 @@ mod tests {
                     labels: env,
                     timeout_ms,
                     policy: crate::spec::Policy::default(),
+                    secrets: vec!["db_pass".to_owned()],
+                    secret_delivery: crate::spec::SecretDelivery::Stdin,
+                    owner: "ci".to_owned(),
                 },
             )
     }

@@ -69,6 +69,45 @@ pub struct JobSpec {
     pub timeout_ms: Option<u64>,
     /// Retries, queue deadline, idempotency and tracing.
     pub policy: Policy,
+    /// Names of the secrets the job needs. Their values never enter the spec, the store or
+    /// a log line: the server adds them to the agent's `Assign` only.
+    pub secrets: Vec<String>,
+    /// How the process receives its secrets.
+    pub secret_delivery: SecretDelivery,
+    /// Who submitted it (the token's name); set by the server, whatever the client sent.
+    pub owner: String,
+}
+
+/// How a job's process receives its secrets.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub enum SecretDelivery {
+    /// Files named after each secret in a private directory (mode 0700, files 0600, on
+    /// tmpfs where available, removed after the job), whose path is `HODEI_SECRETS_DIR`.
+    #[default]
+    Files,
+    /// One JSON object `{"NAME": "value"}` on the process's stdin.
+    Stdin,
+}
+
+/// Checks a secret name: 1 to 64 of `[A-Za-z0-9_.-]`, not starting with a dot (it names a
+/// file in the job's secrets directory).
+///
+/// # Errors
+/// [`SpecError::BadSecretName`].
+pub fn check_secret_name(name: &str) -> Result<(), SpecError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(SpecError::BadSecretName(name.to_owned()))
+    }
 }
 
 /// Which endings of an attempt are retried.
@@ -178,7 +217,10 @@ impl Policy {
         if quarter == 0 {
             return base;
         }
-        (base - quarter + z % (2 * quarter + 1)).min(self.backoff_max_ms.max(self.backoff_min_ms))
+        // Saturating: found by fuzzing (spec_backoff), a base near u64::MAX overflowed.
+        (base - quarter)
+            .saturating_add(z % (2 * quarter + 1))
+            .min(self.backoff_max_ms.max(self.backoff_min_ms))
     }
 }
 
@@ -200,6 +242,9 @@ impl JobSpec {
             labels: Vec::new(),
             timeout_ms: None,
             policy: Policy::default(),
+            secrets: Vec::new(),
+            secret_delivery: SecretDelivery::Files,
+            owner: String::new(),
         }
     }
 
@@ -250,11 +295,29 @@ impl JobSpec {
         {
             return Err(SpecError::BadWorkdir);
         }
+        for name in &self.secrets {
+            check_secret_name(name)?;
+        }
+        if self.secrets.len() > MAX_SECRETS {
+            return Err(SpecError::TooManySecrets(MAX_SECRETS));
+        }
+        if self.owner.len() > MAX_NAME {
+            return Err(SpecError::TooLong("owner", MAX_NAME));
+        }
         if self.timeout_ms == Some(0) || self.policy.queue_timeout_ms == Some(0) {
             return Err(SpecError::ZeroTimeout);
         }
-        if self.policy.backoff_min_ms > self.policy.backoff_max_ms {
+        if self.policy.backoff_min_ms > self.policy.backoff_max_ms
+            || self.policy.backoff_max_ms > MAX_DURATION_MS
+        {
             return Err(SpecError::BadBackoff);
+        }
+        if [self.timeout_ms, self.policy.queue_timeout_ms]
+            .iter()
+            .flatten()
+            .any(|t| *t > MAX_DURATION_MS)
+        {
+            return Err(SpecError::TooLongDuration);
         }
         if self
             .policy
@@ -273,10 +336,22 @@ impl JobSpec {
 }
 
 const MAX_NAME: usize = 256;
+const MAX_SECRETS: usize = 64;
+/// Timeouts and backoffs are bounded (a year), so deadlines never overflow a clock.
+const MAX_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
 
 /// Why a spec was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SpecError {
+    /// A secret name that cannot name a file.
+    #[error("bad secret name {0:?}: use 1 to 64 of A-Z a-z 0-9 _ - . (not starting with a dot)")]
+    BadSecretName(String),
+    /// A timeout beyond a year.
+    #[error("timeouts are limited to 365 days")]
+    TooLongDuration,
+    /// Too many secrets.
+    #[error("a job can use at most {0} secrets")]
+    TooManySecrets(usize),
     /// The program name is empty.
     #[error("the command is empty")]
     EmptyCommand,
@@ -302,7 +377,7 @@ pub enum SpecError {
     #[error("the timeout must be greater than zero")]
     ZeroTimeout,
     /// The backoff range is inverted.
-    #[error("the backoff minimum is larger than its maximum")]
+    #[error("the backoff minimum is larger than its maximum, or the maximum is over 365 days")]
     BadBackoff,
 }
 

@@ -14,7 +14,7 @@ use crate::state::JobState;
 use crate::time::Micros;
 
 /// Bumped on any incompatible change of these enums; a frame of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// ALPN protocol id of agent connections ([`FromAgent`]/[`ToAgent`]).
 pub const ALPN_AGENT: &[u8] = b"hodei-agent/1";
@@ -121,6 +121,12 @@ pub enum FromAgent {
     },
     /// The agent drained and leaves: mark the worker terminated (not lost).
     Goodbye,
+    /// A new certificate for this raw P-256 public key, for the same identity (the current
+    /// one expires soon). Answered by the connection, never seen by a shard.
+    Renew {
+        /// The agent's new public key.
+        public_key: Vec<u8>,
+    },
     /// The job ended; sent after all of its output.
     Finished {
         /// Job.
@@ -172,6 +178,9 @@ pub enum ToAgent {
         attempt: Attempt,
         /// What to run.
         spec: JobSpec,
+        /// The values of `spec.secrets`, for this attempt only (filled in by the server as
+        /// the message leaves; never stored).
+        secrets: Vec<SecretValue>,
     },
     /// Kill a job's process group and report it cancelled.
     Cancel {
@@ -212,6 +221,13 @@ pub enum ToAgent {
         job: JobId,
         /// Attempt.
         attempt: Attempt,
+    },
+    /// The renewed certificate (for the next connections; this one goes on).
+    Renewed {
+        /// Certificate, PEM.
+        cert_pem: String,
+        /// Expiry, ms since the epoch.
+        expires_at_ms: u64,
     },
 }
 
@@ -274,6 +290,95 @@ pub enum ToServer {
         /// Keep streaming.
         follow: bool,
     },
+    /// Create an API or join token (admin).
+    CreateToken {
+        /// Role name.
+        role: String,
+        /// Who it is for.
+        name: String,
+        /// Lifetime.
+        ttl_ms: Option<u64>,
+        /// How many times it may be used (join tokens).
+        uses: Option<u32>,
+    },
+    /// List tokens (admin).
+    ListTokens,
+    /// Revoke a token by id (admin).
+    RevokeToken {
+        /// Its id (16 hex digits).
+        id: String,
+    },
+    /// Set a secret (admin).
+    SetSecret {
+        /// Its name.
+        name: String,
+        /// Its value.
+        value: SecretBytes,
+    },
+    /// List secrets, names only (admin).
+    ListSecrets,
+    /// Remove a secret (admin).
+    RemoveSecret {
+        /// Its name.
+        name: String,
+    },
+    /// Audit records, filtered (admin).
+    Audit {
+        /// Only records about this job.
+        job: Option<JobId>,
+        /// Only records of this actor.
+        actor: Option<String>,
+        /// Only records at or after this time (ms since the epoch).
+        since_ms: Option<u64>,
+    },
+    /// Check every audit chain (admin).
+    AuditVerify,
+    /// Join as an agent (with a join token): the server signs a client certificate for this
+    /// raw P-256 public key (65 bytes, uncompressed).
+    Join {
+        /// The agent's public key.
+        public_key: Vec<u8>,
+    },
+    /// Cut a worker's agent off at once: its certificates are revoked and its connections
+    /// closed (admin).
+    RevokeWorker {
+        /// Worker.
+        worker: WorkerId,
+    },
+    /// Issue the server a new certificate and present it from now on (admin).
+    RotateServerCert,
+}
+
+impl ToServer {
+    /// True for requests the server's control plane answers (tokens, secrets, audit), not
+    /// a shard.
+    #[must_use]
+    pub const fn is_control(&self) -> bool {
+        matches!(
+            self,
+            Self::CreateToken { .. }
+                | Self::ListTokens
+                | Self::RevokeToken { .. }
+                | Self::SetSecret { .. }
+                | Self::ListSecrets
+                | Self::RemoveSecret { .. }
+                | Self::Audit { .. }
+                | Self::AuditVerify
+                | Self::Join { .. }
+                | Self::RevokeWorker { .. }
+                | Self::RotateServerCert
+        )
+    }
+}
+
+/// A secret value in a request; its Debug never shows the bytes.
+#[derive(Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SecretBytes(pub Vec<u8>);
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "<{} bytes>", self.0.len())
+    }
 }
 
 /// Server → client.
@@ -296,6 +401,37 @@ pub enum FromServer {
     LogEnd,
     /// Events, in order per shard.
     Events(Vec<Event>),
+    /// A new token: its id and its text (shown once, never stored).
+    Token {
+        /// Id.
+        id: String,
+        /// The token.
+        token: String,
+    },
+    /// Tokens.
+    Tokens(Vec<TokenInfo>),
+    /// Secrets.
+    Secrets(Vec<SecretInfo>),
+    /// Audit records, one JSON object each.
+    AuditRecords(Vec<String>),
+    /// Every audit chain verified.
+    AuditVerified {
+        /// Records checked.
+        records: u64,
+        /// Chains checked.
+        chains: u32,
+    },
+    /// Done (a request with nothing else to say).
+    Done,
+    /// A joined agent's identity and client certificate.
+    Joined {
+        /// The identity the certificate is bound to.
+        identity: String,
+        /// Its certificate, PEM.
+        cert_pem: String,
+        /// When it expires (ms since the epoch); renew before.
+        expires_at_ms: u64,
+    },
     /// The request failed.
     Error {
         /// What kind.
@@ -314,4 +450,68 @@ pub enum ErrorKind {
     Invalid,
     /// The server failed (store error, shutting down).
     Internal,
+    /// No token, or a token the server does not accept.
+    Unauthenticated,
+    /// The token's role lacks the permission.
+    Forbidden,
+}
+
+/// A secret's value on its way to the agent that runs a job needing it.
+#[derive(Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SecretValue {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: Vec<u8>,
+}
+
+impl std::fmt::Debug for SecretValue {
+    // A secret's value must never reach a log line, even a debug one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SecretValue({}: <{} bytes>)",
+            self.name,
+            self.value.len()
+        )
+    }
+}
+
+/// The first and only frame a client sends on a request stream: its token and its request.
+#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Request {
+    /// An API token (`hodei_...`).
+    pub token: String,
+    /// What it asks.
+    pub body: ToServer,
+}
+
+/// An API token as listed (never its secret).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct TokenInfo {
+    /// Its id (16 hex digits).
+    pub id: String,
+    /// `admin`, `submitter`, `reader` or `agent`.
+    pub role: String,
+    /// Who it is for (the actor in the audit log).
+    pub name: String,
+    /// Creation, ms since the epoch.
+    pub created_at_ms: u64,
+    /// Expiry, ms since the epoch.
+    pub expires_at_ms: Option<u64>,
+    /// Uses left (join tokens).
+    pub uses_left: Option<u32>,
+    /// Revoked.
+    pub revoked: bool,
+}
+
+/// A secret as listed (never its value).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct SecretInfo {
+    /// Its name.
+    pub name: String,
+    /// Last set, ms since the epoch.
+    pub updated_at_ms: u64,
+    /// Who set it.
+    pub updated_by: String,
 }

@@ -309,6 +309,8 @@ impl Agent {
     ) -> Result<(), End> {
         let c = &self.ctx.stats.counters;
         match msg {
+            // Simulated agents live shorter than their certificate; they never renew.
+            ToAgent::Renewed { .. } => {}
             ToAgent::Assign { job, attempt, .. } => {
                 let received_us = wall_now();
                 bump(&c.assigns);
@@ -479,6 +481,7 @@ fn kind(m: &ToAgent) -> &'static str {
         ToAgent::Resume { .. } => "Resume",
         ToAgent::OutputAck { .. } => "OutputAck",
         ToAgent::FinishedAck { .. } => "FinishedAck",
+        ToAgent::Renewed { .. } => "Renewed",
     }
 }
 

@@ -21,6 +21,7 @@ mod run;
 mod spawn;
 mod stats;
 mod submit;
+mod token;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -70,6 +71,7 @@ fn main_with(args: &Args) -> Result<()> {
             (args::loopback_server(text)?, ca, args.server_pid)
         }
     };
+    token::load(&ca)?;
     let result = measure(args, server, &ca, pid, spawned.as_mut());
     let end = spawned.map(SpawnedServer::stop);
     let data = result?;
@@ -90,8 +92,10 @@ fn measure(
         peer_ack_delay: args.peer_ack_delay,
         ..TransportOptions::default()
     };
-    let agent_cfg = hodei_transport::client_config(ca, ALPN_AGENT, &agent_opts)
-        .with_context(|| format!("cannot use CA file {}", ca.display()))?;
+    let identity = token::join(server, ca)?;
+    let agent_cfg =
+        hodei_transport::client_config_with(ca, ALPN_AGENT, &agent_opts, Some(&identity))
+            .with_context(|| format!("cannot use CA file {}", ca.display()))?;
     let client_cfg = hodei_transport::client_config(ca, ALPN_CLIENT, &TransportOptions::default())
         .with_context(|| format!("cannot use CA file {}", ca.display()))?;
     let cfg = Arc::new(FleetConfig {

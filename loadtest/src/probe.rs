@@ -110,7 +110,7 @@ impl Probe {
 async fn ask(conn: &quinn::Connection, job: JobId) -> Result<(), String> {
     let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut w = FrameWriter::new(send);
-    w.send(&ToServer::GetJob { job })
+    w.send(&crate::token::request(ToServer::GetJob { job }))
         .await
         .map_err(|e| e.to_string())?;
     w.finish().map_err(|e| e.to_string())?;

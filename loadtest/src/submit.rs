@@ -182,9 +182,9 @@ async fn run(
 async fn submit(conn: &quinn::Connection, spec: &JobSpec) -> Result<u64> {
     let (send, recv) = conn.open_bi().await?;
     let mut w = FrameWriter::new(send);
-    w.send(&ToServer::Submit {
+    w.send(&crate::token::request(ToServer::Submit {
         specs: vec![spec.clone()],
-    })
+    }))
     .await?;
     w.finish()?;
     let mut r = FrameReader::new(recv);

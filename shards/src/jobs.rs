@@ -57,6 +57,13 @@ impl Shard {
             | ToServer::Wait { job }
             | ToServer::Retry { job } => job.owner(self.cfg.shards),
             ToServer::DrainWorker { worker, .. } => worker.owner(self.cfg.shards),
+            // The server's control plane answers these; a shard never should.
+            b if b.is_control() => {
+                let msg = "not a shard request".to_owned();
+                comm.reply(req, error(ErrorKind::Invalid, msg), true);
+                return;
+            }
+            _ => here,
         };
         if owner == here {
             self.on_request(now, here, req, body, comm);
@@ -306,6 +313,20 @@ impl Shard {
             ToServer::DrainWorker { worker, timeout_ms } => {
                 let reply = self.drain_worker(worker, timeout_ms, comm);
                 self.reply_to(origin, req, reply, true, comm);
+            }
+            ToServer::CreateToken { .. }
+            | ToServer::ListTokens
+            | ToServer::RevokeToken { .. }
+            | ToServer::SetSecret { .. }
+            | ToServer::ListSecrets
+            | ToServer::RemoveSecret { .. }
+            | ToServer::Audit { .. }
+            | ToServer::AuditVerify
+            | ToServer::Join { .. }
+            | ToServer::RevokeWorker { .. }
+            | ToServer::RotateServerCert => {
+                let msg = "not a shard request".to_owned();
+                self.reply_to(origin, req, error(ErrorKind::Invalid, msg), true, comm);
             }
             ToServer::Logs { job, follow } => {
                 let Some(j) = self.jobs.get_mut(&job) else {

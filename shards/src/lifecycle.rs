@@ -155,7 +155,7 @@ impl Shard {
         if retry && job.rec.state.can_transition_to(JobState::Pending) {
             let delay =
                 policy.backoff_ms(job.rec.attempt.0 + 1, id.0 ^ u64::from(job.rec.attempt.0));
-            let at = now + (delay * 1_000).max(min_wait);
+            let at = now.saturating_add(delay.saturating_mul(1_000).max(min_wait));
             job.rec.state = JobState::Pending;
             job.rec.worker = None;
             job.rec.not_before = Some(at);

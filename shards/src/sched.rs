@@ -161,6 +161,9 @@ impl Shard {
                         job: g.job,
                         attempt: g.attempt,
                         spec: g.spec,
+                        // Filled in by the server as the message leaves: values never
+                        // enter the shard.
+                        secrets: Vec::new(),
                     },
                 );
                 self.refresh_worker(wid);

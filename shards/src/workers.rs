@@ -37,7 +37,8 @@ impl Shard {
         };
         w.last_seen = now;
         match msg {
-            FromAgent::Hello(_) | FromAgent::Heartbeat { .. } => {}
+            // Renew is answered by the connection; it never reaches a shard.
+            FromAgent::Hello(_) | FromAgent::Heartbeat { .. } | FromAgent::Renew { .. } => {}
             FromAgent::Draining { timeout_ms } => {
                 let reason = format!("agent draining, {timeout_ms} ms grace");
                 self.set_worker_state(wid, WorkerState::Draining, Some(reason), comm);

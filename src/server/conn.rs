@@ -3,15 +3,23 @@
 //! another version or anything out of protocol gets its connection closed and a log line.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Duration;
 
+use hodei_auth::redact::{RedactStream, Redactor};
 use hodei_core::frame::MAX_FRAME;
-use hodei_core::wire::{ALPN_AGENT, ALPN_CLIENT, ErrorKind, FromAgent, FromServer, ToServer};
+use hodei_core::ids::JobId;
+use hodei_core::job::JobRecord;
+use hodei_core::wire::{
+    ALPN_AGENT, ALPN_CLIENT, Chunk, ErrorKind, FromAgent, FromServer, Request, Stream, ToAgent,
+    ToServer,
+};
 use hodei_shards::{ConnId, Reply, ReqId};
 use hodei_transport::{FrameReader, FrameWriter};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tracing::{debug, warn};
 
+use super::control::{Caller, Control, permission_for};
 use super::shard_thread::{AgentOut, Input};
 use super::store::Store;
 
@@ -30,10 +38,16 @@ fn next_id() -> u64 {
 /// How long a new connection may take to open its first stream.
 const FIRST_STREAM: Duration = Duration::from_secs(10);
 
-pub async fn accept_loop(endpoint: quinn::Endpoint, tx: UnboundedSender<Input>, store: Store) {
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    tx: UnboundedSender<Input>,
+    store: Store,
+    control: Arc<Control>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let tx = tx.clone();
         let store = store.clone();
+        let control = Arc::clone(&control);
         tokio::task::spawn_local(async move {
             let remote = incoming.remote_address();
             let conn = match incoming.await {
@@ -48,8 +62,8 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, tx: UnboundedSender<Input>, 
                 .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|h| h.protocol);
             match alpn.as_deref() {
-                Some(p) if p == ALPN_AGENT => agent_conn(conn, tx).await,
-                Some(p) if p == ALPN_CLIENT => client_conn(conn, tx, store).await,
+                Some(p) if p == ALPN_AGENT => agent_conn(conn, tx, control).await,
+                Some(p) if p == ALPN_CLIENT => client_conn(conn, tx, store, control).await,
                 _ => {
                     warn!(%remote, "unknown application protocol; closing");
                     conn.close(2u32.into(), b"unknown protocol");
@@ -59,8 +73,21 @@ pub async fn accept_loop(endpoint: quinn::Endpoint, tx: UnboundedSender<Input>, 
     }
 }
 
-async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>) {
+async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control: Arc<Control>) {
     let remote = conn.remote_address();
+    // Agents connect with mTLS only: a certificate this server issued, not revoked.
+    let identity = match hodei_transport::peer_cert(&conn) {
+        None => Err("no client certificate (join with `hodei agent --join TOKEN`)".to_owned()),
+        Some(der) => control.identify(&der),
+    };
+    let identity = match identity {
+        Ok(i) => i,
+        Err(why) => {
+            warn!(%remote, "refused an agent connection: {why}");
+            conn.close(4u32.into(), b"client certificate refused");
+            return;
+        }
+    };
     let (send, recv) = match tokio::time::timeout(FIRST_STREAM, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -75,13 +102,35 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>) {
     };
     let id = ConnId(next_id());
     let (wtx, wrx) = unbounded_channel();
-    if tx.send(Input::AgentOpen(id, wtx)).is_err() {
+    if tx
+        .send(Input::AgentOpen(id, identity.clone(), wtx.clone()))
+        .is_err()
+    {
         return;
     }
-    tokio::task::spawn_local(agent_writer(FrameWriter::new(send), wrx, conn.clone()));
+    tokio::task::spawn_local(agent_writer(
+        FrameWriter::new(send),
+        wrx,
+        conn.clone(),
+        Arc::clone(&control),
+        identity.clone(),
+    ));
     let mut reader = FrameReader::new(recv);
     loop {
         match reader.next::<FromAgent>().await {
+            Ok(Some(FromAgent::Renew { public_key })) => {
+                // Answered here: certificates are the connection layer's, not a shard's.
+                match control.renew(&identity, &public_key) {
+                    Ok((cert_pem, expires_at_ms)) => {
+                        debug!(%identity, "agent certificate renewed");
+                        let _ = wtx.send(AgentOut::Msg(ToAgent::Renewed {
+                            cert_pem,
+                            expires_at_ms,
+                        }));
+                    }
+                    Err(e) => warn!(%identity, "cannot renew an agent certificate: {e:#}"),
+                }
+            }
             Ok(Some(msg)) => {
                 if tx.send(Input::Agent(id, msg)).is_err() {
                     break;
@@ -106,6 +155,8 @@ async fn agent_writer(
     mut w: FrameWriter,
     mut rx: UnboundedReceiver<AgentOut>,
     conn: quinn::Connection,
+    control: Arc<Control>,
+    identity: String,
 ) {
     while let Some(first) = rx.recv().await {
         let mut close = false;
@@ -114,6 +165,9 @@ async fn agent_writer(
         while let Some(out) = next {
             match out {
                 AgentOut::Msg(m) => {
+                    if let ToAgent::Welcome { worker, .. } = &m {
+                        control.bind_worker(*worker, &identity);
+                    }
                     if let Err(e) = w.push(&m) {
                         warn!("dropping an unencodable message: {e}");
                     }
@@ -135,7 +189,12 @@ async fn agent_writer(
     }
 }
 
-async fn client_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, store: Store) {
+async fn client_conn(
+    conn: quinn::Connection,
+    tx: UnboundedSender<Input>,
+    store: Store,
+    control: Arc<Control>,
+) {
     loop {
         match conn.accept_bi().await {
             Ok((send, recv)) => {
@@ -145,6 +204,7 @@ async fn client_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, store:
                     conn.clone(),
                     tx.clone(),
                     store.clone(),
+                    Arc::clone(&control),
                 ));
             }
             Err(e) => {
@@ -164,19 +224,63 @@ async fn client_stream(
     conn: quinn::Connection,
     tx: UnboundedSender<Input>,
     store: Store,
+    control: Arc<Control>,
 ) {
-    let body = match r.next::<ToServer>().await {
+    let remote = conn.remote_address();
+    let Request { token, mut body } = match r.next::<Request>().await {
         Ok(Some(b)) => b,
         Ok(None) => return,
         Err(e) => {
-            warn!(remote = %conn.remote_address(), "closing client connection: {e}");
+            warn!(%remote, "closing client connection: {e}");
             conn.close(1u32.into(), b"protocol error");
             return;
         }
     };
+    let caller = match control.authenticate(&token) {
+        Ok(c) => c,
+        Err(why) => {
+            warn!(%remote, "refused a client request: {why}");
+            let _ = w
+                .send(&FromServer::Error {
+                    kind: ErrorKind::Unauthenticated,
+                    message: format!("refused: {why} (pass --token or set HODEI_TOKEN)"),
+                })
+                .await;
+            let _ = w.finish();
+            return;
+        }
+    };
+    if let Err(denied) = caller.require(permission_for(&body)) {
+        warn!(%remote, actor = %caller.name, "denied: {body:?}");
+        let _ = w.send(&denied).await;
+        let _ = w.finish();
+        return;
+    }
+    if body.is_control() {
+        let mut ok = true;
+        for reply in control.handle(&caller, body) {
+            ok &= w.push(&reply).is_ok();
+        }
+        if ok {
+            let _ = w.flush().await;
+        }
+        let _ = w.finish();
+        return;
+    }
+    let redactor = match gate(&mut body, &caller, &control, &tx).await {
+        Ok(r) => r,
+        Err(reply) => {
+            let _ = w.send(&reply).await;
+            let _ = w.finish();
+            return;
+        }
+    };
+    // A submitter sees its own jobs only.
+    let only_owner = (!caller.role.sees_all_jobs()).then(|| caller.name.clone());
+    let mut redact = LogRedaction::new(redactor);
     let req = ReqId(next_id());
     let (rtx, mut rrx) = unbounded_channel();
-    if tx.send(Input::Client(req, body, rtx)).is_err() {
+    if tx.send(Input::Client(req, body, caller.name, rtx)).is_err() {
         let _ = w.send(&internal("the server is shutting down")).await;
         return;
     }
@@ -186,12 +290,25 @@ async fn client_stream(
             break;
         };
         let ok = match reply {
-            Reply::Msg(FromServer::Jobs(jobs)) if jobs.len() > JOBS_PER_FRAME => {
+            Reply::Msg(FromServer::Jobs(mut jobs)) => {
+                if let Some(owner) = &only_owner {
+                    jobs.retain(|j| j.spec.owner == *owner);
+                }
                 let mut ok = true;
                 for part in jobs.chunks(JOBS_PER_FRAME) {
                     ok &= w.push(&FromServer::Jobs(part.to_vec())).is_ok();
                 }
+                if jobs.is_empty() {
+                    ok &= w.push(&FromServer::Jobs(Vec::new())).is_ok();
+                }
                 ok && w.flush().await.is_ok()
+            }
+            Reply::Msg(FromServer::Log(chunks)) => {
+                send_logs(&mut w, redact.apply(chunks, false)).await
+            }
+            Reply::Msg(FromServer::LogEnd) => {
+                let tail = redact.apply(Vec::new(), true);
+                send_logs(&mut w, tail).await && w.send(&FromServer::LogEnd).await.is_ok()
             }
             Reply::Msg(m) => w.send(&m).await.is_ok(),
             Reply::StoredEvents {
@@ -216,7 +333,7 @@ async fn client_stream(
             },
             Reply::StoredLogs { job, attempt, upto } => match store.read_output(job, attempt, upto)
             {
-                Ok(chunks) => send_logs(&mut w, chunks).await,
+                Ok(chunks) => send_logs(&mut w, redact.apply(chunks, false)).await,
                 Err(e) => {
                     // The stream ends here either way: the error is its last frame.
                     let _ = w
@@ -231,6 +348,144 @@ async fn client_stream(
         }
     }
     let _ = w.finish();
+}
+
+/// Checks a request against its caller before it reaches a shard: a submitter may only
+/// touch its own jobs and not read the event stream of everyone's; a submit names secrets
+/// that exist and is stamped with its owner. For `logs`, returns the job's redactor.
+async fn gate(
+    body: &mut ToServer,
+    caller: &Caller,
+    control: &Control,
+    tx: &UnboundedSender<Input>,
+) -> Result<Option<Redactor>, FromServer> {
+    let sees_all = caller.role.sees_all_jobs();
+    let is_logs = matches!(body, ToServer::Logs { .. });
+    match body {
+        ToServer::Submit { specs } => {
+            for spec in specs.iter_mut() {
+                spec.owner.clone_from(&caller.name);
+                if let Some(name) = control.missing_secret(&spec.secrets) {
+                    return Err(FromServer::Error {
+                        kind: ErrorKind::Invalid,
+                        message: format!(
+                            "unknown secret {name:?} (create it with `hodei secret set {name}`)"
+                        ),
+                    });
+                }
+            }
+            Ok(None)
+        }
+        ToServer::Events { .. } if !sees_all => Err(FromServer::Error {
+            kind: ErrorKind::Forbidden,
+            message: format!(
+                "permission denied: role {} sees only its own jobs, and the event stream is everyone's",
+                caller.role
+            ),
+        }),
+        ToServer::GetJob { job }
+        | ToServer::Cancel { job }
+        | ToServer::Logs { job, .. }
+        | ToServer::Wait { job }
+        | ToServer::Retry { job } => {
+            if sees_all && !is_logs {
+                return Ok(None);
+            }
+            let job = *job;
+            // Someone else's job is "not found": its existence is not theirs to know.
+            let rec = fetch_job(tx, job, caller).await?;
+            if !sees_all && rec.spec.owner != caller.name {
+                return Err(FromServer::Error {
+                    kind: ErrorKind::NotFound,
+                    message: format!("no job {job}"),
+                });
+            }
+            Ok(if is_logs {
+                control.redactor(&rec.spec.secrets)
+            } else {
+                None
+            })
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A job's record, asked of its shard like any client request.
+async fn fetch_job(
+    tx: &UnboundedSender<Input>,
+    job: JobId,
+    caller: &Caller,
+) -> Result<JobRecord, FromServer> {
+    let (rtx, mut rrx) = unbounded_channel();
+    let req = ReqId(next_id());
+    tx.send(Input::Client(
+        req,
+        ToServer::GetJob { job },
+        caller.name.clone(),
+        rtx,
+    ))
+    .map_err(|_| internal("the server is shutting down"))?;
+    match rrx.recv().await {
+        Some((Reply::Msg(FromServer::Job(rec)), _)) => Ok(*rec),
+        Some((Reply::Msg(e @ FromServer::Error { .. }), _)) => Err(e),
+        _ => Err(internal("cannot read the job")),
+    }
+}
+
+/// Server-side redaction of a job's output as it is read: one stream per output stream,
+/// so a value split across stored chunks is still caught. (The agent already redacted it;
+/// this is the second line.)
+struct LogRedaction {
+    redactor: Option<Redactor>,
+    out: Option<RedactStream>,
+    err: Option<RedactStream>,
+}
+
+impl LogRedaction {
+    fn new(redactor: Option<Redactor>) -> Self {
+        Self {
+            out: redactor.as_ref().map(Redactor::stream),
+            err: redactor.as_ref().map(Redactor::stream),
+            redactor,
+        }
+    }
+
+    fn apply(&mut self, chunks: Vec<Chunk>, end: bool) -> Vec<Chunk> {
+        if self.redactor.is_none() {
+            return chunks;
+        }
+        let mut res = Vec::with_capacity(chunks.len() + 2);
+        for c in chunks {
+            let s = match c.stream {
+                Stream::Stdout => self.out.as_mut(),
+                Stream::Stderr => self.err.as_mut(),
+            };
+            let Some(s) = s else { continue };
+            let mut data = Vec::with_capacity(c.data.len());
+            s.push(&c.data, &mut data);
+            if !data.is_empty() {
+                res.push(Chunk {
+                    stream: c.stream,
+                    data,
+                });
+            }
+        }
+        if end {
+            for (stream, s) in [
+                (Stream::Stdout, &mut self.out),
+                (Stream::Stderr, &mut self.err),
+            ] {
+                if let Some(s) = s.as_mut() {
+                    let mut data = Vec::new();
+                    s.finish(&mut data);
+                    if !data.is_empty() {
+                        res.push(Chunk { stream, data });
+                    }
+                }
+            }
+        }
+        res
+    }
 }
 
 async fn send_logs(w: &mut FrameWriter, chunks: Vec<hodei_core::wire::Chunk>) -> bool {

@@ -2,7 +2,9 @@
 //! the shared port plus a private redirect port per shard, starts one pinned thread per
 //! shard, and on SIGINT/SIGTERM stops accepting, flushes the store and closes connections.
 
+mod audit;
 mod conn;
+pub mod control;
 mod shard_thread;
 pub mod store;
 
@@ -35,6 +37,8 @@ pub struct ServerOptions {
     pub transport: TransportOptions,
     /// Pin shard thread i to core i (mod cores).
     pub pin: bool,
+    /// Lifetime of the client certificates agents get (they renew at two thirds).
+    pub agent_cert_ttl: Duration,
 }
 
 /// A started server: its shard threads, and how to stop them.
@@ -46,6 +50,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// Where clients find the CA certificate.
     pub ca_path: PathBuf,
+    /// Tokens, secrets, agent certificates.
+    pub control: std::sync::Arc<control::Control>,
 }
 
 /// Starts the server's threads; returns once every shard is listening.
@@ -55,12 +61,17 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
     }
     store::claim_data_dir(&opts.data_dir)?;
     let tls = hodei_transport::ensure_server_tls(&opts.data_dir).context("cannot prepare TLS")?;
-    let server_config = hodei_transport::server_config(&tls, &opts.transport)
+    let server_cert = tls.cert().context("cannot load the server certificate")?;
+    let server_config = hodei_transport::server_config(&tls, &server_cert, &opts.transport)
         .context("cannot build the TLS config")?;
+    let authority = hodei_transport::Authority::load(&opts.data_dir)
+        .context("cannot load the CA key (needed to issue agent certificates)")?;
     let t0 = std::time::Instant::now();
     let store = Store::open(&opts.data_dir)?;
     let opened = t0.elapsed();
     let epoch = store.next_epoch()?;
+    let pki = control::Pki::new(authority, server_cert, &opts.data_dir, opts.agent_cert_ttl);
+    let control = std::sync::Arc::new(control::Control::open(&opts.data_dir, store.clone(), pki)?);
     let jobs = store.load_jobs()?;
     let loaded = jobs.len();
     // Partition by owner. A job whose idempotency key belongs to another shard (only after
@@ -144,9 +155,13 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
             .filter(|j| j.0 == i)
             .map(|j| j.1.clone());
         let shard = Shard::new(cfg, mine.into_iter().chain(keyed), now, seq);
+        #[allow(clippy::cast_possible_truncation)] // at most 256 shards, checked above
+        let audit = audit::ShardAudit::resume(&store, i as u16)?;
         let setup = ShardSetup {
             shard,
             store: store.clone(),
+            control: std::sync::Arc::clone(&control),
+            audit,
             shared_socket,
             private_socket,
             server_config: server_config.clone(),
@@ -167,6 +182,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
             .context("cannot start a shard thread")?;
         threads.push(t);
     }
+    control.set_shards(txs.clone());
     info!(%addr, shards = opts.shards, start_ms = t0.elapsed().as_millis(), "hodei server listening");
     Ok(Running {
         threads,
@@ -174,6 +190,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
         store,
         addr,
         ca_path: tls.ca_cert_path,
+        control,
     })
 }
 

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -20,21 +21,26 @@ use hodei_shards::{ConnId, Effects, Reply, ReqId, Shard, ShardMsg, StoreOp};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{debug, error, info, warn};
 
+use super::audit::ShardAudit;
+use super::control::Control;
 use super::store::Store;
 
 /// Inputs of a shard's loop, from its own tasks and from other shards.
 #[derive(Debug)]
 pub enum Input {
-    /// A new agent connection and the channel to its writer.
-    AgentOpen(ConnId, UnboundedSender<AgentOut>),
+    /// A new agent connection, who it is (the actor in the audit log) and the channel to
+    /// its writer.
+    AgentOpen(ConnId, String, UnboundedSender<AgentOut>),
     /// A message from an agent.
     Agent(ConnId, FromAgent),
     /// An agent connection ended.
     AgentClosed(ConnId),
-    /// A client request and where its replies go.
-    Client(ReqId, ToServer, UnboundedSender<(Reply, bool)>),
+    /// A client request, who made it (the token's name), and where its replies go.
+    Client(ReqId, ToServer, String, UnboundedSender<(Reply, bool)>),
     /// Messages from another shard, in order.
     Shard(Vec<ShardMsg>),
+    /// An agent identity was revoked: close its connections now.
+    Revoke(String),
     /// Stop: close endpoints, flush, exit.
     Shutdown,
 }
@@ -57,6 +63,8 @@ struct InFlight {
 pub struct ShardSetup {
     pub shard: Shard,
     pub store: Store,
+    pub control: Arc<Control>,
+    pub audit: ShardAudit,
     pub shared_socket: UdpSocket,
     pub private_socket: UdpSocket,
     pub server_config: quinn::ServerConfig,
@@ -80,6 +88,8 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     let ShardSetup {
         mut shard,
         store,
+        control,
+        mut audit,
         shared_socket,
         private_socket,
         server_config,
@@ -93,10 +103,16 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         hodei_transport::server_endpoint(shared_socket, server_config.clone(), &reset_key)?;
     let private = hodei_transport::server_endpoint(private_socket, server_config, &reset_key)?;
     for ep in [shared.clone(), private.clone()] {
-        tokio::task::spawn_local(super::conn::accept_loop(ep, tx.clone(), store.clone()));
+        tokio::task::spawn_local(super::conn::accept_loop(
+            ep,
+            tx.clone(),
+            store.clone(),
+            Arc::clone(&control),
+        ));
     }
 
     let mut writers: HashMap<ConnId, UnboundedSender<AgentOut>> = HashMap::new();
+    let mut agents: HashMap<ConnId, String> = HashMap::new();
     let mut clients: HashMap<ReqId, UnboundedSender<(Reply, bool)>> = HashMap::new();
     let mut fx = Effects::default();
     let mut gone = Vec::new();
@@ -172,7 +188,14 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 pending = Effects::default();
                 continue;
             }
-            release(done.msgs, &writers, &mut clients, &peers, &mut gone);
+            release(
+                done.msgs,
+                &writers,
+                &mut clients,
+                &peers,
+                &mut gone,
+                &control,
+            );
             // Clients whose stream ended: their subscriptions go with the next batch.
             for req in gone.drain(..) {
                 clients.remove(&req);
@@ -188,17 +211,45 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 }
             }
         }
+        // Whatever the shard did before these inputs (e.g. for a client that went away) is
+        // the server's doing.
+        note_events(&mut audit, &fx, 0, "server");
         for input in inputs {
-            match input {
-                Input::AgentOpen(conn, w) => {
-                    writers.insert(conn, w);
+            let mark = fx.persists.len();
+            let actor = match &input {
+                Input::AgentOpen(conn, who, w) => {
+                    writers.insert(*conn, w.clone());
+                    agents.insert(*conn, who.clone());
+                    continue;
                 }
+                Input::Agent(conn, _) | Input::AgentClosed(conn) => agents
+                    .get(conn)
+                    .map_or_else(|| "agent".to_owned(), Clone::clone),
+                Input::Client(_, body, who, _) => {
+                    audit.call(now / 1000, who, body);
+                    who.clone()
+                }
+                Input::Revoke(identity) => {
+                    for (conn, who) in &agents {
+                        if who == identity
+                            && let Some(w) = writers.get(conn)
+                        {
+                            let _ = w.send(AgentOut::Close);
+                        }
+                    }
+                    continue;
+                }
+                Input::Shard(_) | Input::Shutdown => "server".to_owned(),
+            };
+            match input {
+                Input::AgentOpen(..) | Input::Revoke(_) => {}
                 Input::Agent(conn, msg) => shard.handle_agent(now, conn, msg, &mut fx),
                 Input::AgentClosed(conn) => {
                     writers.remove(&conn);
+                    agents.remove(&conn);
                     shard.handle_agent_closed(now, conn, &mut fx);
                 }
-                Input::Client(req, body, reply) => {
+                Input::Client(req, body, _, reply) => {
                     clients.insert(req, reply);
                     shard.handle_client(now, req, body, &mut fx);
                 }
@@ -209,18 +260,21 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 }
                 Input::Shutdown => running = false,
             }
+            note_events(&mut audit, &fx, mark, &actor);
         }
         if running {
+            let mark = fx.persists.len();
             shard.handle_timeout(now, &mut fx);
+            note_events(&mut audit, &fx, mark, "server");
         }
         pending.append(&mut fx);
         if in_flight.is_some() || pending.is_empty() {
             continue;
         }
         let mut msgs = std::mem::take(&mut pending);
-        if msgs.persists.is_empty() {
+        if msgs.persists.is_empty() && audit.pending.is_empty() {
             // Nothing to write and nothing in flight: all it depends on is already durable.
-            release(msgs, &writers, &mut clients, &peers, &mut gone);
+            release(msgs, &writers, &mut clients, &peers, &mut gone, &control);
             for req in gone.drain(..) {
                 clients.remove(&req);
                 shard.handle_client_gone(req, &mut pending);
@@ -228,10 +282,11 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             continue;
         }
         let ops = std::mem::take(&mut msgs.persists);
+        let records = std::mem::take(&mut audit.pending);
         let store = store.clone();
         in_flight = Some(InFlight {
             commit: tokio::task::spawn_blocking(move || {
-                let r = store.commit(&ops);
+                let r = store.commit(&ops, &records);
                 (ops, r)
             }),
             msgs,
@@ -259,9 +314,16 @@ fn release(
     clients: &mut HashMap<ReqId, UnboundedSender<(Reply, bool)>>,
     peers: &[UnboundedSender<Input>],
     gone: &mut Vec<ReqId>,
+    control: &Control,
 ) {
-    for (conn, msg) in turn.agent {
+    for (conn, mut msg) in turn.agent {
         if let Some(w) = writers.get(&conn) {
+            // Secret values join an assignment only here, as it leaves for its agent.
+            if let ToAgent::Assign { spec, secrets, .. } = &mut msg
+                && !spec.secrets.is_empty()
+            {
+                *secrets = control.secret_values(&spec.secrets);
+            }
             let _ = w.send(AgentOut::Msg(msg));
         }
     }
@@ -288,6 +350,15 @@ fn release(
         }
         if last {
             clients.remove(&req);
+        }
+    }
+}
+
+/// Audit records for the events the shard stored from `fx.persists[from..]`.
+fn note_events(audit: &mut ShardAudit, fx: &Effects, from: usize, actor: &str) {
+    for op in fx.persists.get(from..).unwrap_or_default() {
+        if let StoreOp::PutEvent(e) = op {
+            audit.event(actor, e);
         }
     }
 }

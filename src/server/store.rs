@@ -10,12 +10,25 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use hodei_auth::audit::{self, AuditRecord};
+use hodei_auth::token::TokenRecord;
 use hodei_core::event::{Event, Subject};
 use hodei_core::frame::{Wire, split_frame};
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::JobRecord;
 use hodei_core::wire::{Chunk, Stream};
 use hodei_shards::StoreOp;
+
+/// An agent certificate the server issued.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AgentCert {
+    /// The identity it is bound to.
+    pub identity: String,
+    /// Expiry, ms since the epoch.
+    pub expires_at_ms: u64,
+    /// Revoked (with every other certificate of its identity).
+    pub revoked: bool,
+}
 
 /// Marker file that identifies a Hodei data directory.
 const MARKER: &str = "hodei.format";
@@ -29,6 +42,10 @@ pub struct Store {
     output: Keyspace,
     meta: Keyspace,
     events: Keyspace,
+    tokens: Keyspace,
+    secrets: Keyspace,
+    agents: Keyspace,
+    audit: Keyspace,
     clean: PathBuf,
 }
 
@@ -80,6 +97,13 @@ fn event_key(shard: u8, seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = shard;
     k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn audit_key(chain: u16, seq: u64) -> [u8; 10] {
+    let mut k = [0u8; 10];
+    k[..2].copy_from_slice(&chain.to_be_bytes());
+    k[2..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -263,6 +287,10 @@ impl Store {
             output: ks("output")?,
             meta: ks("meta")?,
             events: ks("events")?,
+            tokens: ks("tokens")?,
+            agents: ks("agents")?,
+            secrets: ks("secrets")?,
+            audit: ks("audit")?,
             db,
             clean,
         })
@@ -325,12 +353,19 @@ impl Store {
         Ok(u64::from_be_bytes(off) + len)
     }
 
-    /// Writes a batch durably (one fdatasync).
-    pub fn commit(&self, ops: &[StoreOp]) -> Result<()> {
-        if ops.is_empty() {
+    /// Writes a batch durably (one fdatasync), with the audit records of its changes.
+    pub fn commit(&self, ops: &[StoreOp], audit: &[AuditRecord]) -> Result<()> {
+        if ops.is_empty() && audit.is_empty() {
             return Ok(());
         }
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for r in audit {
+            batch.insert(
+                &self.audit,
+                audit_key(r.chain, r.seq).to_vec(),
+                audit::encode(r),
+            );
+        }
         for op in ops {
             match op {
                 StoreOp::PutJob(rec) => {
@@ -416,6 +451,148 @@ impl Store {
         Ok(out)
     }
 
+    /// Every stored token.
+    pub fn load_tokens(&self) -> Result<Vec<TokenRecord>> {
+        let mut out = Vec::new();
+        for kv in self.tokens.iter() {
+            let (k, v) = kv.into_inner().context("cannot read the tokens keyspace")?;
+            let rec: TokenRecord = serde_json::from_slice(&v)
+                .with_context(|| format!("corrupt store: token {}", hex(&k)))?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// Stores a token (durably), with the audit record of the call.
+    pub fn put_token(&self, rec: &TokenRecord, audit: &[AuditRecord]) -> Result<()> {
+        let v = serde_json::to_vec(rec).context("cannot encode a token")?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        batch.insert(&self.tokens, rec.id.0.to_be_bytes().to_vec(), v);
+        for r in audit {
+            batch.insert(
+                &self.audit,
+                audit_key(r.chain, r.seq).to_vec(),
+                audit::encode(r),
+            );
+        }
+        batch.commit().context("cannot store a token")
+    }
+
+    /// Every stored secret: name → sealed entry.
+    pub fn load_secrets(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for kv in self.secrets.iter() {
+            let (k, v) = kv
+                .into_inner()
+                .context("cannot read the secrets keyspace")?;
+            let name = String::from_utf8(k.to_vec())
+                .map_err(|_| anyhow::anyhow!("corrupt store: a secret name is not UTF-8"))?;
+            out.push((name, v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Sets (`Some`) or removes (`None`) a sealed secret, with the audit record of the call.
+    pub fn put_secret(
+        &self,
+        name: &str,
+        sealed: Option<&[u8]>,
+        audit: &[AuditRecord],
+    ) -> Result<()> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        match sealed {
+            Some(v) => batch.insert(&self.secrets, name.as_bytes().to_vec(), v.to_vec()),
+            None => batch.remove(&self.secrets, name.as_bytes().to_vec()),
+        }
+        for r in audit {
+            batch.insert(
+                &self.audit,
+                audit_key(r.chain, r.seq).to_vec(),
+                audit::encode(r),
+            );
+        }
+        batch.commit().context("cannot store a secret")
+    }
+
+    /// Every agent certificate issued: fingerprint → record.
+    pub fn load_agent_certs(&self) -> Result<Vec<([u8; 32], AgentCert)>> {
+        let mut out = Vec::new();
+        for kv in self.agents.iter() {
+            let (k, v) = kv.into_inner().context("cannot read the agents keyspace")?;
+            let fp: [u8; 32] = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("corrupt store: agent certificate key"))?;
+            let c: AgentCert = serde_json::from_slice(&v)
+                .with_context(|| format!("corrupt store: agent certificate {}", hex(&k)))?;
+            out.push((fp, c));
+        }
+        Ok(out)
+    }
+
+    /// Stores agent certificate records (durably), with the audit record of the call.
+    pub fn put_agent_certs(
+        &self,
+        certs: &[([u8; 32], AgentCert)],
+        audit: &[AuditRecord],
+    ) -> Result<()> {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for (fp, c) in certs {
+            let v = serde_json::to_vec(c).context("cannot encode an agent certificate")?;
+            batch.insert(&self.agents, fp.to_vec(), v);
+        }
+        for r in audit {
+            batch.insert(
+                &self.audit,
+                audit_key(r.chain, r.seq).to_vec(),
+                audit::encode(r),
+            );
+        }
+        batch.commit().context("cannot store agent certificates")
+    }
+
+    /// The last audit record of a chain, to resume it.
+    pub fn last_audit(&self, chain: u16) -> Result<Option<AuditRecord>> {
+        let Some(kv) = self.audit.prefix(chain.to_be_bytes()).next_back() else {
+            return Ok(None);
+        };
+        let (k, v) = kv.into_inner().context("cannot read the audit keyspace")?;
+        audit::decode(&v)
+            .map(Some)
+            .with_context(|| format!("corrupt store: audit record {}", hex(&k)))
+    }
+
+    /// Every chain that has records.
+    pub fn audit_chains(&self) -> Result<Vec<u16>> {
+        let mut out = Vec::new();
+        let mut from = 0u32;
+        while from <= u32::from(u16::MAX) {
+            #[allow(clippy::cast_possible_truncation)] // bounded by the loop condition
+            let start = (from as u16).to_be_bytes();
+            let Some(kv) = self.audit.range(start.to_vec()..).next() else {
+                break;
+            };
+            let (k, _) = kv.into_inner().context("cannot read the audit keyspace")?;
+            let chain: [u8; 2] = k
+                .get(..2)
+                .and_then(|s| s.try_into().ok())
+                .context("corrupt audit key")?;
+            let chain = u16::from_be_bytes(chain);
+            out.push(chain);
+            from = u32::from(chain) + 1;
+        }
+        Ok(out)
+    }
+
+    /// A chain's records in order; a record that cannot be decoded is an error naming its
+    /// key (`hodei audit verify` reports it as tampering).
+    pub fn read_audit(&self, chain: u16) -> impl Iterator<Item = Result<AuditRecord>> + '_ {
+        self.audit.prefix(chain.to_be_bytes()).map(|kv| {
+            let (k, v) = kv.into_inner().context("cannot read the audit keyspace")?;
+            audit::decode(&v).with_context(|| format!("audit record {} cannot be decoded", hex(&k)))
+        })
+    }
+
     /// Flushes everything (shutdown).
     pub fn persist(&self) -> Result<()> {
         self.db
@@ -460,21 +637,24 @@ mod tests {
             stream: Stream::Stdout,
             data: s.as_bytes().to_vec(),
         };
-        store.commit(&[
-            StoreOp::PutJob(rec.clone()),
-            StoreOp::PutOutput {
-                job: rec.id,
-                attempt: Attempt(1),
-                offset: 0,
-                chunks: vec![chunk("hello ")],
-            },
-            StoreOp::PutOutput {
-                job: rec.id,
-                attempt: Attempt(1),
-                offset: 6,
-                chunks: vec![chunk("world")],
-            },
-        ])?;
+        store.commit(
+            &[
+                StoreOp::PutJob(rec.clone()),
+                StoreOp::PutOutput {
+                    job: rec.id,
+                    attempt: Attempt(1),
+                    offset: 0,
+                    chunks: vec![chunk("hello ")],
+                },
+                StoreOp::PutOutput {
+                    job: rec.id,
+                    attempt: Attempt(1),
+                    offset: 6,
+                    chunks: vec![chunk("world")],
+                },
+            ],
+            &[],
+        )?;
         drop(store);
         let store = Store::open(&dir)?;
         assert_eq!(store.next_epoch()?, 2);

@@ -191,6 +191,49 @@ impl Server {
         serde_json::from_str(&self.ok(args)).unwrap()
     }
 
+    /// Joins as an agent from the test itself (for raw QUIC tests): the client identity.
+    pub fn join_identity(&self) -> hodei_transport::ClientIdentity {
+        use hodei_core::wire::{ALPN_CLIENT, FromServer, Request, ToServer};
+        let token = self.join_token();
+        let addr: std::net::SocketAddr = self.addr.parse().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (key_pem, public_key) = hodei_transport::new_agent_key().unwrap();
+            let opts = hodei_transport::TransportOptions::default();
+            let cfg = hodei_transport::client_config(&self.ca(), ALPN_CLIENT, &opts).unwrap();
+            let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
+            let conn = hodei_transport::connect(&ep, addr).await.unwrap();
+            let (send, recv) = conn.open_bi().await.unwrap();
+            let mut w = hodei_transport::FrameWriter::new(send);
+            w.send(&Request {
+                token,
+                body: ToServer::Join { public_key },
+            })
+            .await
+            .unwrap();
+            w.finish().unwrap();
+            let mut r = hodei_transport::FrameReader::new(recv);
+            match r.next::<FromServer>().await.unwrap() {
+                Some(FromServer::Joined { cert_pem, .. }) => {
+                    hodei_transport::ClientIdentity { cert_pem, key_pem }
+                }
+                other => panic!("join refused: {other:?}"),
+            }
+        })
+    }
+
+    /// A join token for one agent.
+    pub fn join_token(&self) -> String {
+        self.ok(&[
+            "token", "create", "--role", "agent", "--uses", "1", "--ttl", "1h",
+        ])
+        .trim()
+        .to_owned()
+    }
+
     pub fn agent(&self, scratch: &Scratch, name: &str, slots: u32, extra: &[&str]) -> Proc {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -210,6 +253,8 @@ impl Server {
             .arg("--work-dir")
             .arg(scratch.path(name))
             .args(extra)
+            // Joins once; a restarted agent with the same work dir reuses its certificate.
+            .env("HODEI_JOIN_TOKEN", self.join_token())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

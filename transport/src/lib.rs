@@ -4,6 +4,8 @@
 //! - [`tls`]: the server's private CA and certificate, created on first start in its data
 //!   directory, and the rustls/quinn configs (TLS 1.3, ring, ALPN `hodei-agent/1` or `hodei-client/1`). Clients trust only
 //!   that CA and always ask for [`SERVER_NAME`].
+//! - [`pki`]: certificates issued while running: agents' short-lived client certificates
+//!   (mTLS), and server certificate rotation without a restart.
 //! - [`endpoint`]: `SO_REUSEPORT` UDP sockets, so each shard runs its own quinn endpoint on the
 //!   shared port on its own `current_thread` runtime; client endpoints; connecting with errors
 //!   that say which address failed and why.
@@ -16,9 +18,14 @@
 pub mod endpoint;
 mod error;
 pub mod framed;
+pub mod pki;
 pub mod tls;
 
 pub use endpoint::{TransportOptions, bind_reuseport, client_endpoint, connect, server_endpoint};
 pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter};
-pub use tls::{SERVER_NAME, ServerTls, client_config, ensure_server_tls, server_config};
+pub use pki::{Authority, ServerCert, check_agent_key, new_agent_key, peer_cert};
+pub use tls::{
+    ClientIdentity, SERVER_NAME, ServerTls, client_config, client_config_with, ensure_server_tls,
+    server_config, write_server_cert,
+};

@@ -34,14 +34,14 @@ use crate::error::TransportError;
 pub const SERVER_NAME: &str = "hodei-server";
 
 const CA_CERT: &str = "ca.pem";
-const CA_KEY: &str = "ca.key";
+pub(crate) const CA_KEY: &str = "ca.key";
 const SERVER_CERT: &str = "server.pem";
 const SERVER_KEY: &str = "server.key";
 
 /// The CA's subject. Fixed, so that a CA certificate re-derived from `ca.key` (to sign a new
 /// server certificate after `server.pem` was removed) names the same issuer as `ca.pem`.
 const CA_COMMON_NAME: &str = "Hodei CA";
-const ORGANIZATION: &str = "Hodei";
+pub(crate) const ORGANIZATION: &str = "Hodei";
 
 /// The server's TLS identity, as loaded by [`ensure_server_tls`].
 pub struct ServerTls {
@@ -55,6 +55,16 @@ pub struct ServerTls {
     /// died with the old server process learns it from the first packet the new process
     /// answers, instead of after its idle timeout.
     pub reset_key: Vec<u8>,
+}
+
+impl ServerTls {
+    /// The swappable certificate endpoints present, starting with this one.
+    ///
+    /// # Errors
+    /// If rustls refuses the key.
+    pub fn cert(&self) -> Result<Arc<crate::pki::ServerCert>, TransportError> {
+        crate::pki::ServerCert::new(self.cert_chain.clone(), &self.key)
+    }
 }
 
 impl Clone for ServerTls {
@@ -85,7 +95,7 @@ impl fmt::Debug for ServerTls {
 
 /// The crypto provider, passed explicitly to every config so nothing depends on a
 /// process-wide default being installed (or on which one another crate installed).
-fn provider() -> Arc<CryptoProvider> {
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -243,25 +253,58 @@ fn load_or_create_reset_key(path: &Path) -> Result<Vec<u8>, TransportError> {
 }
 
 /// QUIC server configuration: TLS 1.3 only, ALPN [`ALPN_AGENT`] or [`ALPN_CLIENT`] (the server
-/// tells agents from clients by it), rustls with the ring provider,
-/// no client certificates.
+/// tells agents from clients by it), rustls with the ring provider, the certificate `cert`
+/// presents (swappable while running). A client certificate is verified against the CA when
+/// one is presented (expired, or from another CA: the handshake fails); whether one is
+/// required is the server's decision per ALPN (agents must present one).
 ///
 /// # Errors
-/// If rustls refuses the certificate or key, or an option is out of range.
+/// If the CA file cannot be loaded, or an option is out of range.
 pub fn server_config(
     tls: &ServerTls,
+    cert: &Arc<crate::pki::ServerCert>,
     opts: &TransportOptions,
 ) -> Result<quinn::ServerConfig, TransportError> {
+    let roots = load_roots(&tls.ca_cert_path)?;
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TransportError::Config(e.to_string()))?;
     let mut crypto = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
-        .with_single_cert(tls.cert_chain.clone(), tls.key.clone_key())?;
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::clone(cert) as Arc<dyn rustls::server::ResolvesServerCert>);
     crypto.alpn_protocols = vec![ALPN_AGENT.to_vec(), ALPN_CLIENT.to_vec()];
     let quic =
         QuicServerConfig::try_from(crypto).map_err(|e| TransportError::Config(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(quic));
     cfg.transport_config(Arc::new(opts.transport_config(false)?));
     Ok(cfg)
+}
+
+/// Replaces `server.pem`/`server.key` in `data_dir` (each atomically) with a rotated pair.
+///
+/// # Errors
+/// If a file cannot be written.
+pub fn write_server_cert(
+    data_dir: &Path,
+    issued: &crate::pki::IssuedServerCert,
+) -> Result<(), TransportError> {
+    write_new(&data_dir.join(SERVER_KEY), issued.key_pem.as_bytes(), 0o600)?;
+    write_new(
+        &data_dir.join(SERVER_CERT),
+        issued.cert_pem.as_bytes(),
+        0o644,
+    )
+}
+
+/// An agent's client identity: its certificate (PEM) and private key (PEM).
+pub struct ClientIdentity {
+    /// Certificate chain, PEM.
+    pub cert_pem: String,
+    /// Private key, PEM.
+    pub key_pem: String,
 }
 
 /// QUIC client configuration trusting only the CA in `ca_path` (the server's `ca.pem`),
@@ -275,11 +318,40 @@ pub fn client_config(
     alpn: &[u8],
     opts: &TransportOptions,
 ) -> Result<quinn::ClientConfig, TransportError> {
+    client_config_with(ca_path, alpn, opts, None)
+}
+
+/// Like [`client_config`], presenting `identity` (an agent's certificate) to the server.
+///
+/// # Errors
+/// As [`client_config`], and if the identity's PEM does not parse or the key does not fit.
+pub fn client_config_with(
+    ca_path: &Path,
+    alpn: &[u8],
+    opts: &TransportOptions,
+    identity: Option<&ClientIdentity>,
+) -> Result<quinn::ClientConfig, TransportError> {
     let roots = load_roots(ca_path)?;
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider())
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut crypto = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let invalid = |what: &'static str, reason: String| TransportError::InvalidFile {
+                path: PathBuf::from("<agent identity>"),
+                what,
+                reason,
+            };
+            let chain = rustls_pemfile::certs(&mut id.cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| invalid("agent certificate", e.to_string()))?;
+            let key = rustls_pemfile::private_key(&mut id.key_pem.as_bytes())
+                .map_err(|e| invalid("agent key", e.to_string()))?
+                .ok_or_else(|| invalid("agent key", "no PRIVATE KEY block".to_owned()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+    };
     crypto.alpn_protocols = vec![alpn.to_vec()];
     let quic =
         QuicClientConfig::try_from(crypto).map_err(|e| TransportError::Config(e.to_string()))?;
@@ -288,7 +360,7 @@ pub fn client_config(
     Ok(cfg)
 }
 
-fn ca_params() -> CertificateParams {
+pub(crate) fn ca_params() -> CertificateParams {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, CA_COMMON_NAME);
@@ -300,7 +372,7 @@ fn ca_params() -> CertificateParams {
     params
 }
 
-fn server_params() -> Result<CertificateParams, TransportError> {
+pub(crate) fn server_params() -> Result<CertificateParams, TransportError> {
     let sans = [SERVER_NAME, "localhost", "127.0.0.1", "::1"].map(str::to_owned);
     let mut params =
         CertificateParams::new(sans.to_vec()).map_err(|source| TransportError::Generate {
@@ -402,7 +474,7 @@ fn parse_private_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, 
     Ok(key)
 }
 
-fn load_rcgen_key(path: &Path) -> Result<KeyPair, TransportError> {
+pub(crate) fn load_rcgen_key(path: &Path) -> Result<KeyPair, TransportError> {
     let pem = read_string(path)?;
     KeyPair::from_pem(&pem).map_err(|e| TransportError::InvalidFile {
         path: path.to_owned(),

@@ -58,7 +58,11 @@ fn server_in(dir: &Path) -> Result<(quinn::Endpoint, SocketAddr), Box<dyn Error>
     let opts = TransportOptions::default();
     let tls = ensure_server_tls(dir)?;
     let socket = bind_reuseport("127.0.0.1:0".parse()?, &opts)?;
-    let endpoint = server_endpoint(socket, server_config(&tls, &opts)?, &tls.reset_key)?;
+    let endpoint = server_endpoint(
+        socket,
+        server_config(&tls, &tls.cert()?, &opts)?,
+        &tls.reset_key,
+    )?;
     let addr = endpoint.local_addr()?;
     Ok((endpoint, addr))
 }
@@ -106,7 +110,7 @@ async fn reuseport_endpoints_carry_framed_messages() -> TestResult {
     let dir = TempDir::new("roundtrip")?;
     let opts = TransportOptions::default();
     let tls = ensure_server_tls(dir.path())?;
-    let cfg = server_config(&tls, &opts)?;
+    let cfg = server_config(&tls, &tls.cert()?, &opts)?;
 
     // Two shards on one port.
     let first = bind_reuseport("127.0.0.1:0".parse()?, &opts)?;
@@ -378,7 +382,7 @@ async fn tls_files_persist_and_damage_is_reported() -> TestResult {
         let socket = bind_reuseport("127.0.0.1:0".parse()?, &opts)?;
         let endpoint = server_endpoint(
             socket,
-            server_config(&reissued, &opts)?,
+            server_config(&reissued, &reissued.cert()?, &opts)?,
             &reissued.reset_key,
         )?;
         let addr = endpoint.local_addr()?;
@@ -461,7 +465,11 @@ fn endpoints_outside_a_runtime_are_errors() -> TestResult {
     let tls = ensure_server_tls(dir.path())?;
     let socket = bind_reuseport("127.0.0.1:0".parse()?, &opts)?;
     let addr = socket.local_addr()?;
-    let server = server_endpoint(socket, server_config(&tls, &opts)?, &tls.reset_key);
+    let server = server_endpoint(
+        socket,
+        server_config(&tls, &tls.cert()?, &opts)?,
+        &tls.reset_key,
+    );
     assert!(matches!(server, Err(TransportError::NoRuntime(_))));
     let client = client_endpoint(
         addr,

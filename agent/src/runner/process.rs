@@ -1,5 +1,7 @@
 //! Spawning an attempt's process group and supervising it: exit, cancel, time limit, and the
-//! kill of the whole group.
+//! kill of the whole group. The spawn wires up the secrets' delivery ([`super::secrets`]):
+//! `HODEI_SECRETS_DIR` for files, a stdin pipe for the JSON object; no value ever goes into
+//! the environment or the script.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,18 +21,21 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::secrets::{Delivery, SECRETS_DIR_ENV};
 use super::{CancelSignal, RunnerOptions};
 
 /// First lines of every script: fail on the first error, unset variable or failed pipe stage.
 const SCRIPT_HEADER: &str = "#!/usr/bin/env bash\nset -euo pipefail\n";
 
 /// Prepares the attempt (working directory, script file) and spawns its process as the leader
-/// of a new process group. The error is a message for the user.
+/// of a new process group, with its secrets' directory or stdin pipe (`delivery`). The error is
+/// a message for the user.
 pub(super) fn spawn(
     spec: &JobSpec,
     opts: &RunnerOptions,
     job: JobId,
     attempt: Attempt,
+    delivery: &Delivery,
 ) -> Result<Child, String> {
     let workdir = match &spec.workdir {
         Some(dir) => PathBuf::from(dir),
@@ -55,9 +60,20 @@ pub(super) fn spawn(
             (cmd, "bash")
         }
     };
-    cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(&workdir)
-        .stdin(Stdio::null())
+    // Stdin carries the secrets' JSON when they are delivered that way; otherwise the job
+    // reads nothing (a job waiting on an inherited terminal would hang).
+    let stdin = if delivery.stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if let Some(dir) = &delivery.dir {
+        // Set after the spec's env: a spec cannot point the job at another directory.
+        cmd.env(SECRETS_DIR_ENV, dir.path());
+    }
+    cmd.current_dir(&workdir)
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // The supervisor kills the whole group itself; dropping the handle must not kill only

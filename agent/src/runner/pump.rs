@@ -1,18 +1,27 @@
-//! The output pump: reads an attempt's stdout and stderr concurrently, batches what arrives,
-//! spools each batch, then sends it as one event.
+//! The output pump: reads an attempt's stdout and stderr concurrently, masks the job's secrets
+//! in each, batches what arrives, spools each batch, then sends it as one event.
 //!
 //! Backpressure is structural: the pump awaits the bounded events channel between reads, so a
 //! slow consumer stops the reading, the pipes fill, and the job blocks in `write`.
+//!
+//! Redaction comes first, before anything is batched, spooled or sent: each stream has its own
+//! [`RedactStream`] (a secret split across reads of one stream is still found; the two streams
+//! never mix). A stream holds back only a tail that could be the start of a secret, so output
+//! is as prompt as before unless it ends in such a prefix; at EOF (or when the pump gives up on
+//! a pipe) the held tail is released. Batches, offsets and the spool are therefore all in
+//! redacted bytes. A job without secrets skips this step altogether.
 
 use std::io;
 use std::time::Duration;
 
+use hodei_auth::{RedactStream, Redactor};
 use hodei_core::time::Micros;
 use hodei_core::wire::{Chunk, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use zeroize::Zeroizing;
 
 use super::process::sleep_until;
 use super::spool::SpoolWriter;
@@ -41,6 +50,16 @@ pub(super) struct Pump {
     batch_len: usize,
     /// Arrival of the current batch's first byte.
     batch_since: Option<Instant>,
+    /// Masking of the job's secrets; `None` when there is nothing to mask.
+    redact: Option<Redaction>,
+}
+
+/// Redaction state of one attempt: one stream state per output, and a reused output buffer.
+struct Redaction {
+    stdout: RedactStream,
+    stderr: RedactStream,
+    /// Redacted bytes on their way to the batch (never holds a secret).
+    out: Vec<u8>,
 }
 
 /// What woke the pump up.
@@ -52,7 +71,12 @@ enum Step {
 }
 
 impl Pump {
-    pub(super) fn new(opts: &RunnerOptions, spool: SpoolWriter) -> Self {
+    pub(super) fn new(opts: &RunnerOptions, spool: SpoolWriter, redactor: &Redactor) -> Self {
+        let redact = (!redactor.is_empty()).then(|| Redaction {
+            stdout: redactor.stream(),
+            stderr: redactor.stream(),
+            out: Vec::new(),
+        });
         Self {
             max: opts.batch_bytes.max(1),
             interval: opts.batch_interval,
@@ -61,6 +85,7 @@ impl Pump {
             batch: Vec::new(),
             batch_len: 0,
             batch_since: None,
+            redact,
         }
     }
 
@@ -75,8 +100,9 @@ impl Pump {
         mut exited: oneshot::Receiver<()>,
     ) {
         sink.send(RunEventKind::Started { at: started_at }).await;
-        let mut out_buf = vec![0u8; READ_BUF];
-        let mut err_buf = vec![0u8; READ_BUF];
+        // Raw output, secrets unmasked: wiped when the pump ends.
+        let mut out_buf = Zeroizing::new(vec![0u8; READ_BUF]);
+        let mut err_buf = Zeroizing::new(vec![0u8; READ_BUF]);
         let mut exit_seen = false;
         // Drain time left once the process has exited.
         let mut drain: Option<Duration> = None;
@@ -102,10 +128,20 @@ impl Pump {
                 *left = left.saturating_sub(waiting.elapsed());
             }
             match step {
-                Step::Read(Stream::Stdout, Ok(0)) => stdout = None,
-                Step::Read(Stream::Stderr, Ok(0)) => stderr = None,
-                Step::Read(Stream::Stdout, Ok(n)) => self.push(Stream::Stdout, &out_buf[..n]),
-                Step::Read(Stream::Stderr, Ok(n)) => self.push(Stream::Stderr, &err_buf[..n]),
+                Step::Read(Stream::Stdout, Ok(0)) => {
+                    stdout = None;
+                    self.end(sink, Stream::Stdout).await;
+                }
+                Step::Read(Stream::Stderr, Ok(0)) => {
+                    stderr = None;
+                    self.end(sink, Stream::Stderr).await;
+                }
+                Step::Read(Stream::Stdout, Ok(n)) => {
+                    self.take(sink, Stream::Stdout, &out_buf[..n]).await;
+                }
+                Step::Read(Stream::Stderr, Ok(n)) => {
+                    self.take(sink, Stream::Stderr, &err_buf[..n]).await;
+                }
                 Step::Read(_, Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Step::Read(stream, Err(e)) => {
                     // A pipe read error is not recoverable; treat the stream as ended.
@@ -114,6 +150,7 @@ impl Pump {
                         Stream::Stdout => stdout = None,
                         Stream::Stderr => stderr = None,
                     }
+                    self.end(sink, stream).await;
                 }
                 Step::Flush => self.flush(sink).await,
                 Step::Exited => {
@@ -126,11 +163,59 @@ impl Pump {
                         "a process outside the job's group still holds its output open; \
                          no longer reading it"
                     );
+                    if stdout.is_some() {
+                        self.end(sink, Stream::Stdout).await;
+                    }
+                    if stderr.is_some() {
+                        self.end(sink, Stream::Stderr).await;
+                    }
                     break;
                 }
             }
         }
         self.flush(sink).await;
+    }
+
+    /// Takes bytes just read from `stream`: masked first when the job has secrets, then
+    /// batched.
+    async fn take(&mut self, sink: &mut Sink, stream: Stream, data: &[u8]) {
+        let Some(r) = &mut self.redact else {
+            self.add(sink, stream, data).await;
+            return;
+        };
+        let mut out = std::mem::take(&mut r.out);
+        out.clear();
+        r.stream(stream).push(data, &mut out);
+        self.add(sink, stream, &out).await;
+        if let Some(r) = &mut self.redact {
+            r.out = out;
+        }
+    }
+
+    /// `stream` ended (or the pump gives up on it): what its redaction held back is final now.
+    async fn end(&mut self, sink: &mut Sink, stream: Stream) {
+        let Some(r) = &mut self.redact else { return };
+        let mut out = std::mem::take(&mut r.out);
+        out.clear();
+        r.stream(stream).finish(&mut out);
+        self.add(sink, stream, &out).await;
+        if let Some(r) = &mut self.redact {
+            r.out = out;
+        }
+    }
+
+    /// Adds bytes to the batch, flushing each time it is full. Reads never exceed the room
+    /// left, but masking can hand over more than was read (labels are longer than short
+    /// secrets, held-back bytes come out later), and no batch may exceed `batch_bytes`.
+    async fn add(&mut self, sink: &mut Sink, stream: Stream, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.batch_len >= self.max {
+                self.flush(sink).await;
+            }
+            let (now, rest) = data.split_at((self.max - self.batch_len).min(data.len()));
+            self.push(stream, now);
+            data = rest;
+        }
     }
 
     /// Adds bytes to the batch, merging with the last chunk when it is of the same stream.
@@ -165,6 +250,15 @@ impl Pump {
         })
         .await;
         self.offset += len;
+    }
+}
+
+impl Redaction {
+    fn stream(&mut self, stream: Stream) -> &mut RedactStream {
+        match stream {
+            Stream::Stdout => &mut self.stdout,
+            Stream::Stderr => &mut self.stderr,
+        }
     }
 }
 

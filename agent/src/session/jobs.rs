@@ -1,5 +1,6 @@
-//! Bookkeeping of the attempts the agent holds: starting one, recording what its runner
-//! reports (and turning it into the message for the server), and letting one go.
+//! Bookkeeping of the attempts the agent holds: starting one (its secrets go to its runner
+//! only, never into this bookkeeping), recording what its runner reports (and turning it into
+//! the message for the server), and letting one go.
 
 use std::sync::Arc;
 
@@ -12,7 +13,7 @@ use tracing::debug;
 
 use super::chunks::{self, trim};
 use super::{Agent, Held, drain};
-use crate::runner::{self, RunEvent, RunEventKind, RunHandle};
+use crate::runner::{self, RunEvent, RunEventKind, RunHandle, Secrets};
 
 impl Held {
     fn new(attempt: Attempt, spec: &JobSpec, handle: Option<RunHandle>) -> Self {
@@ -40,14 +41,15 @@ impl Agent {
         self.jobs.values().filter(|h| h.finished.is_none()).count()
     }
 
-    /// Starts an attempt.
-    pub(super) fn start(&mut self, job: JobId, attempt: Attempt, spec: JobSpec) {
+    /// Starts an attempt; `secrets` go to its runner and die with it.
+    pub(super) fn start(&mut self, job: JobId, attempt: Attempt, spec: JobSpec, secrets: Secrets) {
         debug!(job = %job, cid = %spec.policy.correlation_id, %attempt, "assigned");
         let held = Held::new(attempt, &spec, None);
         let handle = runner::spawn_job(
             job,
             attempt,
             spec,
+            secrets,
             Arc::clone(&self.opts),
             self.events_tx.clone(),
         );

@@ -1,6 +1,8 @@
 //! The life of one connection: `Hello` (listing the jobs held), then the server's messages,
 //! the runners' events, heartbeats and signals on one loop, until the connection is lost,
-//! redirected, or the agent has drained and says `Goodbye`.
+//! redirected, or the agent has drained and says `Goodbye`. An `Assign`'s secret values are
+//! wrapped in a [`runner::Secrets`] as soon as it arrives, so they are wiped whether the job
+//! runs, is refused (draining) or is a duplicate.
 
 use std::time::Duration;
 
@@ -104,7 +106,15 @@ impl Agent {
                 _ = heartbeat.tick() => {
                     let running = u32::try_from(self.running()).unwrap_or(u32::MAX);
                     let load = crate::resources::load();
-                    w.send(&FromAgent::Heartbeat { running, load }).await.map_err(lost)
+                    let renew = self.renewal_request();
+                    let mut r = w.push(&FromAgent::Heartbeat { running, load }).map_err(lost);
+                    if let (Ok(()), Some(m)) = (&r, renew) {
+                        r = w.push(&m).map_err(lost);
+                    }
+                    match r {
+                        Ok(()) => w.flush().await.map_err(lost),
+                        Err(e) => Err(e),
+                    }
                 }
                 () = signals.recv() => {
                     self.on_signal(Instant::now());
@@ -194,6 +204,10 @@ impl Agent {
         backoff: &mut Backoff,
     ) -> Result<(), End> {
         match msg {
+            ToAgent::Renewed {
+                cert_pem,
+                expires_at_ms,
+            } => self.renewed(&cert_pem, expires_at_ms),
             ToAgent::Welcome {
                 worker,
                 heartbeat_ms,
@@ -220,7 +234,14 @@ impl Agent {
                 self.worker = None;
                 return Err(End::Lost(reason));
             }
-            ToAgent::Assign { job, attempt, spec } => {
+            ToAgent::Assign {
+                job,
+                attempt,
+                spec,
+                secrets,
+            } => {
+                // Wrapped at once, so the values are wiped on every way out of here.
+                let secrets = runner::Secrets::new(secrets);
                 if let Some(old) = self.jobs.get(&job) {
                     if old.attempt >= attempt {
                         return Ok(()); // duplicate
@@ -233,7 +254,7 @@ impl Agent {
                     let report = self.refuse(job, attempt, &spec);
                     return w.send(&report).await.map_err(lost);
                 }
-                self.start(job, attempt, spec);
+                self.start(job, attempt, spec, secrets);
             }
             ToAgent::Cancel { job, attempt } => {
                 if let Some(h) = self.jobs.get_mut(&job).filter(|h| h.attempt == attempt) {

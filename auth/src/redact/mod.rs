@@ -108,7 +108,10 @@ impl Redactor {
         if all.is_empty() {
             return Ok(Redactor { mode: Mode::Empty });
         }
+        // A contiguous NFA builds in linear time; the DFA aho-corasick picks for few patterns
+        // took seconds for one 8 KiB secret (quadratic), stalling the job's start.
         let ac = AhoCorasick::builder()
+            .kind(Some(aho_corasick::AhoCorasickKind::ContiguousNFA))
             .match_kind(MatchKind::LeftmostLongest)
             .build(all.iter().map(|p| &p[..]))?;
         let inner = Inner {

@@ -218,6 +218,8 @@ impl Sim {
             return;
         }
         match msg {
+            // Certificates are the server's connection layer, not the shard's.
+            ToAgent::Renewed { .. } => {}
             ToAgent::Welcome {
                 worker,
                 heartbeat_ms,
@@ -258,7 +260,9 @@ impl Sim {
             ToAgent::Refused { reason } => {
                 self.violation(format!("agent {a} refused: {reason}"));
             }
-            ToAgent::Assign { job, attempt, spec } => self.assign(a, job, attempt, spec),
+            ToAgent::Assign {
+                job, attempt, spec, ..
+            } => self.assign(a, job, attempt, spec),
             ToAgent::Cancel { job, attempt } => {
                 self.kill(a, job, attempt, Outcome::Cancelled);
             }

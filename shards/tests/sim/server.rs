@@ -15,6 +15,7 @@ use crate::world::{Ev, Sim};
 
 /// Something waiting in a shard's inbox.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // a test inbox: one value per message, size does not matter
 pub enum Input {
     Agent(ConnId, FromAgent),
     Closed(ConnId),
