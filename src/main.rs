@@ -117,6 +117,13 @@ struct ServerArgs {
     /// Enable UDP generic segmentation offload (costs ~80 us per round trip on some VMs).
     #[arg(long)]
     gso: bool,
+    /// Established connections one source IP may hold per shard (a 10,000-agent load test
+    /// from one host needs about 10,000 / shards).
+    #[arg(long, default_value_t = 16_384)]
+    max_conns_per_ip: u32,
+    /// Handshakes one source IP may have in progress per shard; more are refused at once.
+    #[arg(long, default_value_t = 256)]
+    max_handshakes_per_ip: u32,
     /// Lifetime of agents' client certificates (they renew at two thirds of it).
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     agent_cert_ttl: Duration,
@@ -148,6 +155,10 @@ impl ServerArgs {
             transport,
             pin: !self.no_pin,
             agent_cert_ttl: self.agent_cert_ttl,
+            limits: server::conn::Limits {
+                conns_per_ip: self.max_conns_per_ip.max(1),
+                handshakes_per_ip: self.max_handshakes_per_ip.max(1),
+            },
         }
     }
 }

@@ -225,3 +225,64 @@ fn damaged_store_journal_is_refused_and_left_intact() {
         "the refusal changed the journal"
     );
 }
+
+/// One source cannot hold more than its share: past `--max-conns-per-ip` new connections
+/// are refused (and logged once), streams left open without end do not stop the server, and
+/// everyone else is still served.
+#[test]
+fn floods_from_one_source_are_bounded() {
+    let scratch = Scratch::new("flood");
+    let server = Server::start_with(&scratch, 1, &["--max-conns-per-ip", "6"]);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = hodei_transport::TransportOptions::default();
+        let cfg =
+            hodei_transport::client_config(&server.ca(), hodei_core::wire::ALPN_CLIENT, &opts)
+                .unwrap();
+        let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
+        // Connect until refused; each connection opens streams that announce a frame and
+        // never finish it. (The CLI's last connections may still count towards the 6.)
+        let mut held = Vec::new();
+        let mut streams = Vec::new();
+        let mut refused = false;
+        for _ in 0..12 {
+            let Ok(conn) = hodei_transport::connect(&ep, addr).await else {
+                refused = true;
+                break;
+            };
+            for _ in 0..8 {
+                let (mut send, recv) = conn.open_bi().await.unwrap();
+                // Version 2, 4 MiB announced, 16 bytes sent.
+                send.write_all(b"\x02\x00\x00\x00\x40\x00partial-partial!")
+                    .await
+                    .unwrap();
+                streams.push((send, recv));
+            }
+            held.push(conn);
+        }
+        assert!(refused, "12 connections from one source were all accepted");
+        assert!(
+            held.len() <= 6,
+            "{} connections past a limit of 6",
+            held.len()
+        );
+        drop(streams);
+        drop(held);
+    });
+    wait_for("the refusal in the log", Duration::from_secs(10), || {
+        server
+            .log_text()
+            .contains("refusing connections from this source")
+            .then_some(())
+    });
+    // Once connections close, the source is served again.
+    wait_for(
+        "the CLI to be served again",
+        Duration::from_secs(20),
+        || server.cli(&["job", "list"]).status.success().then_some(()),
+    );
+}

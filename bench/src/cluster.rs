@@ -84,6 +84,7 @@ impl Cluster {
             .arg(dir.join(format!("agent-{i}")))
             .env("RUST_LOG", "warn")
             .env("HODEI_JOIN_TOKEN", &join)
+            .args(extra_args("HODEI_BENCH_AGENT_ARGS"))
             .stdin(Stdio::null())
             .stdout(Stdio::null());
             if noop {
@@ -295,6 +296,14 @@ impl Client {
     }
 }
 
+/// Extra flags for the server or the agents, for tuning sweeps (e.g.
+/// `HODEI_BENCH_SERVER_ARGS="--no-pin --gso"`), split on whitespace.
+fn extra_args(var: &str) -> Vec<String> {
+    std::env::var(var)
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 fn spawn_server(
     hodei: &Path,
     addr: &std::net::SocketAddr,
@@ -311,6 +320,7 @@ fn spawn_server(
         "--data-dir",
     ])
     .arg(dir.join("data"))
+    .args(extra_args("HODEI_BENCH_SERVER_ARGS"))
     .env(
         "RUST_LOG",
         std::env::var("HODEI_BENCH_LOG").unwrap_or_else(|_| "warn".to_owned()),

@@ -2,7 +2,10 @@
 //! the shard's loop, write what the loop releases. A peer that sends garbage, a message of
 //! another version or anything out of protocol gets its connection closed and a log line.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,18 +41,115 @@ fn next_id() -> u64 {
 /// How long a new connection may take to open its first stream.
 const FIRST_STREAM: Duration = Duration::from_secs(10);
 
+/// What one source address may hold on one shard (the kernel spreads a source's
+/// connections over the shards, so the server-wide bound is this times the shard count).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Established connections per source IP.
+    pub conns_per_ip: u32,
+    /// Handshakes in progress per source IP (a handshake flood is refused before it costs
+    /// crypto work).
+    pub handshakes_per_ip: u32,
+}
+
+/// Per source IP: handshakes in progress, established connections, refusals so far.
+#[derive(Default)]
+struct Source {
+    handshaking: u32,
+    established: u32,
+    refused: u64,
+}
+
+type Sources = Rc<RefCell<HashMap<IpAddr, Source>>>;
+
+/// Counts a connection of `ip` in one state for as long as it lives.
+struct Slot {
+    sources: Sources,
+    ip: IpAddr,
+    established: bool,
+}
+
+impl Slot {
+    fn establish(&mut self) {
+        let mut map = self.sources.borrow_mut();
+        if let Some(s) = map.get_mut(&self.ip) {
+            s.handshaking = s.handshaking.saturating_sub(1);
+            s.established += 1;
+        }
+        self.established = true;
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.sources.borrow_mut();
+        if let Some(s) = map.get_mut(&self.ip) {
+            if self.established {
+                s.established = s.established.saturating_sub(1);
+            } else {
+                s.handshaking = s.handshaking.saturating_sub(1);
+            }
+            if s.established == 0 && s.handshaking == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Admits a new connection from `ip`, or says why not.
+fn admit(sources: &Sources, ip: IpAddr, limits: Limits) -> Result<Slot, String> {
+    let mut map = sources.borrow_mut();
+    let s = map.entry(ip).or_default();
+    let why = if s.handshaking >= limits.handshakes_per_ip {
+        Some(format!("{} handshakes in progress", s.handshaking))
+    } else if s.established >= limits.conns_per_ip {
+        Some(format!("{} connections open", s.established))
+    } else {
+        None
+    };
+    if let Some(why) = why {
+        s.refused += 1;
+        // The first refusal and every 1000th: a flood must not flood the log too.
+        let n = s.refused;
+        return Err(if n == 1 || n.is_multiple_of(1000) {
+            format!("{why} (refusal {n} for this source)")
+        } else {
+            String::new()
+        });
+    }
+    s.handshaking += 1;
+    drop(map);
+    Ok(Slot {
+        sources: Rc::clone(sources),
+        ip,
+        established: false,
+    })
+}
+
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
     tx: UnboundedSender<Input>,
     store: Store,
     control: Arc<Control>,
+    limits: Limits,
 ) {
+    let sources: Sources = Rc::default();
     while let Some(incoming) = endpoint.accept().await {
+        let remote = incoming.remote_address();
+        let mut slot = match admit(&sources, remote.ip(), limits) {
+            Ok(s) => s,
+            Err(why) => {
+                if !why.is_empty() {
+                    warn!(%remote, "refusing connections from this source: {why}");
+                }
+                incoming.refuse();
+                continue;
+            }
+        };
         let tx = tx.clone();
         let store = store.clone();
         let control = Arc::clone(&control);
         tokio::task::spawn_local(async move {
-            let remote = incoming.remote_address();
             let conn = match incoming.await {
                 Ok(c) => c,
                 Err(e) => {
@@ -57,6 +157,7 @@ pub async fn accept_loop(
                     return;
                 }
             };
+            slot.establish();
             let alpn = conn
                 .handshake_data()
                 .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -69,6 +170,7 @@ pub async fn accept_loop(
                     conn.close(2u32.into(), b"unknown protocol");
                 }
             }
+            drop(slot);
         });
     }
 }
@@ -195,7 +297,13 @@ async fn client_conn(
     store: Store,
     control: Arc<Control>,
 ) {
+    // Requests being read at once on this connection: each may buffer up to a frame, so
+    // this bounds what one connection can make the server hold (more streams wait).
+    let reading = Arc::new(tokio::sync::Semaphore::new(READING_PER_CONN));
     loop {
+        let Ok(permit) = Arc::clone(&reading).acquire_owned().await else {
+            return;
+        };
         match conn.accept_bi().await {
             Ok((send, recv)) => {
                 tokio::task::spawn_local(client_stream(
@@ -205,6 +313,7 @@ async fn client_conn(
                     tx.clone(),
                     store.clone(),
                     Arc::clone(&control),
+                    permit,
                 ));
             }
             Err(e) => {
@@ -214,6 +323,9 @@ async fn client_conn(
         }
     }
 }
+
+/// Client requests read at once per connection.
+const READING_PER_CONN: usize = 8;
 
 /// Jobs per `Jobs` frame, so a long listing never exceeds the frame limit.
 const JOBS_PER_FRAME: usize = 500;
@@ -225,9 +337,12 @@ async fn client_stream(
     tx: UnboundedSender<Input>,
     store: Store,
     control: Arc<Control>,
+    permit: tokio::sync::OwnedSemaphorePermit,
 ) {
     let remote = conn.remote_address();
-    let Request { token, mut body } = match r.next::<Request>().await {
+    let first = r.next::<Request>().await;
+    drop(permit);
+    let Request { token, mut body } = match first {
         Ok(Some(b)) => b,
         Ok(None) => return,
         Err(e) => {

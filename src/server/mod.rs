@@ -3,7 +3,7 @@
 //! shard, and on SIGINT/SIGTERM stops accepting, flushes the store and closes connections.
 
 mod audit;
-mod conn;
+pub mod conn;
 pub mod control;
 mod shard_thread;
 pub mod store;
@@ -39,6 +39,8 @@ pub struct ServerOptions {
     pub pin: bool,
     /// Lifetime of the client certificates agents get (they renew at two thirds).
     pub agent_cert_ttl: Duration,
+    /// What one source address may hold.
+    pub limits: conn::Limits,
 }
 
 /// A started server: its shard threads, and how to stop them.
@@ -162,6 +164,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
             store: store.clone(),
             control: std::sync::Arc::clone(&control),
             audit,
+            limits: opts.limits,
             shared_socket,
             private_socket,
             server_config: server_config.clone(),

@@ -65,6 +65,7 @@ pub struct ShardSetup {
     pub store: Store,
     pub control: Arc<Control>,
     pub audit: ShardAudit,
+    pub limits: super::conn::Limits,
     pub shared_socket: UdpSocket,
     pub private_socket: UdpSocket,
     pub server_config: quinn::ServerConfig,
@@ -90,6 +91,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         store,
         control,
         mut audit,
+        limits,
         shared_socket,
         private_socket,
         server_config,
@@ -108,6 +110,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             tx.clone(),
             store.clone(),
             Arc::clone(&control),
+            limits,
         ));
     }
 

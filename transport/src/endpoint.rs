@@ -48,6 +48,13 @@ impl Default for TransportOptions {
     }
 }
 
+/// Concurrent streams a peer may open to the server (more wait on the peer's side).
+pub const SERVER_STREAMS: u32 = 64;
+/// Bytes a connection may have unread by the server, all streams together.
+pub const SERVER_CONN_WINDOW: u32 = 16 << 20;
+/// Bytes one stream may have unread by the server.
+pub const SERVER_STREAM_WINDOW: u32 = 4 << 20;
+
 impl TransportOptions {
     /// The quinn transport config for one side; `keep_alive` is false for servers.
     pub(crate) fn transport_config(
@@ -56,6 +63,15 @@ impl TransportOptions {
     ) -> Result<quinn::TransportConfig, TransportError> {
         let mut t = quinn::TransportConfig::default();
         t.enable_segmentation_offload(self.gso);
+        if !keep_alive {
+            // Server side: what one peer may make the server hold. Agents use one stream,
+            // clients one per request; nobody opens unidirectional streams. The windows bound
+            // the bytes a connection can have in flight towards the server.
+            t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(SERVER_STREAMS));
+            t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+            t.receive_window(quinn::VarInt::from_u32(SERVER_CONN_WINDOW));
+            t.stream_receive_window(quinn::VarInt::from_u32(SERVER_STREAM_WINDOW));
+        }
         let ping = (keep_alive && !self.keep_alive.is_zero()).then_some(self.keep_alive);
         t.keep_alive_interval(ping);
         let idle = if self.idle_timeout.is_zero() {
