@@ -2,9 +2,8 @@
 //! Every wait is bounded by a deadline; nothing sleeps and hopes.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hodei_agent::runner::{
@@ -16,46 +15,11 @@ use hodei_core::spec::{Command, JobSpec};
 use hodei_core::wire::{Chunk, Stream};
 use tokio::sync::mpsc;
 
+mod common;
+use common::{options, scratch};
+
 /// Generous bound for anything that should take milliseconds on an idle machine.
 const DEADLINE: Duration = Duration::from_secs(20);
-
-/// A fresh directory under the system temp dir, unique per test, removed when the test
-/// passes (kept for a look when it fails).
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn scratch(name: &str) -> Scratch {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "hodei-runner-test-{}-{name}-{n}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
-}
-
-fn options(root: &Path) -> Arc<RunnerOptions> {
-    Arc::new(RunnerOptions {
-        work_root: root.join("work"),
-        ..RunnerOptions::default()
-    })
-}
 
 fn script(body: &str) -> JobSpec {
     let mut spec = JobSpec::exec("unused", &[]);

@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hodei_agent::runner::{
@@ -19,47 +18,13 @@ use hodei_core::spec::{Command, JobSpec, SecretDelivery};
 use hodei_core::wire::{Chunk, SecretValue, Stream};
 use tokio::sync::mpsc;
 
+mod common;
+use common::{options, scratch};
+
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A value long enough for every masked form (raw, base64 at any alignment, URL-encoded).
 const TOKEN: &str = "s3cr3t-Value-42!";
-
-/// A fresh directory per test, removed when the test passes.
-struct Scratch(PathBuf);
-
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn scratch(name: &str) -> Scratch {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "hodei-secrets-test-{}-{name}-{n}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    Scratch(dir)
-}
-
-fn options(root: &Path) -> Arc<RunnerOptions> {
-    Arc::new(RunnerOptions {
-        work_root: root.join("work"),
-        ..RunnerOptions::default()
-    })
-}
 
 fn job(seq: u64) -> JobId {
     JobId::new(0, 2, seq)

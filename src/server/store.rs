@@ -358,14 +358,7 @@ impl Store {
         if ops.is_empty() && audit.is_empty() {
             return Ok(());
         }
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        for r in audit {
-            batch.insert(
-                &self.audit,
-                audit_key(r.chain, r.seq).to_vec(),
-                audit::encode(r),
-            );
-        }
+        let mut batch = self.audited_batch(audit);
         for op in ops {
             match op {
                 StoreOp::PutJob(rec) => {
@@ -451,6 +444,20 @@ impl Store {
         Ok(out)
     }
 
+    /// A durable batch (one fdatasync) that already holds `audit`: a change and the audit
+    /// records of it are always written together.
+    fn audited_batch(&self, audit: &[AuditRecord]) -> fjall::OwnedWriteBatch {
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        for r in audit {
+            batch.insert(
+                &self.audit,
+                audit_key(r.chain, r.seq).to_vec(),
+                audit::encode(r),
+            );
+        }
+        batch
+    }
+
     /// Every stored token.
     pub fn load_tokens(&self) -> Result<Vec<TokenRecord>> {
         let mut out = Vec::new();
@@ -466,15 +473,8 @@ impl Store {
     /// Stores a token (durably), with the audit record of the call.
     pub fn put_token(&self, rec: &TokenRecord, audit: &[AuditRecord]) -> Result<()> {
         let v = serde_json::to_vec(rec).context("cannot encode a token")?;
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut batch = self.audited_batch(audit);
         batch.insert(&self.tokens, rec.id.0.to_be_bytes().to_vec(), v);
-        for r in audit {
-            batch.insert(
-                &self.audit,
-                audit_key(r.chain, r.seq).to_vec(),
-                audit::encode(r),
-            );
-        }
         batch.commit().context("cannot store a token")
     }
 
@@ -499,17 +499,10 @@ impl Store {
         sealed: Option<&[u8]>,
         audit: &[AuditRecord],
     ) -> Result<()> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut batch = self.audited_batch(audit);
         match sealed {
             Some(v) => batch.insert(&self.secrets, name.as_bytes().to_vec(), v.to_vec()),
             None => batch.remove(&self.secrets, name.as_bytes().to_vec()),
-        }
-        for r in audit {
-            batch.insert(
-                &self.audit,
-                audit_key(r.chain, r.seq).to_vec(),
-                audit::encode(r),
-            );
         }
         batch.commit().context("cannot store a secret")
     }
@@ -536,17 +529,10 @@ impl Store {
         certs: &[([u8; 32], AgentCert)],
         audit: &[AuditRecord],
     ) -> Result<()> {
-        let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut batch = self.audited_batch(audit);
         for (fp, c) in certs {
             let v = serde_json::to_vec(c).context("cannot encode an agent certificate")?;
             batch.insert(&self.agents, fp.to_vec(), v);
-        }
-        for r in audit {
-            batch.insert(
-                &self.audit,
-                audit_key(r.chain, r.seq).to_vec(),
-                audit::encode(r),
-            );
         }
         batch.commit().context("cannot store agent certificates")
     }
