@@ -159,6 +159,11 @@ fn decode_chunks(mut b: &[u8]) -> Result<Vec<Chunk>> {
 /// expected (after a crash) or means damage (after a clean stop).
 const CLEAN: &str = "clean-shutdown";
 
+/// Memtable bound per keyspace (fjall's default is 64 MiB each; with jobs, events, audit
+/// and output written together that was RSS held by write buffers, measured with
+/// `hodei-bench memory`).
+const MEMTABLE_BYTES: u64 = 16 << 20;
+
 /// Journal bound (fjall's minimum is 64 MiB).
 const JOURNAL_BYTES: u64 = 64 << 20;
 
@@ -279,8 +284,10 @@ impl Store {
         }
         let _ = std::fs::remove_file(&clean);
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .with_context(|| format!("cannot open keyspace {name}"))
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+            .with_context(|| format!("cannot open keyspace {name}"))
         };
         Ok(Self {
             jobs: ks("jobs")?,
