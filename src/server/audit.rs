@@ -4,10 +4,12 @@
 //! (the token's name, the agent, or `server` for timers), written in the same store batch
 //! as the change. Token and secret calls go to the control chain
 //! ([`super::control::CONTROL_CHAIN`]). One chain per writer keeps appends lock-free on the
-//! hot path; `hodei audit verify` checks every chain.
+//! hot path; `hodei audit verify` checks every chain. Chains are keyed (HMAC-SHA256 with a
+//! key derived from `secrets.key`, outside the store), so an edit cannot be covered up by
+//! recomputing the hashes that follow it.
 
 use anyhow::{Context, Result};
-use hodei_auth::audit::{self, AuditChain, AuditRecord};
+use hodei_auth::audit::{self, AuditChain, AuditKey, AuditRecord};
 use hodei_core::event::{Event, EventKind, Subject};
 use hodei_core::ids::JobId;
 use hodei_core::wire::ToServer;
@@ -23,11 +25,12 @@ pub struct ShardAudit {
 
 impl ShardAudit {
     /// Resumes the shard's chain from its last stored record.
-    pub fn resume(store: &Store, shard: u16) -> Result<Self> {
+    pub fn resume(store: &Store, shard: u16, key: AuditKey) -> Result<Self> {
         let chain = match store.last_audit(shard)? {
             Some(r) => AuditChain::resume(shard, r.seq + 1, r.hash),
             None => AuditChain::new(shard),
-        };
+        }
+        .keyed(key);
         Ok(Self {
             chain,
             pending: Vec::new(),
@@ -132,7 +135,7 @@ pub fn query(
 }
 
 /// Checks every chain; the error names the chain and the first bad record.
-pub fn verify_all(store: &Store) -> Result<(u64, u32)> {
+pub fn verify_all(store: &Store, key: &AuditKey) -> Result<(u64, u32)> {
     let mut records = 0;
     let mut chains = 0;
     for chain in store.audit_chains()? {
@@ -143,7 +146,7 @@ pub fn verify_all(store: &Store) -> Result<(u64, u32)> {
             })?;
             decoded.push(r);
         }
-        records += audit::verify(chain, decoded, None)
+        records += audit::verify_keyed(chain, decoded, None, key)
             .map_err(|e| anyhow::anyhow!("audit chain {}: {e}", chain_name(chain)))?;
         chains += 1;
     }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use anyhow::{Context, Result, bail};
-use hodei_auth::audit::{AuditChain, AuditRecord};
+use hodei_auth::audit::{AuditChain, AuditKey, AuditRecord};
 use hodei_auth::redact::Redactor;
 use hodei_auth::role::{Permission, Role};
 use hodei_auth::seal::SealKey;
@@ -150,6 +150,7 @@ pub struct Control {
     key: SealKey,
     secrets: RwLock<BTreeMap<String, Sealed>>,
     chain: Mutex<AuditChain>,
+    audit_key: AuditKey,
     pki: Pki,
 }
 
@@ -222,10 +223,14 @@ impl Control {
                 Sealed::decode(&v).with_context(|| format!("corrupt store: secret {name:?}"))?;
             secrets.insert(name, s);
         }
+        // The audit chains are keyed with a key derived from the sealing key, which lives
+        // outside the store: whoever can edit the store cannot recompute the chain.
+        let audit_key = AuditKey::from_bytes(&key.derive("hodei-audit/v1"));
         let chain = match store.last_audit(CONTROL_CHAIN)? {
             Some(r) => AuditChain::resume(CONTROL_CHAIN, r.seq + 1, r.hash),
             None => AuditChain::new(CONTROL_CHAIN),
-        };
+        }
+        .keyed(audit_key.clone());
         {
             let mut certs = pki
                 .certs
@@ -241,6 +246,7 @@ impl Control {
             key,
             secrets: RwLock::new(secrets),
             chain: Mutex::new(chain),
+            audit_key,
             pki,
         };
         let has_admin = control
@@ -290,6 +296,11 @@ impl Control {
         })
     }
 
+    /// The audit log's key (for the shards' chains).
+    pub fn audit_key(&self) -> AuditKey {
+        self.audit_key.clone()
+    }
+
     /// One audit record on the control chain, written with `write` in one batch.
     fn audited(
         &self,
@@ -307,7 +318,8 @@ impl Control {
         let rec = chain.append(now_ms(), caller.name.as_str(), action, subject, "", detail);
         if let Err(e) = write(std::slice::from_ref(&rec)) {
             // Not written: the chain goes on from where it was.
-            *chain = AuditChain::resume(CONTROL_CHAIN, before.0, before.1);
+            *chain =
+                AuditChain::resume(CONTROL_CHAIN, before.0, before.1).keyed(self.audit_key.clone());
             return Err(e);
         }
         Ok(())
@@ -435,10 +447,14 @@ impl Control {
                     .collect(),
                 Err(e) => vec![internal(&e)],
             },
-            ToServer::AuditVerify => vec![match super::audit::verify_all(&self.store) {
-                Ok((records, chains)) => FromServer::AuditVerified { records, chains },
-                Err(e) => err(ErrorKind::Invalid, format!("{e:#}")),
-            }],
+            ToServer::AuditVerify => {
+                vec![
+                    match super::audit::verify_all(&self.store, &self.audit_key) {
+                        Ok((records, chains)) => FromServer::AuditVerified { records, chains },
+                        Err(e) => err(ErrorKind::Invalid, format!("{e:#}")),
+                    },
+                ]
+            }
             ToServer::Join { public_key } => vec![self.join(caller, &public_key)],
             ToServer::RevokeWorker { worker } => vec![self.revoke_worker(caller, worker)],
             ToServer::RotateServerCert => vec![self.rotate(caller)],

@@ -158,7 +158,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
             .map(|j| j.1.clone());
         let shard = Shard::new(cfg, mine.into_iter().chain(keyed), now, seq);
         #[allow(clippy::cast_possible_truncation)] // at most 256 shards, checked above
-        let audit = audit::ShardAudit::resume(&store, i as u16)?;
+        let audit = audit::ShardAudit::resume(&store, i as u16, control.audit_key())?;
         let setup = ShardSetup {
             shard,
             store: store.clone(),

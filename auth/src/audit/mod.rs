@@ -27,7 +27,7 @@ mod codec;
 mod verify;
 
 pub use codec::{AuditError, decode, encode};
-pub use verify::{ChainBreak, verify, verify_from};
+pub use verify::{ChainBreak, verify, verify_from, verify_keyed};
 
 use serde::{Deserialize, Serialize};
 
@@ -62,13 +62,29 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// The hash this record's fields call for; equals `self.hash` unless it was tampered with.
     pub fn compute_hash(&self) -> [u8; 32] {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(DOMAIN);
+        self.compute_hash_with(None)
+    }
+
+    /// The hash of a keyed chain: HMAC-SHA256 under `key` over the same bytes, so that
+    /// without the key nobody can recompute the chain after an edit. `None`: plain SHA-256.
+    pub fn compute_hash_with(&self, key: Option<&AuditKey>) -> [u8; 32] {
         let mut fields = Vec::with_capacity(64 + self.strings_len());
         codec::put_fields(self, &mut fields);
-        ctx.update(&fields);
         let mut out = [0u8; 32];
-        out.copy_from_slice(ctx.finish().as_ref());
+        match key {
+            Some(k) => {
+                let mut ctx = ring::hmac::Context::with_key(&k.0);
+                ctx.update(DOMAIN);
+                ctx.update(&fields);
+                out.copy_from_slice(ctx.sign().as_ref());
+            }
+            None => {
+                let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+                ctx.update(DOMAIN);
+                ctx.update(&fields);
+                out.copy_from_slice(ctx.finish().as_ref());
+            }
+        }
         out
     }
 
@@ -86,13 +102,40 @@ impl AuditRecord {
     }
 }
 
+/// The key of a keyed audit log (HMAC-SHA256). Kept outside the store, so a copy or an
+/// editor of the store alone cannot forge a consistent chain.
+#[derive(Clone)]
+pub struct AuditKey(ring::hmac::Key);
+
+impl AuditKey {
+    /// From 32 secret bytes (e.g. [`crate::seal::SealKey::derive`]).
+    pub fn from_bytes(bytes: &[u8; 32]) -> Self {
+        Self(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, bytes))
+    }
+}
+
+impl std::fmt::Debug for AuditKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKey(<secret>)")
+    }
+}
+
 /// The writer's end of one chain: where the next record goes and what it links to.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct AuditChain {
     chain: u16,
     next_seq: u64,
     last: [u8; 32],
+    key: Option<AuditKey>,
 }
+
+impl PartialEq for AuditChain {
+    fn eq(&self, other: &Self) -> bool {
+        (self.chain, self.next_seq, self.last) == (other.chain, other.next_seq, other.last)
+    }
+}
+
+impl Eq for AuditChain {}
 
 impl AuditChain {
     /// A chain with no records yet.
@@ -101,7 +144,16 @@ impl AuditChain {
             chain,
             next_seq: 0,
             last: [0; 32],
+            key: None,
         }
+    }
+
+    /// The same chain, hashed with HMAC under `key` from now on (use it from the first
+    /// record: a chain is keyed or not).
+    #[must_use]
+    pub fn keyed(mut self, key: AuditKey) -> Self {
+        self.key = Some(key);
+        self
     }
 
     /// Continues a chain after a restart, from the head of its stored records.
@@ -110,6 +162,7 @@ impl AuditChain {
             chain,
             next_seq,
             last: last_hash,
+            key: None,
         }
     }
 
@@ -146,7 +199,7 @@ impl AuditChain {
             prev: self.last,
             hash: [0; 32],
         };
-        r.hash = r.compute_hash();
+        r.hash = r.compute_hash_with(self.key.as_ref());
         // 2^64 records will not be written; wrapping only avoids a debug-build panic path.
         self.next_seq = self.next_seq.wrapping_add(1);
         self.last = r.hash;

@@ -290,3 +290,33 @@ fn json_writes_hashes_as_hex() {
     let back: AuditRecord = serde_json::from_str(&json).unwrap();
     assert_eq!(back, recs[1]);
 }
+
+/// A keyed chain verifies only with its key, and an editor without the key cannot cover an
+/// edit by recomputing every following hash (here with plain SHA-256 or another key).
+#[test]
+fn keyed_chain_resists_recomputation_without_the_key() {
+    let key = AuditKey::from_bytes(&[7; 32]);
+    let mut c = AuditChain::new(3).keyed(key.clone());
+    let recs: Vec<AuditRecord> = (0..5)
+        .map(|i| c.append(i, "alice", "job.pending", format!("j0.1.{i}"), "", ""))
+        .collect();
+    assert_eq!(super::verify_keyed(3, recs.clone(), None, &key), Ok(5));
+    assert!(
+        super::verify(3, recs.clone(), None).is_err(),
+        "verifies without the key"
+    );
+
+    // The forger edits record 2 and rebuilds the chain from there without the key.
+    for forge_key in [None, Some(AuditKey::from_bytes(&[8; 32]))] {
+        let mut forged = recs.clone();
+        forged[2].actor = "mallory".to_owned();
+        for i in 2..forged.len() {
+            if i > 0 {
+                forged[i].prev = forged[i - 1].hash;
+            }
+            forged[i].hash = forged[i].compute_hash_with(forge_key.as_ref());
+        }
+        let err = super::verify_keyed(3, forged, None, &key).unwrap_err();
+        assert_eq!(err.seq(), 2, "{err}");
+    }
+}

@@ -58,6 +58,16 @@ pub fn verify(
     verify_from(chain, (0, [0; 32]), records, head)
 }
 
+/// Like [`verify`], for a chain written with [`super::AuditChain::keyed`].
+pub fn verify_keyed(
+    chain: u16,
+    records: impl IntoIterator<Item = AuditRecord>,
+    head: Option<(u64, [u8; 32])>,
+    key: &super::AuditKey,
+) -> Result<u64, ChainBreak> {
+    verify_inner(chain, (0, [0; 32]), records, head, Some(key))
+}
+
 /// Like [`verify`], for a chain whose records before `start.0` were archived or pruned:
 /// `start` is `(seq of the first record, hash of the record before it)`.
 pub fn verify_from(
@@ -65,6 +75,16 @@ pub fn verify_from(
     start: (u64, [u8; 32]),
     records: impl IntoIterator<Item = AuditRecord>,
     head: Option<(u64, [u8; 32])>,
+) -> Result<u64, ChainBreak> {
+    verify_inner(chain, start, records, head, None)
+}
+
+fn verify_inner(
+    chain: u16,
+    start: (u64, [u8; 32]),
+    records: impl IntoIterator<Item = AuditRecord>,
+    head: Option<(u64, [u8; 32])>,
+    key: Option<&super::AuditKey>,
 ) -> Result<u64, ChainBreak> {
     let (mut expected, mut last) = start;
     if let Some((head_seq, _)) = head
@@ -93,7 +113,7 @@ pub fn verify_from(
         if r.seq < seq {
             return Err(ChainBreak::OutOfOrder { seq, found: r.seq });
         }
-        if r.compute_hash() != r.hash {
+        if r.compute_hash_with(key) != r.hash {
             return Err(ChainBreak::HashMismatch { seq });
         }
         if r.prev != last {

@@ -87,6 +87,16 @@ impl SealKey {
         Ok(LessSafeKey::new(key))
     }
 
+    /// A separate 32-byte key for another purpose (e.g. the audit log's HMAC), derived as
+    /// HMAC-SHA256(this key, `label`): one file to keep safe, keys that cannot be swapped.
+    pub fn derive(&self, label: &str) -> Zeroizing<[u8; 32]> {
+        let k = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.bytes[..]);
+        let tag = ring::hmac::sign(&k, label.as_bytes());
+        let mut out = Zeroizing::new([0u8; 32]);
+        out.copy_from_slice(tag.as_ref());
+        out
+    }
+
     /// Encrypts `plaintext` as the secret called `name`.
     pub fn seal(&self, name: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
