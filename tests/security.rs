@@ -484,3 +484,58 @@ fn agents_join_with_mtls_and_refusals_are_explained() {
         },
     );
 }
+
+/// An agent's certificate cannot be used to register as another agent's worker (and take
+/// over its jobs): the connection is closed and the server says why.
+#[test]
+fn a_certificate_cannot_claim_another_agents_worker() {
+    use hodei_core::wire::{ALPN_AGENT, FromAgent, Hello, Resources};
+    let scratch = Scratch::new("sec-claim");
+    let s = Server::start(&scratch, 1);
+    let _a = s.agent(&scratch, "a", 1, &[]);
+    s.wait_workers(1);
+    let victim = Server::worker_of(&scratch, "a");
+    let mallory = s.join_identity();
+    let addr: std::net::SocketAddr = s.addr.parse().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = hodei_transport::TransportOptions::default();
+        let cfg = hodei_transport::client_config_with(&s.ca(), ALPN_AGENT, &opts, Some(&mallory))
+            .unwrap();
+        let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
+        let conn = hodei_transport::connect(&ep, addr).await.unwrap();
+        let (send, _recv) = conn.open_bi().await.unwrap();
+        let mut w = hodei_transport::FrameWriter::new(send);
+        w.send(&FromAgent::Hello(Hello {
+            worker: Some(victim.parse().unwrap()),
+            hostname: "mallory".to_owned(),
+            resources: Resources {
+                slots: 1,
+                cpus: 1,
+                memory: 0,
+                labels: Vec::new(),
+            },
+            held: Vec::new(),
+        }))
+        .await
+        .unwrap();
+        let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .expect("the server kept a connection claiming another agent's worker");
+        assert!(reason.to_string().contains("another agent"), "{reason}");
+    });
+    wait_for("the refusal in the log", Duration::from_secs(10), || {
+        s.log_text().contains("belongs to").then_some(())
+    });
+    // The real agent is still its worker.
+    let ws = s.json(&["worker", "list", "--json"]);
+    assert!(
+        ws.as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == victim.as_str() && w["hostname"] != "mallory")
+    );
+}

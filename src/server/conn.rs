@@ -220,6 +220,19 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control
     let mut reader = FrameReader::new(recv);
     loop {
         match reader.next::<FromAgent>().await {
+            Ok(Some(FromAgent::Hello(hello)))
+                if hello
+                    .worker
+                    .is_some_and(|w| control.may_claim(w, &identity).is_err()) =>
+            {
+                if let Some(w) = hello.worker
+                    && let Err(why) = control.may_claim(w, &identity)
+                {
+                    warn!(%remote, "refused an agent registration: {why}");
+                }
+                conn.close(5u32.into(), b"worker belongs to another agent");
+                break;
+            }
             Ok(Some(FromAgent::Renew { public_key })) => {
                 // Answered here: certificates are the connection layer's, not a shard's.
                 match control.renew(&identity, &public_key) {

@@ -676,6 +676,24 @@ impl Control {
         Ok(c.identity.clone())
     }
 
+    /// Whether `identity` may register as `worker`: a worker id belongs to the identity it
+    /// was first welcomed under (since this server started), so one agent's certificate
+    /// cannot take over another agent's worker and its jobs.
+    pub fn may_claim(&self, worker: WorkerId, identity: &str) -> Result<(), String> {
+        match self
+            .pki
+            .workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&worker)
+        {
+            Some(owner) if owner != identity => Err(format!(
+                "{identity} tried to register as worker {worker}, which belongs to {owner}"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Notes which identity registered as `worker` (from the `Welcome` it was sent).
     pub fn bind_worker(&self, worker: WorkerId, identity: &str) {
         self.pki
