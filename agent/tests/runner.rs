@@ -6,9 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hodei_agent::runner::{
-    RunEvent, RunEventKind, RunnerOptions, Secrets, forget, read_spool, spawn_job,
-};
+use hodei_agent::runner::{RunEventKind, RunnerOptions, Secrets, forget, read_spool, spawn_job};
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::Outcome;
 use hodei_core::spec::{Command, JobSpec};
@@ -16,10 +14,7 @@ use hodei_core::wire::{Chunk, Stream};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{options, scratch};
-
-/// Generous bound for anything that should take milliseconds on an idle machine.
-const DEADLINE: Duration = Duration::from_secs(20);
+use common::{DEADLINE, collect, options, scratch, stream_bytes};
 
 fn script(body: &str) -> JobSpec {
     let mut spec = JobSpec::exec("unused", &[]);
@@ -31,23 +26,6 @@ fn script(body: &str) -> JobSpec {
 
 fn job(seq: u64) -> JobId {
     JobId::new(0, 1, seq)
-}
-
-/// Receives every event of one attempt up to and including `Finished`.
-async fn collect(rx: &mut mpsc::Receiver<RunEvent>) -> Vec<RunEventKind> {
-    let mut kinds = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(ev) = rx.recv().await {
-            let last = matches!(ev.kind, RunEventKind::Finished { .. });
-            kinds.push(ev.kind);
-            if last {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("job did not finish in time");
-    kinds
 }
 
 /// Runs a spec to completion and returns its events.
@@ -93,15 +71,6 @@ fn check(kinds: &[RunEventKind]) -> (Outcome, Vec<Chunk>) {
         panic!("last event is not Finished: {kinds:?}");
     };
     (outcome.clone(), chunks)
-}
-
-fn stream_bytes(chunks: &[Chunk], stream: Stream) -> String {
-    let bytes: Vec<u8> = chunks
-        .iter()
-        .filter(|c| c.stream == stream)
-        .flat_map(|c| c.data.clone())
-        .collect();
-    String::from_utf8(bytes).unwrap()
 }
 
 /// Flattens chunks to one (stream, byte) per output byte.

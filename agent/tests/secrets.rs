@@ -19,9 +19,7 @@ use hodei_core::wire::{Chunk, SecretValue, Stream};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{options, scratch};
-
-const DEADLINE: Duration = Duration::from_secs(20);
+use common::{DEADLINE, collect, options, scratch, stream_bytes};
 
 /// A value long enough for every masked form (raw, base64 at any alignment, URL-encoded).
 const TOKEN: &str = "s3cr3t-Value-42!";
@@ -56,22 +54,6 @@ fn start(
     let (tx, rx) = mpsc::channel(64);
     let handle = spawn_job(id, Attempt(1), spec, secrets, Arc::clone(opts), tx);
     (handle, rx)
-}
-
-async fn collect(rx: &mut mpsc::Receiver<RunEvent>) -> Vec<RunEventKind> {
-    let mut kinds = Vec::new();
-    tokio::time::timeout(DEADLINE, async {
-        while let Some(ev) = rx.recv().await {
-            let last = matches!(ev.kind, RunEventKind::Finished { .. });
-            kinds.push(ev.kind);
-            if last {
-                break;
-            }
-        }
-    })
-    .await
-    .expect("job did not finish in time");
-    kinds
 }
 
 async fn run(
@@ -110,15 +92,6 @@ fn check(kinds: &[RunEventKind]) -> (Outcome, Vec<Chunk>) {
         panic!("last event is not Finished: {kinds:?}");
     };
     (outcome.clone(), chunks)
-}
-
-fn stream_bytes(chunks: &[Chunk], stream: Stream) -> String {
-    let bytes: Vec<u8> = chunks
-        .iter()
-        .filter(|c| c.stream == stream)
-        .flat_map(|c| c.data.clone())
-        .collect();
-    String::from_utf8(bytes).unwrap()
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

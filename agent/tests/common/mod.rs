@@ -4,8 +4,14 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use hodei_agent::runner::RunnerOptions;
+use hodei_agent::runner::{RunEvent, RunEventKind, RunnerOptions};
+use hodei_core::wire::{Chunk, Stream};
+use tokio::sync::mpsc;
+
+/// Generous bound for anything that should take milliseconds on an idle machine.
+pub const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A fresh directory under the system temp dir, unique per test, removed when the test
 /// passes (kept for a look when it fails).
@@ -43,4 +49,30 @@ pub fn options(root: &Path) -> Arc<RunnerOptions> {
         work_root: root.join("work"),
         ..RunnerOptions::default()
     })
+}
+
+/// Receives every event of one attempt up to and including `Finished`.
+pub async fn collect(rx: &mut mpsc::Receiver<RunEvent>) -> Vec<RunEventKind> {
+    let mut kinds = Vec::new();
+    tokio::time::timeout(DEADLINE, async {
+        while let Some(ev) = rx.recv().await {
+            let last = matches!(ev.kind, RunEventKind::Finished { .. });
+            kinds.push(ev.kind);
+            if last {
+                break;
+            }
+        }
+    })
+    .await
+    .expect("job did not finish in time");
+    kinds
+}
+
+pub fn stream_bytes(chunks: &[Chunk], stream: Stream) -> String {
+    let bytes: Vec<u8> = chunks
+        .iter()
+        .filter(|c| c.stream == stream)
+        .flat_map(|c| c.data.clone())
+        .collect();
+    String::from_utf8(bytes).unwrap()
 }
