@@ -14,7 +14,11 @@ use hodei_core::wire::{Chunk, Stream};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{DEADLINE, collect, options, scratch, stream_bytes};
+use common::{DEADLINE, check_events, collect, options, scratch, stream_bytes};
+
+fn check(kinds: &[RunEventKind]) -> (Outcome, Vec<Chunk>) {
+    check_events(kinds, true)
+}
 
 fn script(body: &str) -> JobSpec {
     let mut spec = JobSpec::exec("unused", &[]);
@@ -40,37 +44,6 @@ async fn run(opts: &Arc<RunnerOptions>, id: JobId, spec: JobSpec) -> Vec<RunEven
         tx,
     );
     collect(&mut rx).await
-}
-
-/// Checks the event sequence (Started, contiguous Outputs, Finished last) and returns the
-/// outcome and the output as (stream, byte) pairs in order.
-fn check(kinds: &[RunEventKind]) -> (Outcome, Vec<Chunk>) {
-    assert!(
-        matches!(kinds.first(), Some(RunEventKind::Started { .. })),
-        "{kinds:?}"
-    );
-    let mut expected_offset = 0u64;
-    let mut chunks = Vec::new();
-    for kind in &kinds[1..kinds.len() - 1] {
-        let RunEventKind::Output {
-            offset,
-            chunks: batch,
-        } = kind
-        else {
-            panic!("unexpected event in the middle: {kind:?}");
-        };
-        assert_eq!(*offset, expected_offset, "offsets must be contiguous");
-        assert!(!batch.is_empty());
-        for c in batch {
-            assert!(!c.data.is_empty());
-            expected_offset += c.data.len() as u64;
-            chunks.push(c.clone());
-        }
-    }
-    let Some(RunEventKind::Finished { outcome, .. }) = kinds.last() else {
-        panic!("last event is not Finished: {kinds:?}");
-    };
-    (outcome.clone(), chunks)
 }
 
 /// Flattens chunks to one (stream, byte) per output byte.

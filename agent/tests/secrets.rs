@@ -19,7 +19,11 @@ use hodei_core::wire::{Chunk, SecretValue, Stream};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{DEADLINE, collect, options, scratch, stream_bytes};
+use common::{DEADLINE, check_events, collect, options, scratch, stream_bytes};
+
+fn check(kinds: &[RunEventKind]) -> (Outcome, Vec<Chunk>) {
+    check_events(kinds, false)
+}
 
 /// A value long enough for every masked form (raw, base64 at any alignment, URL-encoded).
 const TOKEN: &str = "s3cr3t-Value-42!";
@@ -63,35 +67,6 @@ async fn run(
 ) -> (Outcome, Vec<Chunk>) {
     let (_handle, mut rx) = start(opts, id, job);
     check(&collect(&mut rx).await)
-}
-
-/// Checks Started, contiguous non-empty Outputs, Finished; returns the outcome and output.
-fn check(kinds: &[RunEventKind]) -> (Outcome, Vec<Chunk>) {
-    assert!(
-        matches!(kinds.first(), Some(RunEventKind::Started { .. })),
-        "{kinds:?}"
-    );
-    let mut expected_offset = 0u64;
-    let mut chunks = Vec::new();
-    for kind in &kinds[1..kinds.len() - 1] {
-        let RunEventKind::Output {
-            offset,
-            chunks: batch,
-        } = kind
-        else {
-            panic!("unexpected event in the middle: {kind:?}");
-        };
-        assert_eq!(*offset, expected_offset, "offsets must be contiguous");
-        for c in batch {
-            assert!(!c.data.is_empty());
-            expected_offset += c.data.len() as u64;
-            chunks.push(c.clone());
-        }
-    }
-    let Some(RunEventKind::Finished { outcome, .. }) = kinds.last() else {
-        panic!("last event is not Finished: {kinds:?}");
-    };
-    (outcome.clone(), chunks)
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hodei_agent::runner::{RunEvent, RunEventKind, RunnerOptions};
+use hodei_core::job::Outcome;
 use hodei_core::wire::{Chunk, Stream};
 use tokio::sync::mpsc;
 
@@ -75,4 +76,35 @@ pub fn stream_bytes(chunks: &[Chunk], stream: Stream) -> String {
         .flat_map(|c| c.data.clone())
         .collect();
     String::from_utf8(bytes).unwrap()
+}
+
+/// Checks the event sequence (Started, contiguous Outputs, Finished last) and returns the
+/// outcome and the output. With `non_empty_batches`, no Output batch may be empty.
+pub fn check_events(kinds: &[RunEventKind], non_empty_batches: bool) -> (Outcome, Vec<Chunk>) {
+    assert!(
+        matches!(kinds.first(), Some(RunEventKind::Started { .. })),
+        "{kinds:?}"
+    );
+    let mut expected_offset = 0u64;
+    let mut chunks = Vec::new();
+    for kind in &kinds[1..kinds.len() - 1] {
+        let RunEventKind::Output {
+            offset,
+            chunks: batch,
+        } = kind
+        else {
+            panic!("unexpected event in the middle: {kind:?}");
+        };
+        assert_eq!(*offset, expected_offset, "offsets must be contiguous");
+        assert!(!non_empty_batches || !batch.is_empty());
+        for c in batch {
+            assert!(!c.data.is_empty());
+            expected_offset += c.data.len() as u64;
+            chunks.push(c.clone());
+        }
+    }
+    let Some(RunEventKind::Finished { outcome, .. }) = kinds.last() else {
+        panic!("last event is not Finished: {kinds:?}");
+    };
+    (outcome.clone(), chunks)
 }
