@@ -20,6 +20,20 @@ use crate::procs::{self, Proc};
 /// How long agents, then the server, get to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// Agents, slots and shards of a benchmark cluster (shared by the scenarios' flags).
+#[derive(clap::Args, Debug, Clone)]
+pub struct FleetArgs {
+    /// Agents.
+    #[arg(long, default_value_t = 2)]
+    pub agents: usize,
+    /// Slots per agent.
+    #[arg(long, default_value_t = 4)]
+    pub slots: u32,
+    /// Server shards.
+    #[arg(long, default_value_t = 2)]
+    pub shards: usize,
+}
+
 pub struct Cluster {
     /// The server first, then the agents.
     procs: Vec<Proc>,

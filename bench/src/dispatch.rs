@@ -43,15 +43,9 @@ pub struct DispatchArgs {
     /// Submit requests in flight in the saturation phase.
     #[arg(long, default_value_t = 8)]
     pub inflight: usize,
-    /// Agents.
-    #[arg(long, default_value_t = 2)]
-    pub agents: usize,
-    /// Slots per agent.
-    #[arg(long, default_value_t = 4)]
-    pub slots: u32,
-    /// Server shards.
-    #[arg(long, default_value_t = 2)]
-    pub shards: usize,
+    /// The cluster under test.
+    #[command(flatten)]
+    pub fleet: crate::cluster::FleetArgs,
     /// Only this mode: `true` (real /bin/true jobs) or `noop`.
     #[arg(long)]
     pub mode: Option<String>,
@@ -106,9 +100,9 @@ pub async fn dispatch(args: DispatchArgs) -> Result<()> {
     for mode in modes {
         let cluster = Cluster::start(
             &args.hodei,
-            args.shards,
-            args.agents,
-            args.slots,
+            args.fleet.shards,
+            args.fleet.agents,
+            args.fleet.slots,
             mode == "noop",
         )
         .await?;
@@ -119,7 +113,11 @@ pub async fn dispatch(args: DispatchArgs) -> Result<()> {
     }
     // The machine's raw spawn rate, measured in the same run: as many spawners as slots,
     // each running /bin/true to completion, as fast as it can.
-    let raw = raw_spawn_rate(args.agents * args.slots as usize, args.burst, args.duration)?;
+    let raw = raw_spawn_rate(
+        args.fleet.agents * args.fleet.slots as usize,
+        args.burst,
+        args.duration,
+    )?;
     let outcome = report(&args, &results, raw.per_s, interval);
     crate::output::emit(outcome, &args.output, args.duration, started)
 }
@@ -276,8 +274,8 @@ fn report(
     let fixed = fixed_rate_jobs(args);
     let params = json!({
         "jobs": fixed, "jobs_asked": args.jobs, "rate_per_s": args.rate, "burst": args.burst,
-        "batch": args.batch, "inflight": args.inflight, "agents": args.agents,
-        "slots": args.slots, "shards": args.shards, "duration_s": args.duration.as_secs_f64(),
+        "batch": args.batch, "inflight": args.inflight, "agents": args.fleet.agents,
+        "slots": args.fleet.slots, "shards": args.fleet.shards, "duration_s": args.duration.as_secs_f64(),
         "modes": results.iter().map(|r| r.mode).collect::<Vec<_>>(),
         "series_interval_ms": interval.as_secs_f64() * 1000.0,
     });
@@ -288,9 +286,9 @@ fn report(
         args.burst,
         args.batch,
         args.inflight,
-        args.agents,
-        args.slots,
-        args.shards,
+        args.fleet.agents,
+        args.fleet.slots,
+        args.fleet.shards,
         humantime::format_duration(args.duration)
     );
     let mut o = Outcome::new("dispatch", params, line);

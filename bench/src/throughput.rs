@@ -39,15 +39,9 @@ pub struct ThroughputArgs {
     /// Submitters, each with its own connection and one batch in flight.
     #[arg(long, default_value_t = 8)]
     pub inflight: usize,
-    /// Agents.
-    #[arg(long, default_value_t = 2)]
-    pub agents: usize,
-    /// Slots per agent.
-    #[arg(long, default_value_t = 4)]
-    pub slots: u32,
-    /// Server shards.
-    #[arg(long, default_value_t = 2)]
-    pub shards: usize,
+    /// The cluster under test.
+    #[command(flatten)]
+    pub fleet: crate::cluster::FleetArgs,
     /// Jobs run before the clock starts.
     #[arg(long, default_value_t = 200)]
     pub warmup: usize,
@@ -102,9 +96,9 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
         }
         let cluster = Cluster::start(
             &args.hodei,
-            args.shards,
-            args.agents,
-            args.slots,
+            args.fleet.shards,
+            args.fleet.agents,
+            args.fleet.slots,
             *mode == "noop",
         )
         .await?;
@@ -115,7 +109,7 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
     // Same parallelism as the cluster's slots, as long as one mode's submitting.
     let raw = if modes.contains(&"true") {
         Some(raw_spawn_rate(
-            args.agents * args.slots as usize,
+            args.fleet.agents * args.fleet.slots as usize,
             usize::MAX,
             args.duration,
         )?)
@@ -202,8 +196,8 @@ fn report(
     let params = json!({
         "modes": results.iter().map(|r| r.mode).collect::<Vec<_>>(),
         "duration_s": args.duration.as_secs_f64(), "batch": args.batch,
-        "inflight": args.inflight, "agents": args.agents, "slots": args.slots,
-        "shards": args.shards, "warmup": args.warmup,
+        "inflight": args.inflight, "agents": args.fleet.agents, "slots": args.fleet.slots,
+        "shards": args.fleet.shards, "warmup": args.warmup,
         "series_interval_ms": interval.as_secs_f64() * 1000.0,
     });
     let line = format!(
@@ -212,9 +206,9 @@ fn report(
         humantime::format_duration(args.duration),
         args.inflight,
         args.batch,
-        args.agents,
-        args.slots,
-        args.shards,
+        args.fleet.agents,
+        args.fleet.slots,
+        args.fleet.shards,
         args.warmup,
         humantime::format_duration(interval)
     );
@@ -250,7 +244,7 @@ fn report(
         o.figure("raw_spawns", raw.spawned);
         o.table.push(format!(
             "raw /bin/true spawn rate here (same run, {} spawners): {:.0}/s",
-            args.agents * args.slots as usize,
+            args.fleet.agents * args.fleet.slots as usize,
             raw.per_s
         ));
         if let Some(t) = results.iter().find(|r| r.mode == "true") {
