@@ -4,7 +4,7 @@
 #   fuzz/run-all.sh SECONDS [TARGET...]
 #
 # - Targets default to all of them (`cargo fuzz list`). With FUZZ_NO_AUTH=1, the hodei-auth
-#   targets are skipped and the build does not need that crate.
+#   and hodei-transport targets (auth_*, join_cert) are skipped and neither crate is built.
 # - The committed seeds (fuzz/corpus/<target>) are only read: what the fuzzer finds goes to
 #   fuzz/target/live-corpus/<target> (kept between runs, not committed), so the committed
 #   corpus stays small. Crashes go to fuzz/artifacts/<target>/.
@@ -28,7 +28,7 @@ if [[ $# -gt 0 ]]; then
 else
     mapfile -t targets < <(cargo +nightly fuzz list)
     if [[ ${FUZZ_NO_AUTH:-} == 1 ]]; then
-        mapfile -t targets < <(printf '%s\n' "${targets[@]}" | grep -v '^auth_')
+        mapfile -t targets < <(printf '%s\n' "${targets[@]}" | grep -v -e '^auth_' -e '^join_cert$')
     fi
 fi
 
