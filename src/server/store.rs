@@ -6,6 +6,7 @@
 //! Records are framed like wire messages, so a store written by another format version is
 //! refused with a clear error instead of misread.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -366,9 +367,22 @@ impl Store {
             return Ok(());
         }
         let mut batch = self.audited_batch(audit);
-        for op in ops {
+        // A job changed several times in one batch (submitted and assigned in one turn;
+        // started and finished under load) needs only its last record: the batch is atomic,
+        // so the earlier ones would be overwritten before anyone could read them. Skipping
+        // them saves an encoding of the whole spec and a memtable insert each.
+        let mut last_put: HashMap<JobId, usize> = HashMap::new();
+        for (i, op) in ops.iter().enumerate() {
+            if let StoreOp::PutJob(rec) = op {
+                last_put.insert(rec.id, i);
+            }
+        }
+        for (i, op) in ops.iter().enumerate() {
             match op {
                 StoreOp::PutJob(rec) => {
+                    if last_put.get(&rec.id) != Some(&i) {
+                        continue;
+                    }
                     let v = rec.to_frame().context("cannot encode a job record")?;
                     batch.insert(&self.jobs, rec.id.to_be_bytes().to_vec(), v);
                 }
@@ -661,6 +675,48 @@ mod tests {
             .collect();
         assert_eq!(out, b"hello world");
         assert_eq!(store.read_output(rec.id, Attempt(1), 6)?.len(), 1);
+        Ok(())
+    }
+
+    /// Only a job's last record of a batch is written, and it is the one that survives a
+    /// reopen, whatever else the batch holds between its versions.
+    #[test]
+    fn a_batch_keeps_each_jobs_last_record() -> Result<()> {
+        use hodei_core::state::JobState;
+        let dir = tempdir("last");
+        claim_data_dir(&dir)?;
+        let store = Store::open(&dir)?;
+        let spec = hodei_core::spec::JobSpec::exec("true", &[]);
+        let a = JobRecord::new(JobId::new(0, 1, 1), spec.clone(), 5);
+        let b = JobRecord::new(JobId::new(0, 1, 2), spec, 5);
+        let with = |r: &JobRecord, state, attempt| {
+            let mut r = r.clone();
+            r.state = state;
+            r.attempt = Attempt(attempt);
+            StoreOp::PutJob(r)
+        };
+        store.commit(
+            &[
+                with(&a, JobState::Pending, 0),
+                with(&b, JobState::Pending, 0),
+                with(&a, JobState::Assigned, 1),
+                with(&b, JobState::Assigned, 1),
+                with(&a, JobState::Succeeded, 1),
+            ],
+            &[],
+        )?;
+        drop(store);
+        let store = Store::open(&dir)?;
+        let mut jobs = store.load_jobs()?;
+        jobs.sort_by_key(|j| j.id);
+        let got: Vec<_> = jobs.iter().map(|j| (j.id, j.state, j.attempt)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (a.id, JobState::Succeeded, Attempt(1)),
+                (b.id, JobState::Assigned, Attempt(1)),
+            ]
+        );
         Ok(())
     }
 
