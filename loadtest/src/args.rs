@@ -125,10 +125,11 @@ pub struct Args {
     /// QUIC keep-alive of agent connections (the real agent uses 2s).
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub keep_alive: Duration,
-    /// Ask the server to delay its ACKs up to this long (QUIC ACK frequency), e.g. 200ms;
-    /// default: QUIC's own (an ACK per two packets or 25 ms). See tuning/README.md.
-    #[arg(long, value_parser = duration)]
-    pub peer_ack_delay: Option<Duration>,
+    /// Ask the server to delay its ACKs up to this long (QUIC ACK frequency), as the real
+    /// agent does (200ms); `0s` leaves QUIC's own (an ACK per two packets or 25 ms). See
+    /// tuning/README.md.
+    #[arg(long, default_value = "200ms", value_parser = duration)]
+    pub peer_ack_delay: Duration,
     /// QUIC idle timeout of agent connections; also bounds a handshake (the real agent
     /// uses 3s).
     #[arg(long, default_value = "3s", value_parser = duration)]

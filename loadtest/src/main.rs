@@ -89,7 +89,7 @@ fn measure(
     let agent_opts = TransportOptions {
         keep_alive: args.keep_alive,
         idle_timeout: args.idle_timeout,
-        peer_ack_delay: args.peer_ack_delay,
+        peer_ack_delay: (!args.peer_ack_delay.is_zero()).then_some(args.peer_ack_delay),
         ..TransportOptions::default()
     };
     let identity = token::join(server, ca)?;

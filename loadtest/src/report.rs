@@ -104,6 +104,7 @@ fn params(args: &Args, server: &str) -> Value {
         "connect_timeout_s": args.connect_timeout().as_secs_f64(),
         "connect_concurrency": args.connect_concurrency,
         "keep_alive_ms": ms_of(args.keep_alive),
+        "peer_ack_delay_ms": ms_of(args.peer_ack_delay),
         "idle_timeout_ms": ms_of(args.idle_timeout),
     })
 }
