@@ -168,6 +168,10 @@ pub struct SubmitArgs {
     /// Print the job as JSON.
     #[arg(long)]
     json: bool,
+    /// Wait until the job is final, in the same request; exit 0 if it succeeded, 1 if not
+    /// (as `hodei job wait`).
+    #[arg(long)]
+    wait: bool,
     /// The command and its arguments (after `--`).
     #[arg(last = true)]
     command: Vec<String>,
@@ -298,8 +302,20 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
     let client = target.connect().await?;
     match cmd {
         JobCmd::Submit(args) => {
-            let json = args.json;
+            let (json, wait) = (args.json, args.wait);
             let spec = (*args).spec()?;
+            if wait {
+                let replies = client
+                    .request(&ToServer::SubmitWait { specs: vec![spec] })
+                    .await?;
+                let job = one_job(replies)?;
+                if json {
+                    print_json(&view::job_json(&job))?;
+                } else {
+                    println!("{}", job.id);
+                }
+                return Ok(final_code(&job));
+            }
             let replies = client
                 .request(&ToServer::Submit { specs: vec![spec] })
                 .await?;
@@ -398,18 +414,26 @@ async fn wait(client: &Client, ids: Vec<JobId>, timeout: Option<Duration>) -> Re
     };
     let mut code = 0;
     for r in results {
-        let job = r?;
-        if job.state != JobState::Succeeded {
-            code = 1;
-            eprintln!(
-                "{} {}{}",
-                job.id,
-                job.state,
-                job.error.map(|e| format!(": {e}")).unwrap_or_default()
-            );
-        }
+        code = code.max(final_code(&r?));
     }
     Ok(code)
+}
+
+/// 0 for a job that succeeded; otherwise 1, saying how it ended on stderr.
+fn final_code(job: &JobRecord) -> u8 {
+    if job.state == JobState::Succeeded {
+        return 0;
+    }
+    eprintln!(
+        "{} {}{}",
+        job.id,
+        job.state,
+        job.error
+            .as_ref()
+            .map(|e| format!(": {e}"))
+            .unwrap_or_default()
+    );
+    1
 }
 
 /// Awaits every future concurrently (on the current task), in order.

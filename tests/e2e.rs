@@ -194,3 +194,52 @@ fn logs_follow_streams_until_the_job_ends() {
     std::io::Read::read_to_string(follow.stdout.as_mut().unwrap(), &mut text).unwrap();
     assert_eq!(text, "first\nsecond\n");
 }
+
+/// `job submit --wait`: one request that ends with the job, the exit code telling how; a job
+/// that cannot run yet keeps it open until an agent that matches joins.
+#[test]
+fn submit_wait_ends_with_the_job() {
+    let scratch = Scratch::new("subwait");
+    let server = Server::start(&scratch, 2);
+    let _a = server.agent(&scratch, "a1", 2, &[]);
+    server.wait_workers(1);
+
+    let ok = server.cli(&["job", "submit", "--wait", "--", "echo", "waited"]);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let id = String::from_utf8_lossy(&ok.stdout).trim().to_owned();
+    assert_eq!(server.job(&id)["state"], "succeeded");
+    assert_eq!(server.ok(&["job", "logs", &id]), "waited\n");
+
+    let failed = server.cli(&[
+        "job", "submit", "--wait", "--json", "--", "sh", "-c", "exit 3",
+    ]);
+    assert_eq!(failed.status.code(), Some(1), "{failed:?}");
+    let job: serde_json::Value = serde_json::from_slice(&failed.stdout).unwrap();
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["exit_code"], 3, "{job}");
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("failed"));
+
+    // Only a `gpu=yes` agent can run it: the request stays open (the CLI with it) until
+    // one joins, then ends with the job.
+    let mut waiting = server.spawn_cli(&[
+        "job", "submit", "--wait", "--label", "gpu=yes", "--", "true",
+    ]);
+    wait_for(
+        "the waiting job to be queued",
+        Duration::from_secs(30),
+        || {
+            server
+                .ok(&["job", "list", "--state", "pending"])
+                .lines()
+                .nth(1)
+                .map(|_| ())
+        },
+    );
+    assert!(
+        waiting.0.try_wait().unwrap().is_none(),
+        "submit --wait ended before its job"
+    );
+    let _gpu = server.agent(&scratch, "gpu", 1, &["--label", "gpu=yes"]);
+    let status = waiting.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0));
+}

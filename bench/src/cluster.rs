@@ -235,8 +235,51 @@ pub struct Client {
     token: String,
 }
 
+/// What one `SubmitWait` request saw.
+pub struct Waited {
+    pub ids: Vec<JobId>,
+    /// When the `Submitted` acknowledgement arrived.
+    pub acked: std::time::Instant,
+    /// Every job's final record, in the order they ended.
+    pub jobs: Vec<JobRecord>,
+}
+
 impl Client {
+    /// Submits and waits in one request: the server answers `Submitted`, then each job's
+    /// final record as it ends, then ends the stream.
+    pub async fn submit_wait(&self, specs: Vec<JobSpec>) -> Result<Waited> {
+        let n = specs.len();
+        let mut ids = None;
+        let mut acked = std::time::Instant::now();
+        let mut jobs = Vec::with_capacity(n);
+        self.stream(&ToServer::SubmitWait { specs }, |m| match m {
+            FromServer::Submitted { ids: got } => {
+                acked = std::time::Instant::now();
+                ids = Some(got);
+            }
+            FromServer::Job(rec) => jobs.push(*rec),
+            _ => {}
+        })
+        .await?;
+        let ids = ids.context("no acknowledgement")?;
+        if jobs.len() != ids.len() {
+            bail!(
+                "{} of {} jobs answered before the stream ended",
+                jobs.len(),
+                ids.len()
+            );
+        }
+        Ok(Waited { ids, acked, jobs })
+    }
+
     pub async fn request(&self, body: &ToServer) -> Result<Vec<FromServer>> {
+        let mut out = Vec::new();
+        self.stream(body, |m| out.push(m)).await?;
+        Ok(out)
+    }
+
+    /// Sends a request and hands each reply to `f` until the server ends the stream.
+    async fn stream(&self, body: &ToServer, mut f: impl FnMut(FromServer)) -> Result<()> {
         let (send, recv) = self.conn.open_bi().await?;
         let mut w = FrameWriter::new(send);
         w.send(&Request {
@@ -246,14 +289,13 @@ impl Client {
         .await?;
         w.finish()?;
         let mut r = FrameReader::new(recv);
-        let mut out = Vec::new();
         while let Some(m) = r.next::<FromServer>().await? {
             if let FromServer::Error { message, .. } = m {
                 bail!("server error: {message}");
             }
-            out.push(m);
+            f(m);
         }
-        Ok(out)
+        Ok(())
     }
 
     pub async fn submit(&self, specs: Vec<JobSpec>) -> Result<Vec<JobId>> {

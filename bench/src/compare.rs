@@ -2,11 +2,11 @@
 //! run, on the same cores, with the same number of workers and slots; printed side by side.
 //!
 //! - Throughput: N `/bin/true` jobs submitted as one batch, timed from the first submit until
-//!   the client has seen every job finish. Hodei: `Submit` requests of `--batch` specs, all
-//!   in flight at once, then server-side `Wait`s. HyperQueue: one job of N tasks (the Python
+//!   the client has seen every job finish. Hodei: `SubmitWait` requests of `--batch` specs,
+//!   all in flight at once, each answered as its jobs end. HyperQueue: one job of N tasks (the Python
 //!   API builds a task-graph job; it has no job arrays), its status polled every `--hq-poll`.
 //! - Latency: `--latency-jobs` single `/bin/true` jobs one after the other, each timed from
-//!   submit until the client sees it finished. Hodei: `Submit` then `Wait` (answered when the
+//!   submit until the client sees it finished. Hodei: one `SubmitWait` (answered when the
 //!   job is final). HyperQueue: a one-task job, its status polled every `--hq-latency-poll`.
 //!
 //! Hodei runs as real `hodei server` and `hodei agent` processes ([`Cluster`]). HyperQueue
@@ -25,7 +25,6 @@ use hdrhistogram::Histogram;
 use hodei_core::ids::JobId;
 use hodei_core::spec::JobSpec;
 use hodei_core::state::JobState;
-use hodei_core::wire::{FromServer, ToServer};
 use serde_json::{Value, json};
 
 use crate::cluster::{Client, Cluster};
@@ -184,31 +183,29 @@ async fn hodei_workloads(client: &Rc<Client>, args: &CompareArgs) -> Result<Side
         left -= n;
         let c = Rc::clone(client);
         submits.push(tokio::task::spawn_local(async move {
-            c.submit(vec![true_spec(); n]).await
+            c.submit_wait(vec![true_spec(); n]).await
         }));
     }
     let mut ids = Vec::with_capacity(args.jobs);
+    let mut last_ack = t0;
     for s in submits {
-        ids.extend(s.await??);
+        let w = s.await??;
+        last_ack = last_ack.max(w.acked);
+        ids.extend(w.ids);
     }
-    let submit_acked_s = t0.elapsed().as_secs_f64();
-    client.wait_all(&ids).await?;
     let throughput_s = t0.elapsed().as_secs_f64();
+    let submit_acked_s = last_ack.duration_since(t0).as_secs_f64();
     check_succeeded(client, &ids).await?;
 
-    // Latency: one job at a time, submit → Wait answered.
+    // Latency: one job at a time, submitted and waited for in one request.
     let mut latency = Histogram::<u64>::new(3)?;
     for i in 0..args.latency_jobs {
         let t = Instant::now();
-        let job = *client
-            .submit(vec![true_spec()])
-            .await?
-            .first()
-            .context("the server acknowledged no job")?;
-        let state = wait_one(client, job).await?;
+        let w = client.submit_wait(vec![true_spec()]).await?;
         let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
-        if state != JobState::Succeeded {
-            bail!("Hodei latency job {i} ({job}) ended {state}");
+        let job = w.jobs.first().context("the server answered no job")?;
+        if job.state != JobState::Succeeded {
+            bail!("Hodei latency job {i} ({}) ended {}", job.id, job.state);
         }
         latency.record(us)?;
     }
@@ -217,15 +214,6 @@ async fn hodei_workloads(client: &Rc<Client>, args: &CompareArgs) -> Result<Side
         submit_acked_s,
         latency,
     })
-}
-
-async fn wait_one(client: &Client, job: JobId) -> Result<JobState> {
-    for m in client.request(&ToServer::Wait { job }).await? {
-        if let FromServer::Job(rec) = m {
-            return Ok(rec.state);
-        }
-    }
-    bail!("the server answered a Wait for {job} without the job")
 }
 
 async fn check_succeeded(client: &Client, ids: &[JobId]) -> Result<()> {

@@ -151,9 +151,7 @@ async fn run_mode(
             tokio::task::spawn_local(async move {
                 let mut ids: Vec<JobId> = Vec::new();
                 while Instant::now() < deadline {
-                    let b = c.submit(vec![spec(); batch]).await?;
-                    c.wait_all(&b).await?;
-                    ids.extend(b);
+                    ids.extend(c.submit_wait(vec![spec(); batch]).await?.ids);
                 }
                 Ok::<_, anyhow::Error>(ids)
             })

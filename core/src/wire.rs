@@ -347,6 +347,14 @@ pub enum ToServer {
     },
     /// Issue the server a new certificate and present it from now on (admin).
     RotateServerCert,
+    /// Submit jobs and wait for them on the same stream: `Submitted` once all are durable,
+    /// then one `Job` per job as it reaches a final state (in the order they end), the
+    /// stream ending with the last. One request instead of one `Wait` per job. (A variant of
+    /// its own, last, so the encoding of every other request is unchanged.)
+    SubmitWait {
+        /// The jobs.
+        specs: Vec<JobSpec>,
+    },
 }
 
 impl ToServer {

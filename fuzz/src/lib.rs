@@ -52,7 +52,9 @@ pub fn check_spec(spec: &JobSpec) {
 /// secret value it carries.
 pub fn check_to_server(body: &ToServer) {
     match body {
-        ToServer::Submit { specs } => specs.iter().for_each(check_spec),
+        ToServer::Submit { specs } | ToServer::SubmitWait { specs } => {
+            specs.iter().for_each(check_spec);
+        }
         ToServer::SetSecret { name, value } => {
             let blank = ToServer::SetSecret {
                 name: name.clone(),
@@ -423,6 +425,12 @@ pub fn to_server_samples() -> Vec<(&'static str, ToServer)> {
             },
         ),
         ("submit-empty", ToServer::Submit { specs: vec![] }),
+        (
+            "submit-wait",
+            ToServer::SubmitWait {
+                specs: vec![JobSpec::exec("true", &[]), script_spec()],
+            },
+        ),
         ("get-job", ToServer::GetJob { job }),
         ("list-jobs", ToServer::ListJobs { state: None }),
         (

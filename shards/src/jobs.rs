@@ -31,7 +31,7 @@ impl Shard {
         self.now = now;
         let here = self.cfg.index;
         let owner = match &body {
-            ToServer::Submit { specs } => {
+            ToServer::Submit { specs } | ToServer::SubmitWait { specs } => {
                 let keys: Vec<&String> = specs
                     .iter()
                     .filter_map(|s| s.policy.idempotency_key.as_ref())
@@ -124,7 +124,17 @@ impl Shard {
         self.on_request(now, self.cfg.index, req, body, comm);
     }
 
-    fn submit(&mut self, origin: usize, req: ReqId, specs: Vec<JobSpec>, comm: &mut impl Comm) {
+    /// Creates the jobs; with `wait`, the request stays open until every one of them is final
+    /// (a wait group: each job gets the request as a waiter, and `finished` ends the stream
+    /// with the last of them).
+    fn submit(
+        &mut self,
+        origin: usize,
+        req: ReqId,
+        specs: Vec<JobSpec>,
+        wait: bool,
+        comm: &mut impl Comm,
+    ) {
         if let Some((i, e)) = specs
             .iter()
             .enumerate()
@@ -153,13 +163,30 @@ impl Shard {
             let id = self.create(spec, None, comm);
             ids.push(id);
         }
+        let waiting = if wait { ids.clone() } else { Vec::new() };
+        let open = !waiting.is_empty();
         self.reply_to(
             origin,
             req,
             Reply::Msg(FromServer::Submitted { ids }),
-            true,
+            !open,
             comm,
         );
+        if open {
+            // Counted before any answer: a job already final (an idempotent resubmit) is
+            // answered at once and counts down like the others.
+            self.wait_groups.insert((origin, req), waiting.len());
+            for id in waiting {
+                match self.jobs.get_mut(&id) {
+                    Some(j) if !j.rec.state.is_final() => j.waiters.push((origin, req)),
+                    Some(j) => {
+                        let reply = job_reply(&j.rec);
+                        self.answer_waiter(origin, req, reply, comm);
+                    }
+                    None => self.answer_waiter(origin, req, not_found(id), comm),
+                }
+            }
+        }
         self.schedule(comm);
     }
 
@@ -248,7 +275,8 @@ impl Shard {
     ) {
         self.now = now;
         match body {
-            ToServer::Submit { specs } => self.submit(origin, req, specs, comm),
+            ToServer::Submit { specs } => self.submit(origin, req, specs, false, comm),
+            ToServer::SubmitWait { specs } => self.submit(origin, req, specs, true, comm),
             ToServer::ListJobs { state } => {
                 let jobs = self
                     .jobs
@@ -432,11 +460,27 @@ impl Shard {
         let followers = std::mem::take(&mut job.followers);
         let reply = job_reply(&job.rec);
         for (origin, req) in waiters {
-            self.reply_to(origin, req, reply.clone(), true, comm);
+            self.answer_waiter(origin, req, reply.clone(), comm);
         }
         for (origin, req) in followers {
             self.reply_to(origin, req, Reply::Msg(FromServer::LogEnd), true, comm);
         }
+    }
+
+    /// Answers one waiter: a `Wait` ends with its job; a wait group (`SubmitWait`) with the
+    /// last of its jobs.
+    fn answer_waiter(&mut self, origin: usize, req: ReqId, reply: Reply, comm: &mut impl Comm) {
+        let last = match self.wait_groups.get_mut(&(origin, req)) {
+            None => true,
+            Some(left) => {
+                *left = left.saturating_sub(1);
+                *left == 0
+            }
+        };
+        if last {
+            self.wait_groups.remove(&(origin, req));
+        }
+        self.reply_to(origin, req, reply, last, comm);
     }
 
     /// Sends to an agent through the shard that owns its worker.

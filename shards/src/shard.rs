@@ -157,6 +157,9 @@ pub struct Shard {
     pub(crate) event_followers: Vec<(usize, ReqId, Option<JobId>)>,
     /// Event reads fanned out from here: shards that have not ended their part yet.
     pub(crate) event_streams: HashMap<ReqId, usize>,
+    /// `SubmitWait` requests (client shard, request) still open: how many of their jobs are
+    /// not final yet.
+    pub(crate) wait_groups: HashMap<(usize, ReqId), usize>,
     /// Idempotency keys this shard owns (see `lifecycle::key_shard`).
     /// (A BTreeMap: the keys are user strings, which must not be able to choose hash collisions.)
     pub(crate) idem: std::collections::BTreeMap<String, JobId>,
@@ -204,6 +207,7 @@ impl Shard {
             event_seq,
             event_followers: Vec::new(),
             event_streams: HashMap::default(),
+            wait_groups: HashMap::default(),
             idem: std::collections::BTreeMap::new(),
         };
         let jobs = jobs.into_iter();

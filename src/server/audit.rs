@@ -40,7 +40,7 @@ impl ShardAudit {
     /// A mutating client call, before its effects.
     pub fn call(&mut self, at_ms: u64, actor: &str, body: &ToServer) {
         let (action, subject, detail) = match body {
-            ToServer::Submit { specs } => (
+            ToServer::Submit { specs } | ToServer::SubmitWait { specs } => (
                 "call.submit",
                 String::new(),
                 format!("{} job(s)", specs.len()),
@@ -55,10 +55,12 @@ impl ShardAudit {
             _ => return,
         };
         let cid = match body {
-            ToServer::Submit { specs } if specs.len() == 1 => specs
-                .first()
-                .map(|s| s.policy.correlation_id.clone())
-                .unwrap_or_default(),
+            ToServer::Submit { specs } | ToServer::SubmitWait { specs } if specs.len() == 1 => {
+                specs
+                    .first()
+                    .map(|s| s.policy.correlation_id.clone())
+                    .unwrap_or_default()
+            }
             _ => String::new(),
         };
         let r = self

@@ -490,7 +490,7 @@ async fn gate(
     let sees_all = caller.role.sees_all_jobs();
     let is_logs = matches!(body, ToServer::Logs { .. });
     match body {
-        ToServer::Submit { specs } => {
+        ToServer::Submit { specs } | ToServer::SubmitWait { specs } => {
             for spec in specs.iter_mut() {
                 spec.owner.clone_from(&caller.name);
                 if let Some(name) = control.missing_secret(&spec.secrets) {

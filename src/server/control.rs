@@ -76,7 +76,7 @@ impl Caller {
 #[must_use]
 pub const fn permission_for(body: &ToServer) -> Permission {
     match body {
-        ToServer::Submit { .. } => Permission::Submit,
+        ToServer::Submit { .. } | ToServer::SubmitWait { .. } => Permission::Submit,
         ToServer::GetJob { .. }
         | ToServer::ListJobs { .. }
         | ToServer::Logs { .. }

@@ -175,6 +175,21 @@ impl Server {
             .unwrap()
     }
 
+    /// Starts the CLI without waiting for it (killed on drop); its output is discarded.
+    pub fn spawn_cli(&self, args: &[&str]) -> Proc {
+        Proc(
+            Command::new(HODEI)
+                .args(args)
+                .env("HODEI_SERVER", &self.addr)
+                .env("HODEI_CA", self.ca())
+                .env("RUST_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// Runs the CLI, asserting success; returns stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

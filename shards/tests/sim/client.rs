@@ -16,7 +16,14 @@ use crate::world::{Ev, Sim};
 
 #[derive(Debug)]
 pub enum Req {
-    Submit { n: usize, key: Option<String> },
+    /// `wait`: a `SubmitWait`, answered after `Submitted` with each job's final record
+    /// (`answered` so far) and ended with the last.
+    Submit {
+        n: usize,
+        key: Option<String>,
+        wait: bool,
+        answered: BTreeSet<JobId>,
+    },
     Cancel,
     Wait,
     Drain,
@@ -49,6 +56,28 @@ impl Clients {
     /// Requests in flight die with the server: the clients see errors.
     pub fn server_restarted(&mut self) {
         self.pending.clear();
+    }
+
+    /// `SubmitWait`s still open (at the end of a run, when every job is final, none may be).
+    pub fn open_submit_waits(&self) -> Vec<String> {
+        let mut open: Vec<String> = self
+            .pending
+            .iter()
+            .filter_map(|(req, r)| match r {
+                Req::Submit {
+                    n,
+                    wait: true,
+                    answered,
+                    ..
+                } => Some(format!(
+                    "submit-wait {req:?} of {n} jobs still open, {} answered",
+                    answered.len()
+                )),
+                _ => None,
+            })
+            .collect();
+        open.sort();
+        open
     }
 }
 
@@ -160,7 +189,24 @@ impl Sim {
         self.clients.scheduled -= 1;
         let key = specs.first().and_then(|s| s.policy.idempotency_key.clone());
         let n = specs.len();
-        self.request(shard, ToServer::Submit { specs }, Req::Submit { n, key });
+        // A third of the submits wait for their jobs on the same request.
+        let wait = self.rng.gen_ratio(1, 3);
+        let body = if wait {
+            ToServer::SubmitWait { specs }
+        } else {
+            ToServer::Submit { specs }
+        };
+        let answered = BTreeSet::new();
+        self.request(
+            shard,
+            body,
+            Req::Submit {
+                n,
+                key,
+                wait,
+                answered,
+            },
+        );
     }
 
     fn random_acked(&mut self) -> Option<JobId> {
@@ -200,7 +246,12 @@ impl Sim {
         self.request(
             shard,
             ToServer::Retry { job },
-            Req::Submit { n: 1, key: None },
+            Req::Submit {
+                n: 1,
+                key: None,
+                wait: false,
+                answered: BTreeSet::new(),
+            },
         );
     }
 
@@ -213,11 +264,40 @@ impl Sim {
 
     /// A reply leaves the server (after its turn's commit).
     pub fn client_reply(&mut self, req: ReqId, reply: Reply, last: bool) {
-        let Some(r) = self.clients.pending.remove(&req) else {
+        let Some(mut r) = self.clients.pending.remove(&req) else {
             return;
         };
-        match (&r, reply) {
-            (Req::Submit { n, key }, Reply::Msg(FromServer::Submitted { ids })) => {
+        match (&mut r, reply) {
+            (
+                Req::Submit {
+                    wait: true,
+                    n,
+                    answered,
+                    ..
+                },
+                Reply::Msg(FromServer::Job(rec)),
+            ) => {
+                if !rec.state.is_final() {
+                    let msg = format!("submit-wait answered {} with {}", rec.id, rec.state);
+                    self.violation(msg);
+                }
+                if !self.clients.acked.contains(&rec.id) || !answered.insert(rec.id) {
+                    let msg = format!("submit-wait answered {} twice or unasked", rec.id);
+                    self.violation(msg);
+                }
+                if last != (answered.len() == *n) {
+                    let msg = format!(
+                        "submit-wait of {n} jobs: last = {last} after {} answers",
+                        answered.len()
+                    );
+                    self.violation(msg);
+                }
+                self.clients.waited.push(*rec);
+            }
+            (Req::Submit { n, key, wait, .. }, Reply::Msg(FromServer::Submitted { ids })) => {
+                if *wait && last && *n > 0 {
+                    self.violation(format!("submit-wait {req:?} ended at its acknowledgement"));
+                }
                 if ids.len() != *n {
                     let msg = format!("submit of {n} jobs answered with {} ids", ids.len());
                     self.violation(msg);

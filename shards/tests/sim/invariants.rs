@@ -359,6 +359,7 @@ impl Sim {
                 )),
             }
         }
+        v.extend(self.clients.open_submit_waits());
         v.extend(self.check_worker_events());
         v.extend(self.check_conservation_at_end());
         v
