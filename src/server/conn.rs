@@ -412,8 +412,14 @@ async fn client_stream(
         let _ = w.send(&internal("the server is shutting down")).await;
         return;
     }
+    // A reply taken from the channel while batching, to be handled next.
+    let mut carried = None;
     loop {
-        let Some((reply, last)) = rrx.recv().await else {
+        let next = match carried.take() {
+            Some(r) => Some(r),
+            None => rrx.recv().await,
+        };
+        let Some((reply, mut last)) = next else {
             let _ = w.send(&internal("the server is shutting down")).await;
             break;
         };
@@ -438,7 +444,25 @@ async fn client_stream(
                 let tail = redact.apply(Vec::new(), true);
                 send_logs(&mut w, tail).await && w.send(&FromServer::LogEnd).await.is_ok()
             }
-            Reply::Msg(m) => w.send(&m).await.is_ok(),
+            Reply::Msg(m) => {
+                // Plain answers already queued (a `SubmitWait`'s jobs ending together) go out
+                // in one write.
+                let mut ok = w.push(&m).is_ok();
+                while ok && !last && w.pending_bytes() < BATCH_BYTES {
+                    match rrx.try_recv() {
+                        Ok((Reply::Msg(m), l)) if is_plain(&m) => {
+                            ok = w.push(&m).is_ok();
+                            last = l;
+                        }
+                        Ok(other) => {
+                            carried = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                ok && w.flush().await.is_ok()
+            }
             Reply::StoredEvents {
                 shard,
                 after,
@@ -476,6 +500,17 @@ async fn client_stream(
         }
     }
     let _ = w.finish();
+}
+
+/// At most this many bytes of queued answers are gathered into one write.
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// An answer sent as it is (no filtering, redaction or store read on the way).
+const fn is_plain(m: &FromServer) -> bool {
+    !matches!(
+        m,
+        FromServer::Jobs(_) | FromServer::Log(_) | FromServer::LogEnd
+    )
 }
 
 /// Checks a request against its caller before it reaches a shard: a submitter may only

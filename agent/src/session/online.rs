@@ -21,6 +21,9 @@ use crate::runner::{self, RunEvent};
 /// How long the last messages and the `Goodbye` get to reach the server before the close.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);
 
+/// At most this many bytes of reports are gathered into one write.
+const BATCH_BYTES: usize = 256 * 1024;
+
 fn lost(e: TransportError) -> End {
     End::Lost(e.to_string())
 }
@@ -96,13 +99,32 @@ impl Agent {
                     Ok(None) => Err(End::Lost("server closed the stream".into())),
                     Err(e) => Err(lost(e)),
                 },
-                Some(ev) = events_rx.recv() => match self.record(ev) {
+                Some(ev) = events_rx.recv() => {
+                    // What the runners already reported goes out in one write (up to
+                    // BATCH_BYTES): fewer stream writes and packets when jobs are short.
                     // Awaiting the write is the backpressure: a slow server stalls this
                     // loop, the bounded event channel fills, and runners stop reading their
                     // pipes.
-                    Some(msg) => w.send(&msg).await.map_err(lost),
-                    None => Ok(()),
-                },
+                    let mut next = Some(ev);
+                    let mut pushed = Ok(());
+                    while let Some(ev) = next {
+                        if let Some(msg) = self.record(ev) {
+                            pushed = w.push(&msg).map_err(lost);
+                            if pushed.is_err() {
+                                break;
+                            }
+                        }
+                        next = if w.pending_bytes() < BATCH_BYTES {
+                            events_rx.try_recv().ok()
+                        } else {
+                            None
+                        };
+                    }
+                    match pushed {
+                        Ok(()) => w.flush().await.map_err(lost),
+                        Err(e) => Err(e),
+                    }
+                }
                 _ = heartbeat.tick() => {
                     let running = u32::try_from(self.running()).unwrap_or(u32::MAX);
                     let load = crate::resources::load();
