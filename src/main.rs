@@ -21,14 +21,6 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
-/// mimalloc instead of glibc's malloc: the shard threads allocate per message and the commit
-/// threads free what the shards allocated, a pattern on which glibc spent about a quarter of
-/// a shard's CPU (`_int_malloc`, `unlink_chunk`, `malloc_consolidate` under `perf`; see
-/// `tuning/README.md`). Version 2 (the `v2` feature): v3 returns freed memory to the OS only
-/// after 1 s, and held 972 MiB with a million queued jobs where v2 and glibc hold ~870.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "hodei",
