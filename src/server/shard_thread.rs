@@ -25,6 +25,9 @@ use super::audit::ShardAudit;
 use super::control::Control;
 use super::store::Store;
 
+/// A commit this slow is logged (with its size).
+const SLOW_COMMIT: Duration = Duration::from_millis(50);
+
 /// Inputs of a shard's loop, from its own tasks and from other shards.
 #[derive(Debug)]
 pub enum Input {
@@ -289,7 +292,19 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         let store = store.clone();
         in_flight = Some(InFlight {
             commit: tokio::task::spawn_blocking(move || {
+                let t = std::time::Instant::now();
                 let r = store.commit(&ops, &records);
+                // Everything the batch answers waits for this: a slow disk shows here first.
+                let took = t.elapsed();
+                if took >= SLOW_COMMIT {
+                    warn!(
+                        shard = index,
+                        ms = took.as_millis(),
+                        ops = ops.len(),
+                        audit = records.len(),
+                        "slow store commit"
+                    );
+                }
                 (ops, r)
             }),
             msgs,
