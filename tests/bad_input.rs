@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{HODEI, Scratch, Server, wait_for};
+use common::{HODEI, Scratch, Server, block_on, wait_for};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -143,13 +143,8 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
     for i in 0..200u8 {
         udp.send_to(&[i; 1200], addr).unwrap();
     }
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let identity = server.join_identity();
-    rt.block_on(async {
-        let opts = hodei_transport::TransportOptions::default();
+    block_on(async {
         for (alpn, payload) in [
             (
                 hodei_core::wire::ALPN_AGENT,
@@ -163,8 +158,7 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
         ] {
             // Agents present their certificate (mTLS), so their garbage reaches the decoder.
             let id = (alpn == hodei_core::wire::ALPN_AGENT).then_some(&identity);
-            let cfg = hodei_transport::client_config_with(&server.ca(), alpn, &opts, id).unwrap();
-            let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
+            let (ep, addr) = server.endpoint(alpn, id);
             let conn = hodei_transport::connect(&ep, addr).await.unwrap();
             let (mut send, _recv) = conn.open_bi().await.unwrap();
             send.write_all(&payload).await.unwrap();
@@ -233,17 +227,8 @@ fn damaged_store_journal_is_refused_and_left_intact() {
 fn floods_from_one_source_are_bounded() {
     let scratch = Scratch::new("flood");
     let server = Server::start_with(&scratch, 1, &["--max-conns-per-ip", "6"]);
-    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let opts = hodei_transport::TransportOptions::default();
-        let cfg =
-            hodei_transport::client_config(&server.ca(), hodei_core::wire::ALPN_CLIENT, &opts)
-                .unwrap();
-        let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
+    block_on(async {
+        let (ep, addr) = server.endpoint(hodei_core::wire::ALPN_CLIENT, None);
         // Connect until refused; each connection opens streams that announce a frame and
         // never finish it. (The CLI's last connections may still count towards the 6.)
         let mut held = Vec::new();

@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{HODEI, Scratch, Server, wait_for};
+use common::{HODEI, Scratch, Server, block_on, wait_for};
 
 /// Runs the CLI with an explicit token (and no admin.token fallback: HODEI_CA points at the
 /// real CA, but `--token` wins).
@@ -382,19 +382,8 @@ fn agents_join_with_mtls_and_refusals_are_explained() {
 
     // A QUIC client speaking the agent protocol without a certificate is cut off, and the
     // server log says why.
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let addr: std::net::SocketAddr = s.addr.parse().unwrap();
-        let cfg = hodei_transport::client_config(
-            &s.ca(),
-            hodei_core::wire::ALPN_AGENT,
-            &hodei_transport::TransportOptions::default(),
-        )
-        .unwrap();
-        let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
+    block_on(async {
+        let (ep, addr) = s.endpoint(hodei_core::wire::ALPN_AGENT, None);
         let conn = hodei_transport::connect(&ep, addr).await.unwrap();
         tokio::time::timeout(Duration::from_secs(10), conn.closed())
             .await
@@ -496,16 +485,8 @@ fn a_certificate_cannot_claim_another_agents_worker() {
     s.wait_workers(1);
     let victim = Server::worker_of(&scratch, "a");
     let mallory = s.join_identity();
-    let addr: std::net::SocketAddr = s.addr.parse().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let opts = hodei_transport::TransportOptions::default();
-        let cfg = hodei_transport::client_config_with(&s.ca(), ALPN_AGENT, &opts, Some(&mallory))
-            .unwrap();
-        let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
+    block_on(async {
+        let (ep, addr) = s.endpoint(ALPN_AGENT, Some(&mallory));
         let conn = hodei_transport::connect(&ep, addr).await.unwrap();
         let (send, _recv) = conn.open_bi().await.unwrap();
         let mut w = hodei_transport::FrameWriter::new(send);

@@ -14,7 +14,9 @@ use hodei_core::wire::{Chunk, Stream};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{DEADLINE, check_events, collect, options, scratch, stream_bytes};
+use common::{
+    DEADLINE, assert_spawn_failed, check_events, collect, options, scratch, stream_bytes,
+};
 
 fn check(kinds: &[RunEventKind]) -> (Outcome, Vec<Chunk>) {
     check_events(kinds, true)
@@ -277,16 +279,7 @@ async fn uncreatable_workdir_fails_to_spawn() {
     let mut spec = JobSpec::exec("true", &[]);
     spec.workdir = Some(file.join("sub").to_str().unwrap().to_owned());
     let kinds = run(&opts, job(11), spec).await;
-    assert!(
-        matches!(
-            kinds.as_slice(),
-            [RunEventKind::Finished {
-                outcome: Outcome::SpawnFailed(_),
-                ..
-            }]
-        ),
-        "{kinds:?}"
-    );
+    assert_spawn_failed(&kinds);
 }
 
 #[tokio::test]

@@ -19,7 +19,9 @@ use hodei_core::wire::{Chunk, SecretValue, Stream};
 use tokio::sync::mpsc;
 
 mod common;
-use common::{DEADLINE, check_events, collect, options, scratch, stream_bytes};
+use common::{
+    DEADLINE, assert_spawn_failed, check_events, collect, options, scratch, stream_bytes,
+};
 
 fn check(kinds: &[RunEventKind]) -> (Outcome, Vec<Chunk>) {
     check_events(kinds, false)
@@ -279,16 +281,7 @@ async fn spawn_failure_removes_the_secrets_dir() {
     }]);
     let (_h, mut rx) = start(&opts, job(20), (spec, secrets));
     let kinds = collect(&mut rx).await;
-    assert!(
-        matches!(
-            kinds.as_slice(),
-            [RunEventKind::Finished {
-                outcome: Outcome::SpawnFailed(_),
-                ..
-            }]
-        ),
-        "{kinds:?}"
-    );
+    assert_spawn_failed(&kinds);
     // A directory still there would be found (and removed) as a leftover.
     assert_eq!(clean_leftover_secrets(&opts), 0);
 }

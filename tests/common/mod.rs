@@ -33,6 +33,15 @@ impl Drop for Scratch {
 }
 
 /// Waits until `f` returns Some, or panics with `what` after `timeout`.
+/// Runs `f` on a current-thread runtime: raw QUIC tests drive their own connections.
+pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -206,20 +215,26 @@ impl Server {
         serde_json::from_str(&self.ok(args)).unwrap()
     }
 
+    /// A raw QUIC client endpoint that trusts this server's CA, speaking `alpn` and
+    /// presenting `identity` if given, and the server's address (call inside [`block_on`]).
+    pub fn endpoint(
+        &self,
+        alpn: &[u8],
+        identity: Option<&hodei_transport::ClientIdentity>,
+    ) -> (quinn::Endpoint, std::net::SocketAddr) {
+        let addr: std::net::SocketAddr = self.addr.parse().unwrap();
+        let opts = hodei_transport::TransportOptions::default();
+        let cfg = hodei_transport::client_config_with(&self.ca(), alpn, &opts, identity).unwrap();
+        (hodei_transport::client_endpoint(addr, cfg).unwrap(), addr)
+    }
+
     /// Joins as an agent from the test itself (for raw QUIC tests): the client identity.
     pub fn join_identity(&self) -> hodei_transport::ClientIdentity {
         use hodei_core::wire::{ALPN_CLIENT, FromServer, Request, ToServer};
         let token = self.join_token();
-        let addr: std::net::SocketAddr = self.addr.parse().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
+        block_on(async {
             let (key_pem, public_key) = hodei_transport::new_agent_key().unwrap();
-            let opts = hodei_transport::TransportOptions::default();
-            let cfg = hodei_transport::client_config(&self.ca(), ALPN_CLIENT, &opts).unwrap();
-            let ep = hodei_transport::client_endpoint(addr, cfg).unwrap();
+            let (ep, addr) = self.endpoint(ALPN_CLIENT, None);
             let conn = hodei_transport::connect(&ep, addr).await.unwrap();
             let (send, recv) = conn.open_bi().await.unwrap();
             let mut w = hodei_transport::FrameWriter::new(send);

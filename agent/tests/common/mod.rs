@@ -108,3 +108,17 @@ pub fn check_events(kinds: &[RunEventKind], non_empty_batches: bool) -> (Outcome
     };
     (outcome.clone(), chunks)
 }
+
+/// The attempt ended before anything ran: its only event is `Finished` with `SpawnFailed`.
+pub fn assert_spawn_failed(kinds: &[RunEventKind]) {
+    assert!(
+        matches!(
+            kinds,
+            [RunEventKind::Finished {
+                outcome: Outcome::SpawnFailed(_),
+                ..
+            }]
+        ),
+        "{kinds:?}"
+    );
+}
