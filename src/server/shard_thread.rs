@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::UdpSocket;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -118,7 +119,10 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     }
 
     let mut writers: HashMap<ConnId, UnboundedSender<AgentOut>> = HashMap::new();
-    let mut agents: HashMap<ConnId, String> = HashMap::new();
+    // Who each agent connection is, for the audit log: shared, so that naming the actor of
+    // each message (heartbeats included) costs no allocation.
+    let mut agents: HashMap<ConnId, Rc<str>> = HashMap::new();
+    let server_actor: Rc<str> = Rc::from("server");
     let mut clients: HashMap<ReqId, UnboundedSender<(Reply, bool)>> = HashMap::new();
     let mut fx = Effects::default();
     let mut gone = Vec::new();
@@ -225,19 +229,19 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             let actor = match &input {
                 Input::AgentOpen(conn, who, w) => {
                     writers.insert(*conn, w.clone());
-                    agents.insert(*conn, who.clone());
+                    agents.insert(*conn, Rc::from(who.as_str()));
                     continue;
                 }
                 Input::Agent(conn, _) | Input::AgentClosed(conn) => agents
                     .get(conn)
-                    .map_or_else(|| "agent".to_owned(), Clone::clone),
+                    .map_or_else(|| Rc::from("agent"), Rc::clone),
                 Input::Client(_, body, who, _) => {
                     audit.call(now / 1000, who, body);
-                    who.clone()
+                    Rc::from(who.as_str())
                 }
                 Input::Revoke(identity) => {
                     for (conn, who) in &agents {
-                        if who == identity
+                        if **who == **identity
                             && let Some(w) = writers.get(conn)
                         {
                             let _ = w.send(AgentOut::Close);
@@ -245,7 +249,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     }
                     continue;
                 }
-                Input::Shard(_) | Input::Shutdown => "server".to_owned(),
+                Input::Shard(_) | Input::Shutdown => Rc::clone(&server_actor),
             };
             match input {
                 Input::AgentOpen(..) | Input::Revoke(_) => {}
