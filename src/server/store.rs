@@ -168,6 +168,12 @@ const MEMTABLE_BYTES: u64 = 16 << 20;
 /// Journal bound (fjall's minimum is 64 MiB).
 const JOURNAL_BYTES: u64 = 64 << 20;
 
+/// fjall's background threads (flush and compaction). Its default is one per core, up to
+/// 4; with more than one, worker 0 hands every compaction to the others by re-queueing the
+/// message and taking the next one, so while worker 1 compacts, worker 0 spins on the same
+/// message (fjall 3.1 `worker_pool.rs`; measured under `perf` at a quarter of a core).
+const FJALL_WORKERS: usize = 1;
+
 /// A journal's bytes up to its last non-zero byte (journals are preallocated with zeros).
 struct JournalCopy {
     path: PathBuf,
@@ -266,6 +272,7 @@ impl Store {
         // sooner, so a restart after a crash replays less: measured with 1M jobs.
         let db = Database::builder(&path)
             .max_journaling_size(JOURNAL_BYTES)
+            .worker_threads(FJALL_WORKERS)
             .open()
             .with_context(|| {
                 format!(
