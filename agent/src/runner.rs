@@ -29,6 +29,7 @@ mod process;
 mod pump;
 mod secrets;
 mod spool;
+mod workdirs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -44,6 +45,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
 pub use spool::read_spool;
+pub use workdirs::Workdirs;
 
 /// How the runner runs jobs; shared by every attempt of an agent.
 #[derive(Clone, Debug)]
@@ -58,6 +60,8 @@ pub struct RunnerOptions {
     pub work_root: PathBuf,
     /// Time between SIGTERM and SIGKILL when killing a group on a timeout or cancel (default 2 s).
     pub kill_grace: Duration,
+    /// Recycled default working directories (shared by clones of these options).
+    pub workdirs: Arc<Workdirs>,
 }
 
 impl Default for RunnerOptions {
@@ -68,6 +72,7 @@ impl Default for RunnerOptions {
             noop: false,
             work_root: std::env::temp_dir().join("hodei-agent"),
             kill_grace: Duration::from_secs(2),
+            workdirs: Arc::default(),
         }
     }
 }
@@ -214,9 +219,9 @@ pub fn forget(opts: &RunnerOptions, job: JobId, attempt: Attempt) {
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove job file"),
         }
     }
-    // remove_dir only removes an empty directory; anything else (absent, non-empty, a
-    // workdir of the spec's own) is left alone on purpose.
-    let _ = std::fs::remove_dir(opts.default_workdir(job, attempt));
+    // Only an empty directory is recycled; anything else (absent, non-empty, a workdir of
+    // the spec's own) is left alone on purpose.
+    opts.workdirs.release(&opts.default_workdir(job, attempt));
 }
 
 /// Where an attempt's events go. Once the receiver is gone the job keeps running and its

@@ -196,7 +196,9 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         batch_interval: args.output_batch_interval,
         ..RunnerOptions::default()
     });
-    // A crashed agent left its jobs' secrets directories behind; no job of ours runs yet.
+    // A crashed agent left its jobs' secrets directories and spare workdirs behind; no job
+    // of ours runs yet.
+    crate::runner::Workdirs::clean_leftovers(&opts.work_root.join("jobs"));
     let stale = crate::runner::clean_leftover_secrets(&opts);
     if stale > 0 {
         info!(stale, "removed secrets directories left by an earlier run");

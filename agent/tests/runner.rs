@@ -175,6 +175,57 @@ async fn default_workdir_is_created_and_forgotten() {
     assert!(!expected.exists(), "an empty default workdir is removed");
 }
 
+/// An emptied default workdir is recycled for the next attempt (renamed, not removed and
+/// made again), and comes back empty; a workdir the job left files in is kept.
+#[tokio::test]
+async fn default_workdirs_are_recycled_empty_and_kept_when_used() {
+    let root = scratch("recycled-workdir");
+    let opts = options(&root);
+    let jobs_dir = opts.work_root.join("jobs");
+    let spares = || -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&jobs_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        names.sort();
+        names
+    };
+    // The first attempt leaves its directory empty: it becomes a spare.
+    let (outcome, _) = check(&run(&opts, job(40), JobSpec::exec("true", &[])).await);
+    assert_eq!(outcome, Outcome::Exited(0));
+    forget(&opts, job(40), Attempt(1));
+    let first = jobs_dir.join(format!("{}-1", job(40)));
+    assert!(!first.exists());
+    assert_eq!(spares().len(), 1, "the emptied directory is kept as a spare");
+    // The next attempt gets the spare, empty, under its own name, and leaves a file in it.
+    let (outcome, chunks) = check(
+        &run(
+            &opts,
+            job(41),
+            script("pwd -P; ls -A | wc -l; echo kept > mine.txt"),
+        )
+        .await,
+    );
+    assert_eq!(outcome, Outcome::Exited(0));
+    let second = jobs_dir.join(format!("{}-1", job(41))).canonicalize().unwrap();
+    assert_eq!(
+        stream_bytes(&chunks, Stream::Stdout),
+        format!("{}\n0\n", second.display())
+    );
+    assert!(spares().is_empty(), "the spare was used: {:?}", spares());
+    forget(&opts, job(41), Attempt(1));
+    assert_eq!(
+        std::fs::read_to_string(second.join("mine.txt")).unwrap(),
+        "kept\n",
+        "a workdir holding files is left alone"
+    );
+    assert!(spares().is_empty());
+    // With no spare left, a directory is made.
+    let (outcome, _) = check(&run(&opts, job(42), JobSpec::exec("true", &[])).await);
+    assert_eq!(outcome, Outcome::Exited(0));
+}
+
 #[tokio::test]
 async fn timeout_kills_the_whole_group() {
     let root = scratch("timeout");

@@ -37,12 +37,19 @@ pub(super) fn spawn(
     attempt: Attempt,
     delivery: &Delivery,
 ) -> Result<Child, String> {
-    let workdir = match &spec.workdir {
-        Some(dir) => PathBuf::from(dir),
-        None => opts.default_workdir(job, attempt),
+    let (workdir, made) = match &spec.workdir {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            let made = std::fs::create_dir_all(&dir);
+            (dir, made)
+        }
+        None => {
+            let dir = opts.default_workdir(job, attempt);
+            let made = opts.workdirs.acquire(&dir);
+            (dir, made)
+        }
     };
-    std::fs::create_dir_all(&workdir)
-        .map_err(|e| format!("cannot create working directory {}: {e}", workdir.display()))?;
+    made.map_err(|e| format!("cannot create working directory {}: {e}", workdir.display()))?;
     let (mut cmd, program) = match &spec.command {
         Command::Exec { program, args } => {
             let mut cmd = tokio::process::Command::new(program);
