@@ -197,7 +197,11 @@ async fn default_workdirs_are_recycled_empty_and_kept_when_used() {
     forget(&opts, job(40), Attempt(1));
     let first = jobs_dir.join(format!("{}-1", job(40)));
     assert!(!first.exists());
-    assert_eq!(spares().len(), 1, "the emptied directory is kept as a spare");
+    assert_eq!(
+        spares().len(),
+        1,
+        "the emptied directory is kept as a spare"
+    );
     // The next attempt gets the spare, empty, under its own name, and leaves a file in it.
     let (outcome, chunks) = check(
         &run(
@@ -208,7 +212,10 @@ async fn default_workdirs_are_recycled_empty_and_kept_when_used() {
         .await,
     );
     assert_eq!(outcome, Outcome::Exited(0));
-    let second = jobs_dir.join(format!("{}-1", job(41))).canonicalize().unwrap();
+    let second = jobs_dir
+        .join(format!("{}-1", job(41)))
+        .canonicalize()
+        .unwrap();
     assert_eq!(
         stream_bytes(&chunks, Stream::Stdout),
         format!("{}\n0\n", second.display())
