@@ -277,3 +277,33 @@ fn events_follow_streams_live_and_resumes_after_a_server_restart() {
     assert_eq!(unique.len(), cursors.len(), "{text}");
     assert!(follow.0.try_wait().unwrap().is_none(), "follow exited");
 }
+
+/// `hodei agent --prefetch`: the agent takes an assignment beyond its slots and queues it.
+/// The queued job starts only when the running one has ended (the slot is honoured), and it
+/// is not failed for missing the server's assign timeout while it waits: the agent told the
+/// server it accepted it.
+#[test]
+fn prefetched_jobs_wait_on_the_agent_past_the_assign_timeout() {
+    let scratch = Scratch::new("prefetch");
+    let server = Server::start_with(&scratch, 1, &["--assign-timeout", "1s"]);
+    let _a = server.agent(&scratch, "a", 1, &["--prefetch", "1"]);
+    server.wait_workers(1);
+    let long = server.submit(&["--", "sleep", "2.5"]);
+    server.wait_job(&long, "the long job to run", |j| j["state"] == "running");
+    let queued = server.submit(&["--", "true"]);
+    // Assigned at once (prefetch), then waits on the agent well past the 1 s assign timeout.
+    let q = server.wait_job(&queued, "the second job to end", |j| {
+        j["state"] != "pending" && j["state"] != "assigned" && j["state"] != "running"
+    });
+    assert_eq!(q["state"], "succeeded", "{q}");
+    assert_eq!(q["attempts"], 1, "no second attempt: {q}");
+    let l = server.job(&long);
+    assert_eq!(l["state"], "succeeded", "{l}");
+    let long_start = l["started_at_us"].as_u64().unwrap();
+    let queued_start = q["started_at_us"].as_u64().unwrap();
+    assert!(
+        queued_start >= long_start + 2_500_000,
+        "one slot: the queued job started {} µs after the long one",
+        queued_start.saturating_sub(long_start)
+    );
+}

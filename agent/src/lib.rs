@@ -38,6 +38,11 @@ pub struct AgentArgs {
     /// Concurrent jobs (default: one per CPU).
     #[arg(long)]
     pub slots: Option<u32>,
+    /// Assignments taken beyond `--slots`, queued here until a slot frees: the next job
+    /// starts without waiting for the server's round trip. For many short jobs; a job
+    /// queued behind a long one waits for it, while another agent might be idle.
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u32,
     /// Label offered to jobs, `key=value` (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,

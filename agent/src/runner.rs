@@ -41,7 +41,7 @@ use hodei_core::job::Outcome;
 use hodei_core::spec::JobSpec;
 use hodei_core::time::{Micros, wall_now};
 use hodei_core::wire::Chunk;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
 pub use spool::read_spool;
@@ -62,6 +62,9 @@ pub struct RunnerOptions {
     pub kill_grace: Duration,
     /// Recycled default working directories (shared by clones of these options).
     pub workdirs: Arc<Workdirs>,
+    /// With prefetch: a permit per slot, taken before the spawn. An attempt that finds none
+    /// free reports [`RunEventKind::Queued`] and waits. `None`: every attempt runs at once.
+    pub slots: Option<Arc<Semaphore>>,
 }
 
 impl Default for RunnerOptions {
@@ -73,6 +76,7 @@ impl Default for RunnerOptions {
             work_root: std::env::temp_dir().join("hodei-agent"),
             kill_grace: Duration::from_secs(2),
             workdirs: Arc::default(),
+            slots: None,
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct RunEvent {
 /// before the spawn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunEventKind {
+    /// Every slot is taken: the attempt waits for one (only with prefetch; before `Started`).
+    Queued,
     /// The process was spawned (agent clock at spawn).
     Started {
         /// Agent clock at spawn.
@@ -267,6 +273,20 @@ async fn run(
         sink.send(done).await;
         return;
     }
+    // Held until the attempt is over: the slot frees when `run` returns.
+    let _slot = match &opts.slots {
+        None => None,
+        Some(gate) => match Arc::clone(gate).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                sink.send(RunEventKind::Queued).await;
+                tokio::select! {
+                    permit = Arc::clone(gate).acquire_owned() => permit.ok(),
+                    () = cancel.fired() => None,
+                }
+            }
+        },
+    };
     if cancel.is_fired() {
         // Cancelled before anything ran: nothing to kill, nothing started.
         return end_unstarted(&mut sink, Outcome::Cancelled).await;

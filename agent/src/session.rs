@@ -43,7 +43,7 @@ use hodei_core::time::Micros;
 use hodei_core::wire::{ALPN_AGENT, Resources};
 use hodei_transport::TransportOptions;
 use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -190,6 +190,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let (cpus, memory) = crate::resources::detect();
     let slots = args.slots.unwrap_or(cpus).max(1);
     let opts = Arc::new(RunnerOptions {
+        // With prefetch the server may assign more than `slots`: the extra ones wait here.
+        slots: (args.prefetch > 0).then(|| Arc::new(Semaphore::new(slots as usize))),
         noop: args.noop,
         work_root,
         batch_bytes: args.output_batch_bytes.max(1),
@@ -207,7 +209,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut agent = Agent {
         opts,
         resources: Resources {
-            slots,
+            slots: slots.saturating_add(args.prefetch),
             cpus,
             memory,
             labels: args.labels.clone(),
@@ -231,7 +233,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     let mut backoff = Backoff::new();
     let mut target = server;
     let mut wait = Duration::ZERO;
-    info!(%server, slots, cpus, "hodei agent starting");
+    info!(%server, slots, prefetch = args.prefetch, cpus, "hodei agent starting");
     // Every way out of this loop is the end of a drain, when no job runs any more.
     loop {
         let pause = if agent.leaving() {

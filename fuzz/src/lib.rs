@@ -298,6 +298,13 @@ pub fn from_agent_samples() -> Vec<(&'static str, FromAgent)> {
         ("draining", FromAgent::Draining { timeout_ms: 30_000 }),
         ("goodbye", FromAgent::Goodbye),
         (
+            "accepted",
+            FromAgent::Accepted {
+                job,
+                attempt: Attempt(1),
+            },
+        ),
+        (
             "finished-exited",
             FromAgent::Finished {
                 job,

@@ -116,6 +116,8 @@ pub enum Report {
         /// Agent clock.
         at: Micros,
     },
+    /// The attempt waits on its agent for a slot (prefetch): no `Started` deadline.
+    Accepted,
     /// The agent (re)connected holding this attempt.
     Claim,
     /// The worker lost the attempt (agent lost, restarted, or refused the grant).

@@ -580,6 +580,11 @@ impl Shard {
                 }
             }
             Report::Started { at } => self.mark_running(id, at, comm),
+            Report::Accepted => {
+                if state == JobState::Assigned {
+                    self.accepted.insert((id, attempt));
+                }
+            }
             Report::Output { offset, chunks } => {
                 let len: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
                 let end = offset + len;

@@ -206,10 +206,13 @@ impl Shard {
 
     /// Timer: the agent did not acknowledge (start) an assignment in time.
     pub(crate) fn on_ack_due(&mut self, id: JobId, attempt: Attempt, comm: &mut impl Comm) {
+        // Accepted into the agent's prefetch queue: it starts when a slot there frees, and
+        // the worker's heartbeats and disconnect timers cover the agent meanwhile.
+        let accepted = self.accepted.remove(&(id, attempt));
         let Some(job) = self.jobs.get(&id) else {
             return;
         };
-        if job.rec.state != JobState::Assigned || job.rec.attempt != attempt {
+        if accepted || job.rec.state != JobState::Assigned || job.rec.attempt != attempt {
             return;
         }
         if let Some(w) = job.rec.worker {

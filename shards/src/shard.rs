@@ -160,6 +160,11 @@ pub struct Shard {
     /// `SubmitWait` requests (client shard, request) still open: how many of their jobs are
     /// not final yet.
     pub(crate) wait_groups: HashMap<(usize, ReqId), usize>,
+    /// Assignments their agent accepted into its prefetch queue: their `Ack` timer does not
+    /// fail them. Each entry goes when that timer fires (one per assignment), so the set
+    /// holds at most the assignments of the last assign timeout.
+    pub(crate) accepted:
+        std::collections::HashSet<(JobId, Attempt), BuildHasherDefault<DefaultHasher>>,
     /// Idempotency keys this shard owns (see `lifecycle::key_shard`).
     /// (A BTreeMap: the keys are user strings, which must not be able to choose hash collisions.)
     pub(crate) idem: std::collections::BTreeMap<String, JobId>,
@@ -208,6 +213,7 @@ impl Shard {
             event_followers: Vec::new(),
             event_streams: HashMap::default(),
             wait_groups: HashMap::default(),
+            accepted: Default::default(),
             idem: std::collections::BTreeMap::new(),
         };
         let jobs = jobs.into_iter();

@@ -47,6 +47,9 @@ impl Shard {
             FromAgent::Started { job, attempt, at } => {
                 self.report(wid, job, attempt, Report::Started { at }, comm)
             }
+            FromAgent::Accepted { job, attempt } => {
+                self.report(wid, job, attempt, Report::Accepted, comm)
+            }
             FromAgent::Output {
                 job,
                 attempt,

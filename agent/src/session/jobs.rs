@@ -110,6 +110,10 @@ impl Agent {
             return None;
         }
         match ev.kind {
+            RunEventKind::Queued => {
+                debug!(job = %job, cid = %h.cid, %attempt, "queued for a slot");
+                (!h.resuming).then_some(FromAgent::Accepted { job, attempt })
+            }
             RunEventKind::Started { at } => {
                 debug!(job = %job, cid = %h.cid, %attempt, "started");
                 h.started_at = Some(at);

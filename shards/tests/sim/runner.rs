@@ -87,6 +87,12 @@ impl Sim {
         } else {
             self.rng.gen_range(100..1_000)
         };
+        // A slow start is half the time a prefetched job waiting for a slot on its agent,
+        // which says so: the server must then wait for its Started past the assign timeout.
+        if slow && !past_drain && self.rng.gen_ratio(1, 2) {
+            self.count("accepted");
+            self.job_send(a, job, FromAgent::Accepted { job, attempt });
+        }
         self.at(
             if past_drain { 0 } else { spawn },
             Ev::JobStart {
