@@ -32,6 +32,9 @@ pub struct FleetArgs {
     /// Server shards.
     #[arg(long, default_value_t = 2)]
     pub shards: usize,
+    /// Assignments each agent queues beyond its slots (`hodei agent --prefetch`).
+    #[arg(long, default_value_t = 0)]
+    pub prefetch: u32,
 }
 
 pub struct Cluster {
@@ -49,6 +52,7 @@ impl Cluster {
         shards: usize,
         agents: usize,
         slots: u32,
+        prefetch: u32,
         noop: bool,
     ) -> Result<Self> {
         let dir = procs::temp_dir(if noop { "noop" } else { "true" })?;
@@ -91,6 +95,8 @@ impl Cluster {
                 &addr.to_string(),
                 "--slots",
                 &slots.to_string(),
+                "--prefetch",
+                &prefetch.to_string(),
                 "--ca",
             ])
             .arg(&ca)

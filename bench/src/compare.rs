@@ -144,7 +144,7 @@ fn remaining(deadline: Instant) -> Result<Duration> {
 // --- Hodei -------------------------------------------------------------------------------
 
 async fn run_hodei(args: &CompareArgs, deadline: Instant) -> Result<Side> {
-    let cluster = Cluster::start(&args.hodei, args.shards, args.workers, args.slots, false)
+    let cluster = Cluster::start(&args.hodei, args.shards, args.workers, args.slots, 0, false)
         .await
         .context("cannot start the Hodei cluster")?;
     let result = match cluster.client().await {

@@ -103,6 +103,7 @@ pub async fn dispatch(args: DispatchArgs) -> Result<()> {
             args.fleet.shards,
             args.fleet.agents,
             args.fleet.slots,
+            args.fleet.prefetch,
             mode == "noop",
         )
         .await?;
@@ -275,19 +276,20 @@ fn report(
     let params = json!({
         "jobs": fixed, "jobs_asked": args.jobs, "rate_per_s": args.rate, "burst": args.burst,
         "batch": args.batch, "inflight": args.inflight, "agents": args.fleet.agents,
-        "slots": args.fleet.slots, "shards": args.fleet.shards, "duration_s": args.duration.as_secs_f64(),
+        "slots": args.fleet.slots, "prefetch": args.fleet.prefetch, "shards": args.fleet.shards, "duration_s": args.duration.as_secs_f64(),
         "modes": results.iter().map(|r| r.mode).collect::<Vec<_>>(),
         "series_interval_ms": interval.as_secs_f64() * 1000.0,
     });
     let line = format!(
         "{fixed} jobs at {}/s, burst of up to {} in batches of {} ({} in flight), \
-         {} agents x {} slots, {} shards, --duration {}",
+         {} agents x {} slots (+{} prefetch), {} shards, --duration {}",
         args.rate,
         args.burst,
         args.batch,
         args.inflight,
         args.fleet.agents,
         args.fleet.slots,
+        args.fleet.prefetch,
         args.fleet.shards,
         humantime::format_duration(args.duration)
     );

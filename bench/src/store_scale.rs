@@ -70,7 +70,7 @@ async fn fill(args: &ScaleArgs, cluster: &Cluster) -> Result<(f64, f64)> {
 
 /// A server with no agents, and a sampler of its RSS.
 async fn start(args: &ScaleArgs) -> Result<(Cluster, RssSampler)> {
-    let cluster = Cluster::start(&args.hodei, args.shards, 0, 1, true).await?;
+    let cluster = Cluster::start(&args.hodei, args.shards, 0, 1, 0, true).await?;
     let pid = cluster.server_pid().context("no server pid")?;
     let sampler = RssSampler::start(pid, SAMPLE_EVERY)?;
     Ok((cluster, sampler))

@@ -99,6 +99,7 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
             args.fleet.shards,
             args.fleet.agents,
             args.fleet.slots,
+            args.fleet.prefetch,
             *mode == "noop",
         )
         .await?;
@@ -194,18 +195,19 @@ fn report(
     let params = json!({
         "modes": results.iter().map(|r| r.mode).collect::<Vec<_>>(),
         "duration_s": args.duration.as_secs_f64(), "batch": args.batch,
-        "inflight": args.inflight, "agents": args.fleet.agents, "slots": args.fleet.slots,
+        "inflight": args.inflight, "agents": args.fleet.agents, "slots": args.fleet.slots, "prefetch": args.fleet.prefetch,
         "shards": args.fleet.shards, "warmup": args.warmup,
         "series_interval_ms": interval.as_secs_f64() * 1000.0,
     });
     let line = format!(
         "submitting for {} per mode, {} submitters x batches of {} (each waits for its batch), \
-         {} agents x {} slots, {} shards, {} warm-up jobs, series every {}",
+         {} agents x {} slots (+{} prefetch), {} shards, {} warm-up jobs, series every {}",
         humantime::format_duration(args.duration),
         args.inflight,
         args.batch,
         args.fleet.agents,
         args.fleet.slots,
+        args.fleet.prefetch,
         args.fleet.shards,
         args.warmup,
         humantime::format_duration(interval)
