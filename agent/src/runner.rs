@@ -1,8 +1,10 @@
 //! runner: runs one job attempt as its own process group and streams what it does as events.
 //!
-//! [`spawn_job`] starts a tokio task per attempt. The task prepares the attempt (its secrets'
-//! delivery, working directory, script file), spawns the process as the leader of a new
-//! process group, then runs two futures side by side until both are done:
+//! [`spawn_job`] starts a tokio task per attempt. The task takes a slot when the agent
+//! prefetches (reporting [`RunEventKind::Queued`] if it has to wait for one), prepares the
+//! attempt (its secrets' delivery, working directory ([`workdirs`]), script file), spawns the
+//! process as the leader of a new process group, then runs two futures side by side until
+//! both are done:
 //!
 //! - the **supervisor** ([`process`]) waits for the exit, a cancel or the time limit, signals the
 //!   whole group (SIGTERM, then SIGKILL after [`RunnerOptions::kill_grace`]) and, once the main
