@@ -101,20 +101,41 @@ fn aligned(payload: &[u8]) -> AlignedVec {
     v
 }
 
+thread_local! {
+    /// This thread's archive buffer, reused: a fresh one per frame cost several allocations
+    /// (it grows by doubling) for every message and every store record.
+    static SCRATCH: std::cell::Cell<AlignedVec> = std::cell::Cell::new(AlignedVec::new());
+}
+
+/// A scratch buffer grown past this (a large output batch) is dropped, not kept.
+const SCRATCH_KEEP: usize = 256 << 10;
+
+/// Appends the header and the archived bytes.
+fn frame_into(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), FrameError> {
+    if bytes.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge { len: bytes.len() });
+    }
+    out.reserve(HEADER_LEN + bytes.len());
+    out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    #[allow(clippy::cast_possible_truncation)] // bounded by MAX_FRAME above
+    out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
 macro_rules! wire {
     ($($t:ty),*) => {$(
         impl Wire for $t {
             fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), FrameError> {
-                let bytes = rkyv::to_bytes::<rancor::Error>(self)
+                let mut buf = SCRATCH.take();
+                buf.clear();
+                let bytes = rkyv::api::high::to_bytes_in::<_, rancor::Error>(self, buf)
                     .map_err(|e| FrameError::Encode(e.to_string()))?;
-                if bytes.len() > MAX_FRAME {
-                    return Err(FrameError::TooLarge { len: bytes.len() });
+                let framed = frame_into(&bytes, out);
+                if bytes.capacity() <= SCRATCH_KEEP {
+                    SCRATCH.set(bytes);
                 }
-                out.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
-                #[allow(clippy::cast_possible_truncation)] // bounded by MAX_FRAME above
-                out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-                out.extend_from_slice(&bytes);
-                Ok(())
+                framed
             }
 
             fn decode(payload: &[u8]) -> Result<Self, FrameError> {
