@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use hodei_auth::audit::{self, AuditRecord};
 use hodei_auth::token::TokenRecord;
@@ -291,9 +292,13 @@ impl Store {
             return Err(e);
         }
         let _ = std::fs::remove_file(&clean);
+        // No bloom filters: every keyspace is read by scans (jobs at start, events, audit,
+        // output), except `meta` with its one key. Building them cost flush CPU for nothing.
         let ks = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES)
+                    .filter_policy(FilterPolicy::disabled())
             })
             .with_context(|| format!("cannot open keyspace {name}"))
         };
@@ -384,18 +389,23 @@ impl Store {
                 last_put.insert(rec.id, i);
             }
         }
+        // One encoding buffer for the batch: fjall copies each value into its own buffer.
+        let mut buf = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             match op {
                 StoreOp::PutJob(rec) => {
                     if last_put.get(&rec.id) != Some(&i) {
                         continue;
                     }
-                    let v = rec.to_frame().context("cannot encode a job record")?;
-                    batch.insert(&self.jobs, rec.id.to_be_bytes().to_vec(), v);
+                    buf.clear();
+                    rec.encode_into(&mut buf)
+                        .context("cannot encode a job record")?;
+                    batch.insert(&self.jobs, &rec.id.to_be_bytes()[..], &buf[..]);
                 }
                 StoreOp::PutEvent(ev) => {
-                    let v = ev.to_frame().context("cannot encode an event")?;
-                    batch.insert(&self.events, event_key(ev.shard, ev.seq).to_vec(), v);
+                    buf.clear();
+                    ev.encode_into(&mut buf).context("cannot encode an event")?;
+                    batch.insert(&self.events, &event_key(ev.shard, ev.seq)[..], &buf[..]);
                 }
                 StoreOp::PutOutput {
                     job,
@@ -405,7 +415,7 @@ impl Store {
                 } => {
                     batch.insert(
                         &self.output,
-                        output_key(*job, *attempt, *offset).to_vec(),
+                        &output_key(*job, *attempt, *offset)[..],
                         encode_chunks(chunks),
                     );
                 }
@@ -479,7 +489,7 @@ impl Store {
         for r in audit {
             batch.insert(
                 &self.audit,
-                audit_key(r.chain, r.seq).to_vec(),
+                &audit_key(r.chain, r.seq)[..],
                 audit::encode(r),
             );
         }
