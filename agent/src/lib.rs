@@ -40,7 +40,8 @@ pub struct AgentArgs {
     pub slots: Option<u32>,
     /// Assignments taken beyond `--slots`, queued here until a slot frees: the next job
     /// starts without waiting for the server's round trip. For many short jobs; a job
-    /// queued behind a long one waits for it, while another agent might be idle.
+    /// queued behind a long one waits for it, while another agent might be idle. A job
+    /// still queued after 300 ms tells the server, whose `--assign-timeout` must be longer.
     #[arg(long, default_value_t = 0)]
     pub prefetch: u32,
     /// Label offered to jobs, `key=value` (repeatable).

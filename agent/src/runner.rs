@@ -49,6 +49,10 @@ pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
 pub use spool::read_spool;
 pub use workdirs::Workdirs;
 
+/// An attempt still waiting for a slot after this reports [`RunEventKind::Queued`], which
+/// the server needs within its assign timeout (30 s by default), so that must be longer.
+const QUEUED_NOTICE: Duration = Duration::from_millis(300);
+
 /// How the runner runs jobs; shared by every attempt of an agent.
 #[derive(Clone, Debug)]
 pub struct RunnerOptions {
@@ -64,8 +68,9 @@ pub struct RunnerOptions {
     pub kill_grace: Duration,
     /// Recycled default working directories (shared by clones of these options).
     pub workdirs: Arc<Workdirs>,
-    /// With prefetch: a permit per slot, taken before the spawn. An attempt that finds none
-    /// free reports [`RunEventKind::Queued`] and waits. `None`: every attempt runs at once.
+    /// With prefetch: a permit per slot, taken before the spawn; an attempt waits for one in
+    /// arrival order, and reports [`RunEventKind::Queued`] if that takes a while. `None`:
+    /// every attempt runs at once.
     pub slots: Option<Arc<Semaphore>>,
 }
 
@@ -120,7 +125,8 @@ pub struct RunEvent {
 /// before the spawn.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RunEventKind {
-    /// Every slot is taken: the attempt waits for one (only with prefetch; before `Started`).
+    /// Every slot is still taken [`QUEUED_NOTICE`] after the attempt arrived: it waits for one
+    /// (only with prefetch; before `Started`).
     Queued,
     /// The process was spawned (agent clock at spawn).
     Started {
@@ -278,16 +284,25 @@ async fn run(
     // Held until the attempt is over: the slot frees when `run` returns.
     let _slot = match &opts.slots {
         None => None,
-        Some(gate) => match Arc::clone(gate).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                sink.send(RunEventKind::Queued).await;
+        Some(gate) => {
+            // In line for a slot from here on (the semaphore is fair). Most waits are a few
+            // ms behind short jobs; only a longer one is worth telling the server about.
+            let permit = Arc::clone(gate).acquire_owned();
+            tokio::pin!(permit);
+            let notice = tokio::time::sleep(QUEUED_NOTICE);
+            tokio::pin!(notice);
+            let mut told = false;
+            loop {
                 tokio::select! {
-                    permit = Arc::clone(gate).acquire_owned() => permit.ok(),
-                    () = cancel.fired() => None,
+                    p = &mut permit => break p.ok(),
+                    () = cancel.fired() => break None,
+                    () = &mut notice, if !told => {
+                        told = true;
+                        sink.send(RunEventKind::Queued).await;
+                    }
                 }
             }
-        },
+        }
     };
     if cancel.is_fired() {
         // Cancelled before anything ran: nothing to kill, nothing started.

@@ -138,8 +138,8 @@ pub enum FromAgent {
         /// Agent clock at exit.
         at: Micros,
     },
-    /// The assignment arrived and waits on the agent for a slot (`hodei agent --prefetch`):
-    /// the server stops expecting `Started` within its assign timeout. (Last, so that the
+    /// The assignment has waited on the agent for a slot for a while (`hodei agent
+    /// --prefetch`): the server stops expecting `Started` within its assign timeout. (Last, so that the
     /// encoding of every earlier variant is unchanged.)
     Accepted {
         /// Job.
