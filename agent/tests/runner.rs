@@ -500,3 +500,62 @@ async fn noop_mode_spawns_nothing() {
     );
     assert!(!opts.work_root.exists(), "noop mode must not create files");
 }
+
+/// With a slot gate (prefetch), an attempt that finds the only slot taken waits for it,
+/// says so once it has waited a while (`Queued`), and starts only after the running one
+/// ended; one cancelled while it waits ends `Cancelled` without ever starting.
+#[tokio::test]
+async fn a_gated_attempt_waits_for_the_slot_and_can_be_cancelled_while_queued() {
+    let root = scratch("slot-gate");
+    let opts = Arc::new(RunnerOptions {
+        slots: Some(Arc::new(tokio::sync::Semaphore::new(1))),
+        ..(*options(&root)).clone()
+    });
+    let start = |id: JobId, spec: JobSpec| {
+        let (tx, rx) = mpsc::channel(16);
+        let h = spawn_job(
+            id,
+            Attempt(1),
+            spec,
+            Secrets::default(),
+            Arc::clone(&opts),
+            tx,
+        );
+        (h, rx)
+    };
+    let (_busy, mut busy_rx) = start(job(50), JobSpec::exec("sleep", &["0.8"]));
+    let (_next, mut next_rx) = start(job(51), JobSpec::exec("true", &[]));
+    let (queued, mut cancelled_rx) = start(job(52), JobSpec::exec("true", &[]));
+    // The third waits behind the second: cancel it once it has said it is queued.
+    let first = tokio::time::timeout(DEADLINE, cancelled_rx.recv())
+        .await
+        .unwrap();
+    assert_eq!(first.map(|e| e.kind), Some(RunEventKind::Queued));
+    queued.cancel();
+    let rest = collect(&mut cancelled_rx).await;
+    assert!(
+        matches!(
+            rest.as_slice(),
+            [RunEventKind::Finished {
+                outcome: Outcome::Cancelled,
+                ..
+            }]
+        ),
+        "{rest:?}"
+    );
+    let busy = collect(&mut busy_rx).await;
+    let Some(RunEventKind::Finished { at: busy_end, .. }) = busy.last() else {
+        panic!("{busy:?}")
+    };
+    let next = collect(&mut next_rx).await;
+    assert_eq!(next.first(), Some(&RunEventKind::Queued), "{next:?}");
+    let (outcome, _) = check(&next[1..]);
+    assert_eq!(outcome, Outcome::Exited(0));
+    let Some(RunEventKind::Started { at: next_start }) = next.get(1) else {
+        panic!("{next:?}")
+    };
+    assert!(
+        next_start >= busy_end,
+        "one slot: started before the first ended"
+    );
+}
