@@ -107,8 +107,9 @@ struct ServerArgs {
     /// After a restart, a job that was on an agent waits this long for it to re-attach.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     reattach_grace: Duration,
-    /// An assignment its agent has not started within this goes back to the queue.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    /// An assignment its agent has not started within this goes back to the queue (at
+    /// least 1s: a prefetching agent reports a job still queued after 300 ms).
+    #[arg(long, default_value = "30s", value_parser = parse_assign_timeout)]
     assign_timeout: Duration,
     /// UDP socket receive/send buffer per shard socket, bytes (capped by net.core.rmem_max;
     /// the kernel default of ~208 KiB drops handshakes when thousands of agents connect).
@@ -161,6 +162,14 @@ impl ServerArgs {
             },
         }
     }
+}
+
+fn parse_assign_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(d)
 }
 
 #[derive(clap::Args, Debug)]

@@ -45,6 +45,10 @@ fn cli_refuses_bad_flags_and_specs() {
     );
     fails_with(&server.cli(&["job", "submit"]), "no command given");
     fails_with(
+        &server.cli(&["server", "--assign-timeout", "100ms"]),
+        "must be at least 1s",
+    );
+    fails_with(
         &server.cli(&["job", "submit", "--", ""]),
         "the command is empty",
     );
