@@ -32,7 +32,6 @@ impl Drop for Scratch {
     }
 }
 
-/// Waits until `f` returns Some, or panics with `what` after `timeout`.
 /// Runs `f` on a current-thread runtime: raw QUIC tests drive their own connections.
 pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -42,6 +41,7 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Waits until `f` returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
@@ -174,24 +174,24 @@ impl Server {
         self.data.join("ca.pem")
     }
 
-    pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(HODEI)
-            .args(args)
+    /// The CLI pointed at this server.
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(HODEI);
+        cmd.args(args)
             .env("HODEI_SERVER", &self.addr)
             .env("HODEI_CA", self.ca())
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap()
+            .env("RUST_LOG", "warn");
+        cmd
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_command(args).output().unwrap()
     }
 
     /// Starts the CLI without waiting for it (killed on drop); its output is discarded.
     pub fn spawn_cli(&self, args: &[&str]) -> Proc {
         Proc(
-            Command::new(HODEI)
-                .args(args)
-                .env("HODEI_SERVER", &self.addr)
-                .env("HODEI_CA", self.ca())
-                .env("RUST_LOG", "warn")
+            self.cli_command(args)
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
