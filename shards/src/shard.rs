@@ -8,6 +8,8 @@ use std::hash::{BuildHasherDefault, DefaultHasher};
 /// simulation seed replays exactly (std's default hasher is randomly keyed per process).
 /// Keys come from the shard itself (ids it minted), not from peers choosing collisions.
 pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
+/// A hash set with the same fixed hasher.
+pub(crate) type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<DefaultHasher>>;
 
 use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::JobRecord;
@@ -163,8 +165,7 @@ pub struct Shard {
     /// Assignments their agent accepted into its prefetch queue: their `Ack` timer does not
     /// fail them. Each entry goes when that timer fires (one per assignment), so the set
     /// holds at most the assignments of the last assign timeout.
-    pub(crate) accepted:
-        std::collections::HashSet<(JobId, Attempt), BuildHasherDefault<DefaultHasher>>,
+    pub(crate) accepted: HashSet<(JobId, Attempt)>,
     /// Idempotency keys this shard owns (see `lifecycle::key_shard`).
     /// (A BTreeMap: the keys are user strings, which must not be able to choose hash collisions.)
     pub(crate) idem: std::collections::BTreeMap<String, JobId>,
@@ -213,7 +214,7 @@ impl Shard {
             event_followers: Vec::new(),
             event_streams: HashMap::default(),
             wait_groups: HashMap::default(),
-            accepted: Default::default(),
+            accepted: HashSet::default(),
             idem: std::collections::BTreeMap::new(),
         };
         let jobs = jobs.into_iter();

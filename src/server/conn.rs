@@ -448,7 +448,7 @@ async fn client_stream(
                 // Plain answers already queued (a `SubmitWait`'s jobs ending together) go out
                 // in one write.
                 let mut ok = w.push(&m).is_ok();
-                while ok && !last && w.pending_bytes() < BATCH_BYTES {
+                while ok && !last && w.has_room() {
                     match rrx.try_recv() {
                         Ok((Reply::Msg(m), l)) if is_plain(&m) => {
                             ok = w.push(&m).is_ok();
@@ -501,9 +501,6 @@ async fn client_stream(
     }
     let _ = w.finish();
 }
-
-/// At most this many bytes of queued answers are gathered into one write.
-const BATCH_BYTES: usize = 256 * 1024;
 
 /// An answer sent as it is (no filtering, redaction or store read on the way).
 const fn is_plain(m: &FromServer) -> bool {

@@ -10,6 +10,9 @@ use hodei_core::frame::{HEADER_LEN, Wire, decode_header, split_frame};
 
 use crate::error::TransportError;
 
+/// At most this many bytes of queued messages are gathered into one write.
+pub const BATCH_BYTES: usize = 256 * 1024;
+
 /// Bytes requested per read when no large frame is pending: enough to take many small
 /// messages (heartbeats, acks) per call.
 const READ_CHUNK: usize = 64 * 1024;
@@ -146,6 +149,13 @@ impl FrameWriter {
     #[must_use]
     pub fn pending_bytes(&self) -> usize {
         self.buf.len() - self.written.min(self.buf.len())
+    }
+
+    /// Whether another already-queued message may join this write: pushes gathered into one
+    /// flush mean fewer stream writes and packets, up to [`BATCH_BYTES`].
+    #[must_use]
+    pub fn has_room(&self) -> bool {
+        self.pending_bytes() < BATCH_BYTES
     }
 
     /// Writes everything pushed so far to the stream, waiting for flow control as needed.

@@ -21,9 +21,6 @@ use crate::runner::{self, RunEvent};
 /// How long the last messages and the `Goodbye` get to reach the server before the close.
 const GOODBYE_WAIT: Duration = Duration::from_secs(2);
 
-/// At most this many bytes of reports are gathered into one write.
-const BATCH_BYTES: usize = 256 * 1024;
-
 fn lost(e: TransportError) -> End {
     End::Lost(e.to_string())
 }
@@ -100,8 +97,8 @@ impl Agent {
                     Err(e) => Err(lost(e)),
                 },
                 Some(ev) = events_rx.recv() => {
-                    // What the runners already reported goes out in one write (up to
-                    // BATCH_BYTES): fewer stream writes and packets when jobs are short.
+                    // What the runners already reported goes out in one write (while the
+                    // writer has room): fewer stream writes and packets when jobs are short.
                     // Awaiting the write is the backpressure: a slow server stalls this
                     // loop, the bounded event channel fills, and runners stop reading their
                     // pipes.
@@ -114,7 +111,7 @@ impl Agent {
                                 break;
                             }
                         }
-                        next = if w.pending_bytes() < BATCH_BYTES {
+                        next = if w.has_room() {
                             events_rx.try_recv().ok()
                         } else {
                             None
