@@ -43,7 +43,7 @@ use hodei_core::job::Outcome;
 use hodei_core::spec::JobSpec;
 use hodei_core::time::{Micros, wall_now};
 use hodei_core::wire::Chunk;
-use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
 pub use spool::read_spool;
@@ -284,25 +284,10 @@ async fn run(
     // Held until the attempt is over: the slot frees when `run` returns.
     let _slot = match &opts.slots {
         None => None,
-        Some(gate) => {
-            // In line for a slot from here on (the semaphore is fair). Most waits are a few
-            // ms behind short jobs; only a longer one is worth telling the server about.
-            let permit = Arc::clone(gate).acquire_owned();
-            tokio::pin!(permit);
-            let notice = tokio::time::sleep(QUEUED_NOTICE);
-            tokio::pin!(notice);
-            let mut told = false;
-            loop {
-                tokio::select! {
-                    p = &mut permit => break p.ok(),
-                    () = cancel.fired() => break None,
-                    () = &mut notice, if !told => {
-                        told = true;
-                        sink.send(RunEventKind::Queued).await;
-                    }
-                }
-            }
-        }
+        Some(gate) => match Arc::clone(gate).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => wait_for_slot(gate, &cancel, &mut sink).await,
+        },
     };
     if cancel.is_fired() {
         // Cancelled before anything ran: nothing to kill, nothing started.
@@ -372,6 +357,27 @@ async fn run(
     // Before `Finished`: whoever sees the result can count on the secrets being gone.
     drop(delivery);
     sink.send(RunEventKind::Finished { outcome, at }).await;
+}
+
+/// Waits in line for a slot (the semaphore is fair); `None` if cancelled meanwhile. Most
+/// waits are a few ms behind short jobs; only a longer one is worth telling the server about.
+async fn wait_for_slot(
+    gate: &Arc<Semaphore>,
+    cancel: &CancelSignal,
+    sink: &mut Sink,
+) -> Option<OwnedSemaphorePermit> {
+    let permit = Arc::clone(gate).acquire_owned();
+    tokio::pin!(permit);
+    tokio::select! {
+        p = &mut permit => return p.ok(),
+        () = cancel.fired() => return None,
+        () = tokio::time::sleep(QUEUED_NOTICE) => {}
+    }
+    sink.send(RunEventKind::Queued).await;
+    tokio::select! {
+        p = permit => p.ok(),
+        () = cancel.fired() => None,
+    }
 }
 
 /// Ends an attempt whose process never started: its only event is `Finished`.
