@@ -103,9 +103,10 @@ impl RunnerOptions {
             .join(format!("{job}-{attempt}.sh"))
     }
 
-    /// `<work_root>/jobs/<job>-<attempt>`: the working directory of a spec without one.
-    fn default_workdir(&self, job: JobId, attempt: Attempt) -> PathBuf {
-        self.work_root.join("jobs").join(format!("{job}-{attempt}"))
+    /// `<work_root>/jobs`: the pooled working directories of specs without one
+    /// ([`workdirs`]), and the ones jobs left files in.
+    fn jobs_dir(&self) -> PathBuf {
+        self.work_root.join("jobs")
     }
 }
 
@@ -215,27 +216,42 @@ pub fn spawn_job(
     RunHandle { cancel }
 }
 
+/// Which files an attempt may have left; [`forget`] looks only for those, since a failed
+/// path lookup per job is a visible share of what short jobs cost.
+#[derive(Clone, Copy, Debug)]
+pub struct Leftovers {
+    /// Its output spool: it printed something (the spool is made with the first output).
+    pub spool: bool,
+    /// Its script file: it is a script job.
+    pub script: bool,
+}
+
+impl Leftovers {
+    /// When unsure (the attempt may still be running and printing).
+    pub const ALL: Self = Self {
+        spool: true,
+        script: true,
+    };
+}
+
 /// Deletes an attempt's spool and script files once the server acknowledged its result, and
-/// its default working directory if the job left it empty (files a job left there are kept).
-pub fn forget(opts: &RunnerOptions, job: JobId, attempt: Attempt) {
+/// gives its default working directory back to the pool if the job left it empty (a
+/// directory holding files is kept as `jobs/<job>-<attempt>`).
+pub fn forget(opts: &RunnerOptions, job: JobId, attempt: Attempt, files: Leftovers) {
     if opts.noop {
-        // A no-op attempt creates no file: three failed path lookups per job would be a
-        // visible share of what the no-op benchmarks measure.
+        // A no-op attempt creates no file.
         return;
     }
-    for path in [
-        opts.spool_path(job, attempt),
-        opts.script_path(job, attempt),
-    ] {
+    let spool = files.spool.then(|| opts.spool_path(job, attempt));
+    let script = files.script.then(|| opts.script_path(job, attempt));
+    for path in [spool, script].into_iter().flatten() {
         match std::fs::remove_file(&path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove job file"),
         }
     }
-    // Only an empty directory is recycled; anything else (absent, non-empty, a workdir of
-    // the spec's own) is left alone on purpose.
-    opts.workdirs.release(&opts.default_workdir(job, attempt));
+    opts.workdirs.release(&opts.jobs_dir(), job, attempt);
 }
 
 /// Where an attempt's events go. Once the receiver is gone the job keeps running and its

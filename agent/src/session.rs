@@ -84,6 +84,8 @@ struct Held {
     cancel_requested: bool,
     /// The drain killed it: the runner's `Cancelled` is reported as `Drained`.
     drained: bool,
+    /// A script job: its runner writes a script file.
+    script: bool,
 }
 
 struct Agent {
@@ -198,7 +200,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         batch_interval: args.output_batch_interval,
         ..RunnerOptions::default()
     });
-    // A crashed agent left its jobs' secrets directories and spare workdirs behind; no job
+    // A crashed agent left its jobs' secrets directories and run directories behind; no job
     // of ours runs yet.
     crate::runner::Workdirs::clean_leftovers(&opts.work_root.join("jobs"));
     let stale = crate::runner::clean_leftover_secrets(&opts);

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hodei_agent::runner::{RunEventKind, RunnerOptions, Secrets, forget, read_spool, spawn_job};
+use hodei_agent::runner::{
+    Leftovers, RunEventKind, RunnerOptions, Secrets, Workdirs, forget, read_spool, spawn_job,
+};
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::Outcome;
 use hodei_core::spec::{Command, JobSpec};
@@ -155,54 +157,53 @@ async fn default_workdir_is_created_and_forgotten() {
     let opts = options(&root);
     let (outcome, chunks) = check(&run(&opts, job(4), JobSpec::exec("pwd", &["-P"])).await);
     assert_eq!(outcome, Outcome::Exited(0));
-    let expected = opts
-        .work_root
-        .join("jobs")
-        .join(format!("{}-1", job(4)))
-        .canonicalize()
-        .unwrap();
+    let jobs_dir = opts.work_root.join("jobs").canonicalize().unwrap();
+    let ran_in = jobs_dir.join(".run-1");
     assert_eq!(
         stream_bytes(&chunks, Stream::Stdout),
-        format!("{}\n", expected.display())
+        format!("{}\n", ran_in.display())
     );
     let spool = opts
         .work_root
         .join("spool")
         .join(format!("{}-1.out", job(4)));
     assert!(spool.exists());
-    forget(&opts, job(4), Attempt(1));
+    forget(&opts, job(4), Attempt(1), Leftovers::ALL);
     assert!(!spool.exists());
-    assert!(!expected.exists(), "an empty default workdir is removed");
+    assert!(
+        !jobs_dir.join(format!("{}-1", job(4))).exists(),
+        "an empty default workdir is not kept under the job's name"
+    );
 }
 
-/// An emptied default workdir is recycled for the next attempt (renamed, not removed and
-/// made again), and comes back empty; a workdir the job left files in is kept.
+/// Names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A default workdir the job left empty goes back to the pool and is given, still empty, to
+/// the next attempt, in place; one the job left files in is kept under the job's name and
+/// never given out again; leftovers of a crashed agent are cleared at start.
 #[tokio::test]
-async fn default_workdirs_are_recycled_empty_and_kept_when_used() {
-    let root = scratch("recycled-workdir");
+async fn default_workdirs_are_pooled_empty_and_kept_when_used() {
+    let root = scratch("pooled-workdir");
     let opts = options(&root);
     let jobs_dir = opts.work_root.join("jobs");
-    let spares = || -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(&jobs_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.starts_with('.'))
-            .collect();
-        names.sort();
-        names
-    };
-    // The first attempt leaves its directory empty: it becomes a spare.
+    // The first attempt leaves its directory empty: it stays in the pool.
     let (outcome, _) = check(&run(&opts, job(40), JobSpec::exec("true", &[])).await);
     assert_eq!(outcome, Outcome::Exited(0));
-    forget(&opts, job(40), Attempt(1));
-    let first = jobs_dir.join(format!("{}-1", job(40)));
-    assert!(!first.exists());
+    forget(&opts, job(40), Attempt(1), Leftovers::ALL);
     assert_eq!(
-        spares().len(),
-        1,
-        "the emptied directory is kept as a spare"
+        names(&jobs_dir),
+        [".run-1"],
+        "the emptied directory is pooled"
     );
-    // The next attempt gets the spare, empty, under its own name, and leaves a file in it.
+    // The next attempt gets it, empty, and leaves a file in it.
     let (outcome, chunks) = check(
         &run(
             &opts,
@@ -212,25 +213,34 @@ async fn default_workdirs_are_recycled_empty_and_kept_when_used() {
         .await,
     );
     assert_eq!(outcome, Outcome::Exited(0));
-    let second = jobs_dir
-        .join(format!("{}-1", job(41)))
-        .canonicalize()
-        .unwrap();
+    let pooled = jobs_dir.join(".run-1").canonicalize().unwrap();
     assert_eq!(
         stream_bytes(&chunks, Stream::Stdout),
-        format!("{}\n0\n", second.display())
+        format!("{}\n0\n", pooled.display())
     );
-    assert!(spares().is_empty(), "the spare was used: {:?}", spares());
-    forget(&opts, job(41), Attempt(1));
+    forget(&opts, job(41), Attempt(1), Leftovers::ALL);
+    let kept = jobs_dir.join(format!("{}-1", job(41)));
     assert_eq!(
-        std::fs::read_to_string(second.join("mine.txt")).unwrap(),
+        std::fs::read_to_string(kept.join("mine.txt")).unwrap(),
         "kept\n",
-        "a workdir holding files is left alone"
+        "a workdir holding files is kept under the job's name"
     );
-    assert!(spares().is_empty());
-    // With no spare left, a directory is made.
-    let (outcome, _) = check(&run(&opts, job(42), JobSpec::exec("true", &[])).await);
+    assert_eq!(names(&jobs_dir), [format!("{}-1", job(41))]);
+    // The pool makes the directory again for the next attempt, empty.
+    let (outcome, chunks) = check(&run(&opts, job(42), script("ls -A | wc -l")).await);
     assert_eq!(outcome, Outcome::Exited(0));
+    assert_eq!(stream_bytes(&chunks, Stream::Stdout), "0\n");
+    // At start: an empty leftover is removed, one holding files is set aside, never pooled.
+    std::fs::create_dir_all(jobs_dir.join(".run-7")).unwrap();
+    std::fs::write(jobs_dir.join(".run-1").join("stray"), "x").unwrap();
+    Workdirs::clean_leftovers(&jobs_dir);
+    let left = names(&jobs_dir);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left[0], format!("{}-1", job(41)));
+    assert!(
+        left[1].starts_with("left-") && left[1].ends_with("-run-1"),
+        "{left:?}"
+    );
 }
 
 #[tokio::test]
@@ -416,7 +426,7 @@ async fn read_spool_replays_from_any_offset() {
         assert_eq!(tagged(&tail), all[from..], "replay from offset {from}");
     }
     assert!(read_spool(&opts, job(13), Attempt(1), all.len() as u64 + 1).is_err());
-    forget(&opts, job(13), Attempt(1));
+    forget(&opts, job(13), Attempt(1), Leftovers::ALL);
     assert!(
         read_spool(&opts, job(13), Attempt(1), 0)
             .unwrap()

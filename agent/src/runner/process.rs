@@ -3,11 +3,13 @@
 //! `HODEI_SECRETS_DIR` for files, a stdin pipe for the JSON object; no value ever goes into
 //! the environment or the script.
 
+use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use hodei_core::ids::{Attempt, JobId};
@@ -37,19 +39,23 @@ pub(super) fn spawn(
     attempt: Attempt,
     delivery: &Delivery,
 ) -> Result<Child, String> {
-    let (workdir, made) = match &spec.workdir {
+    let workdir = match &spec.workdir {
         Some(dir) => {
             let dir = PathBuf::from(dir);
-            let made = std::fs::create_dir_all(&dir);
-            (dir, made)
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create working directory {}: {e}", dir.display()))?;
+            dir
         }
         None => {
-            let dir = opts.default_workdir(job, attempt);
-            let made = opts.workdirs.acquire(&dir);
-            (dir, made)
+            let jobs = opts.jobs_dir();
+            opts.workdirs.acquire(&jobs, job, attempt).map_err(|e| {
+                format!(
+                    "cannot create a working directory in {}: {e}",
+                    jobs.display()
+                )
+            })?
         }
     };
-    made.map_err(|e| format!("cannot create working directory {}: {e}", workdir.display()))?;
     let (mut cmd, program) = match &spec.command {
         Command::Exec { program, args } => {
             let mut cmd = tokio::process::Command::new(program);
@@ -72,7 +78,7 @@ pub(super) fn spawn(
     let stdin = if delivery.stdin.is_some() {
         Stdio::piped()
     } else {
-        Stdio::null()
+        null_stdin()
     };
     cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     if let Some(dir) = &delivery.dir {
@@ -89,6 +95,16 @@ pub(super) fn spawn(
         // Its own group, so one killpg reaches every process the job starts.
         .process_group(0);
     cmd.spawn().map_err(|e| format!("{program}: {e}"))
+}
+
+/// `/dev/null` for a job's stdin: a duplicate of one descriptor opened once, instead of a
+/// path lookup per spawn.
+fn null_stdin() -> Stdio {
+    static NULL: OnceLock<Option<File>> = OnceLock::new();
+    NULL.get_or_init(|| File::open("/dev/null").ok())
+        .as_ref()
+        .and_then(|f| f.try_clone().ok())
+        .map_or_else(Stdio::null, Stdio::from)
 }
 
 /// Writes the script with its header, mode 0700, and closes it before anyone runs it.

@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
-use zeroize::Zeroizing;
+use zeroize::Zeroize;
 
 use super::process::sleep_until;
 use super::spool::SpoolWriter;
@@ -100,9 +100,10 @@ impl Pump {
         mut exited: oneshot::Receiver<()>,
     ) {
         sink.send(RunEventKind::Started { at: started_at }).await;
-        // Raw output, secrets unmasked: wiped when the pump ends.
-        let mut out_buf = Zeroizing::new(vec![0u8; READ_BUF]);
-        let mut err_buf = Zeroizing::new(vec![0u8; READ_BUF]);
+        // Raw output, secrets unmasked: wiped when the pump ends if there are secrets.
+        let wipe = self.redact.is_some();
+        let mut out_buf = PipeBuf::take(wipe);
+        let mut err_buf = PipeBuf::take(wipe);
         let mut exit_seen = false;
         // Drain time left once the process has exited.
         let mut drain: Option<Duration> = None;
@@ -116,8 +117,8 @@ impl Pump {
             let due = self.batch_since.map(|t| t + self.interval);
             let waiting = Instant::now();
             let step = tokio::select! {
-                r = read(&mut stdout, &mut out_buf[..room]) => Step::Read(Stream::Stdout, r),
-                r = read(&mut stderr, &mut err_buf[..room]) => Step::Read(Stream::Stderr, r),
+                r = read(&mut stdout, &mut out_buf.0[..room]) => Step::Read(Stream::Stdout, r),
+                r = read(&mut stderr, &mut err_buf.0[..room]) => Step::Read(Stream::Stderr, r),
                 () = sleep_until(due) => Step::Flush,
                 _ = &mut exited, if !exit_seen => Step::Exited,
                 () = tokio::time::sleep(drain.unwrap_or_default()), if drain.is_some() => {
@@ -137,10 +138,10 @@ impl Pump {
                     self.end(sink, Stream::Stderr).await;
                 }
                 Step::Read(Stream::Stdout, Ok(n)) => {
-                    self.take(sink, Stream::Stdout, &out_buf[..n]).await;
+                    self.take(sink, Stream::Stdout, &out_buf.0[..n]).await;
                 }
                 Step::Read(Stream::Stderr, Ok(n)) => {
-                    self.take(sink, Stream::Stderr, &err_buf[..n]).await;
+                    self.take(sink, Stream::Stderr, &err_buf.0[..n]).await;
                 }
                 Step::Read(_, Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Step::Read(stream, Err(e)) => {
@@ -259,6 +260,45 @@ impl Redaction {
             Stream::Stdout => &mut self.stdout,
             Stream::Stderr => &mut self.stderr,
         }
+    }
+}
+
+/// Read buffers kept for reuse per thread: a fresh zeroed 16 KiB buffer per pipe and attempt
+/// (a memset, and page faults on new heap pages) was a visible share of a short job's cost.
+const POOLED_BUFS: usize = 64;
+
+thread_local! {
+    static BUFS: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A pipe's read buffer (`READ_BUF` bytes) from the thread's pool; back to it on drop,
+/// wiped first if it may have held a secret value.
+struct PipeBuf(Vec<u8>, bool);
+
+impl PipeBuf {
+    fn take(wipe: bool) -> Self {
+        let buf = BUFS
+            .try_with(|b| b.borrow_mut().pop())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| vec![0u8; READ_BUF]);
+        Self(buf, wipe)
+    }
+}
+
+impl Drop for PipeBuf {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.as_mut_slice().zeroize();
+        }
+        let buf = std::mem::take(&mut self.0);
+        // At thread exit the pool may be gone already: the buffer is then just freed.
+        let _ = BUFS.try_with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < POOLED_BUFS {
+                b.push(buf);
+            }
+        });
     }
 }
 

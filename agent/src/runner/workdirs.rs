@@ -1,98 +1,142 @@
-//! Default working directories (`<work_root>/jobs/<job>-<attempt>`), recycled.
+//! Default working directories: a pool of run directories `<work_root>/jobs/.run-N`.
 //!
-//! A job without a `workdir` of its own gets a fresh, empty directory. Making one with
-//! `mkdir` and removing it with `rmdir` for every attempt allocates and frees an inode and
-//! a block each time; on ext4 that was a quarter of an agent's CPU with `/bin/true` jobs
-//! (inode bitmap scans past recently deleted inodes, a discard of the freed block: `perf`,
-//! `tuning/README.md`). So an emptied directory is renamed to a spare name instead of removed,
-//! and the next attempt renames a spare into place: a rename in one directory touches no
-//! inode or block allocation.
+//! A job without a `workdir` of its own runs in an empty directory of the pool. When the
+//! server has acknowledged its result, a directory the job left empty goes back to the pool
+//! as it is; one holding files is renamed to `jobs/<job>-<attempt>` and kept, as before.
 //!
-//! Only a directory the job left empty is recycled; one holding files is kept, as before. A
-//! process that escaped the job's process group could still hold a recycled directory as its
-//! cwd; the agent tracks no such process anyway (it SIGKILLs the group at the end).
+//! Why a pool and not a directory per attempt: `mkdir` plus `rmdir` for every attempt
+//! allocates and frees an inode and a block each time, a quarter of an agent's CPU with
+//! `/bin/true` jobs on ext4 (inode bitmap scans, a discard per freed block); renaming a spare
+//! into place and back still cost a tenth of it (two renames per job, each looking its path
+//! up through a directory that grows with every job name ever used). An empty run directory
+//! is reused in place: the only syscalls per attempt are a `mkdir` that finds it there and
+//! the emptiness check (`tuning/README.md`).
+//!
+//! A process that escaped the job's process group could still hold a pooled directory as its
+//! cwd and write into it later; the agent tracks no such process anyway (it SIGKILLs the
+//! group at the end).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-/// Spare directories kept at most (more than the slots any host runs is no gain).
-const MAX_SPARES: usize = 256;
+use hodei_core::ids::{Attempt, JobId};
 
-/// Name prefix of spares inside `<work_root>/jobs`; job directories never start with a dot.
-const SPARE_PREFIX: &str = ".spare-";
+/// Empty run directories kept at most (more than the slots any host runs is no gain).
+const MAX_FREE: usize = 256;
 
-/// The spares of one agent.
+/// Name prefix of run directories inside `<work_root>/jobs`; job directories never start
+/// with a dot.
+const RUN_PREFIX: &str = ".run-";
+
+/// Name prefix of the spares an older agent kept (removed at start when empty).
+const OLD_SPARE_PREFIX: &str = ".spare-";
+
+/// The run directories of one agent.
 #[derive(Debug, Default)]
 pub struct Workdirs {
-    inner: Mutex<Spares>,
+    inner: Mutex<Pool>,
 }
 
 #[derive(Debug, Default)]
-struct Spares {
-    /// Empty directories ready to be renamed into place.
-    free: Vec<PathBuf>,
-    /// Numbers the next spare name.
-    next: u64,
+struct Pool {
+    /// Numbers whose directory is free: empty, or absent (made again on use).
+    free: Vec<u32>,
+    /// Numbers the next new directory.
+    next: u32,
+    /// The directory each attempt runs in.
+    busy: HashMap<(JobId, Attempt), u32>,
 }
 
 impl Workdirs {
-    /// Makes `dir` (a default working directory) exist and be empty, from a spare if there is
-    /// one. The caller reports the error.
-    pub fn acquire(&self, dir: &Path) -> std::io::Result<()> {
-        let spare = self.lock().free.pop();
-        if let Some(spare) = spare {
-            if std::fs::rename(&spare, dir).is_ok() {
-                return Ok(());
+    /// An existing, empty directory under `jobs` for the attempt; the caller reports the error.
+    pub fn acquire(&self, jobs: &Path, job: JobId, attempt: Attempt) -> std::io::Result<PathBuf> {
+        let n = {
+            let mut p = self.lock();
+            let n = p.free.pop().unwrap_or_else(|| {
+                p.next += 1;
+                p.next
+            });
+            p.busy.insert((job, attempt), n);
+            n
+        };
+        let dir = run_dir(jobs, n);
+        // Makes it again if the job before removed it (or a cleanup did); an existing one was
+        // found empty when it was released.
+        match std::fs::create_dir(&dir) {
+            Ok(()) => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&dir)?;
+                Ok(dir)
             }
-            // Gone or replaced behind our back (a cleanup of the work root): make one.
-            let _ = std::fs::remove_dir(&spare);
+            Err(e) => {
+                // Not this attempt's any more: the next acquire may try the number again.
+                let mut p = self.lock();
+                p.busy.remove(&(job, attempt));
+                p.free.push(n);
+                Err(e)
+            }
         }
-        std::fs::create_dir_all(dir)
     }
 
-    /// After the attempt: an empty `dir` becomes a spare (or is removed when there are enough);
-    /// a directory holding files, or none at all, is left alone.
-    pub fn release(&self, dir: &Path) {
-        let empty = match std::fs::read_dir(dir) {
-            Ok(mut entries) => entries.next().is_none(),
-            Err(_) => return,
-        };
-        if !empty {
+    /// After the attempt's result is acknowledged: its directory goes back to the pool if the
+    /// job left it empty, and is renamed to `jobs/<job>-<attempt>` (kept) otherwise. An
+    /// attempt that ran in a directory of its spec's own has nothing here.
+    pub fn release(&self, jobs: &Path, job: JobId, attempt: Attempt) {
+        let Some(n) = self.lock().busy.remove(&(job, attempt)) else {
             return;
-        }
-        let spare = {
-            let mut s = self.lock();
-            if s.free.len() >= MAX_SPARES {
-                None
-            } else {
-                s.next += 1;
-                dir.parent()
-                    .map(|p| p.join(format!("{SPARE_PREFIX}{}", s.next)))
-            }
         };
-        // A leftover of an earlier run under the same name is an empty spare too: rename
-        // replaces an empty directory, and fails on a non-empty one.
-        match spare {
-            Some(spare) if std::fs::rename(dir, &spare).is_ok() => self.lock().free.push(spare),
-            _ => {
-                let _ = std::fs::remove_dir(dir);
+        let dir = run_dir(jobs, n);
+        let keep = match std::fs::read_dir(&dir) {
+            Ok(mut entries) => entries.next().is_some(),
+            // Removed by the job itself: the number is free, the next acquire makes it.
+            Err(_) => false,
+        };
+        if keep {
+            let named = jobs.join(format!("{job}-{attempt}"));
+            if let Err(e) = std::fs::rename(&dir, &named) {
+                // Never reuse a directory holding a job's files: this number is retired.
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot keep a job's working directory");
+                return;
             }
+        }
+        let mut p = self.lock();
+        if p.free.len() < MAX_FREE {
+            p.free.push(n);
+        } else {
+            drop(p);
+            let _ = std::fs::remove_dir(&dir);
         }
     }
 
-    /// Removes the spares an earlier run left in `jobs` (empty ones only).
+    /// At start, before any job runs: removes the empty run directories an earlier run left in
+    /// `jobs`, and renames those holding files (a crash before their results were
+    /// acknowledged) to `left-<unix ms>-<name>` so that no job is given them.
     pub fn clean_leftovers(jobs: &Path) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
         for e in std::fs::read_dir(jobs).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().starts_with(SPARE_PREFIX) {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if let Some(rest) = name.strip_prefix(RUN_PREFIX) {
+                if std::fs::remove_dir(e.path()).is_err() {
+                    let _ = std::fs::rename(e.path(), jobs.join(format!("left-{now}-run-{rest}")));
+                }
+            } else if name.starts_with(OLD_SPARE_PREFIX) {
                 let _ = std::fs::remove_dir(e.path());
             }
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Spares> {
-        // The lists hold plain paths: a panic elsewhere cannot leave them inconsistent.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {
+        // The pool holds plain numbers: a panic elsewhere cannot leave it inconsistent.
         self.inner
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+fn run_dir(jobs: &Path, n: u32) -> PathBuf {
+    jobs.join(format!("{RUN_PREFIX}{n}"))
 }

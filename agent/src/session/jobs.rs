@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::Outcome;
-use hodei_core::spec::JobSpec;
+use hodei_core::spec::{Command, JobSpec};
 use hodei_core::time::wall_now;
 use hodei_core::wire::FromAgent;
 use tracing::debug;
 
 use super::chunks::{self, trim};
 use super::{Agent, Held, drain};
-use crate::runner::{self, RunEvent, RunEventKind, RunHandle, Secrets};
+use crate::runner::{self, Leftovers, RunEvent, RunEventKind, RunHandle, Secrets};
 
 impl Held {
     fn new(attempt: Attempt, spec: &JobSpec, handle: Option<RunHandle>) -> Self {
@@ -31,6 +31,7 @@ impl Held {
             resuming: false,
             cancel_requested: false,
             drained: false,
+            script: matches!(spec.command, Command::Script { .. }),
         }
     }
 }
@@ -86,8 +87,14 @@ impl Agent {
         {
             handle.cancel(); // no-op if it already ended
             self.fenced.insert((job, h.attempt));
+            // It may still be writing its files: look for all of them (again when it ends).
+            return runner::forget(&self.opts, job, h.attempt, Leftovers::ALL);
         }
-        runner::forget(&self.opts, job, h.attempt);
+        let files = Leftovers {
+            spool: h.produced > 0,
+            script: h.script && h.handle.is_some(),
+        };
+        runner::forget(&self.opts, job, h.attempt, files);
     }
 
     /// Records a runner event; returns what to send the server about it on a live
@@ -100,7 +107,7 @@ impl Agent {
                 && self.fenced.remove(&(job, attempt))
             {
                 // Killed and forgotten earlier; it may have spooled while dying.
-                runner::forget(&self.opts, job, attempt);
+                runner::forget(&self.opts, job, attempt, Leftovers::ALL);
             }
             return None;
         };
