@@ -48,6 +48,22 @@ impl Default for TransportOptions {
     }
 }
 
+/// The largest UDP payload an endpoint accepts, and the bound of its path MTU discovery.
+/// QUIC starts every path at 1,200 bytes and probes up; a path that drops big datagrams is
+/// found by quinn's black-hole detection and falls back. quinn's default, 1,472, fits an
+/// Ethernet frame: on loopback (MTU 64 KiB) or jumbo frames it cut every batch of
+/// assignments or answers into 1.4 KB packets, and per-packet costs (a syscall, netfilter,
+/// a wake-up of the receiver) dominated the server's CPU (`tuning/README.md`). quinn sizes
+/// its receive buffers by this (times its batch size), so it is not simply the maximum.
+pub const MAX_UDP_PAYLOAD: u16 = 16_384;
+
+/// quinn's endpoint settings with Hodei's [`MAX_UDP_PAYLOAD`].
+fn endpoint_config(mut cfg: quinn::EndpointConfig) -> quinn::EndpointConfig {
+    // Valid by construction: at least 1,200 and at most 65,527.
+    let _ = cfg.max_udp_payload_size(MAX_UDP_PAYLOAD);
+    cfg
+}
+
 /// Concurrent streams a peer may open to the server (more wait on the peer's side).
 pub const SERVER_STREAMS: u32 = 64;
 /// Bytes a connection may have unread by the server, all streams together.
@@ -63,6 +79,9 @@ impl TransportOptions {
     ) -> Result<quinn::TransportConfig, TransportError> {
         let mut t = quinn::TransportConfig::default();
         t.enable_segmentation_offload(self.gso);
+        let mut mtu = quinn::MtuDiscoveryConfig::default();
+        mtu.upper_bound(MAX_UDP_PAYLOAD);
+        t.mtu_discovery_config(Some(mtu));
         if !keep_alive {
             // Server side: what one peer may make the server hold. Agents use one stream,
             // clients one per request; nobody opens unidirectional streams. The windows bound
@@ -158,7 +177,7 @@ pub fn server_endpoint(
     // The same reset key in every shard and across restarts (see `ServerTls::reset_key`).
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key);
     quinn::Endpoint::new(
-        quinn::EndpointConfig::new(Arc::new(key)),
+        endpoint_config(quinn::EndpointConfig::new(Arc::new(key))),
         Some(cfg),
         socket,
         Arc::new(quinn::TokioRuntime),
@@ -182,8 +201,15 @@ pub fn client_endpoint(
     } else {
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
     };
-    let mut endpoint = quinn::Endpoint::client(bind)
-        .map_err(|source| TransportError::Endpoint { addr: bind, source })?;
+    let endpoint = |source| TransportError::Endpoint { addr: bind, source };
+    let socket = UdpSocket::bind(bind).map_err(endpoint)?;
+    let mut endpoint = quinn::Endpoint::new(
+        endpoint_config(quinn::EndpointConfig::default()),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .map_err(endpoint)?;
     endpoint.set_default_client_config(cfg);
     Ok(endpoint)
 }

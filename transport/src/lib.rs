@@ -21,7 +21,9 @@ pub mod framed;
 pub mod pki;
 pub mod tls;
 
-pub use endpoint::{TransportOptions, bind_reuseport, client_endpoint, connect, server_endpoint};
+pub use endpoint::{
+    MAX_UDP_PAYLOAD, TransportOptions, bind_reuseport, client_endpoint, connect, server_endpoint,
+};
 pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter};
 pub use pki::{Authority, ServerCert, check_agent_key, new_agent_key, peer_cert};

@@ -11,8 +11,8 @@ use hodei_core::frame::{FrameError, Wire};
 use hodei_core::spec::JobSpec;
 use hodei_core::wire::{FromAgent, ToServer};
 use hodei_transport::{
-    FrameReader, FrameWriter, TransportError, TransportOptions, bind_reuseport, client_config,
-    client_endpoint, connect, ensure_server_tls, server_config, server_endpoint,
+    FrameReader, FrameWriter, MAX_UDP_PAYLOAD, TransportError, TransportOptions, bind_reuseport,
+    client_config, client_endpoint, connect, ensure_server_tls, server_config, server_endpoint,
 };
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -159,6 +159,33 @@ async fn reuseport_endpoints_carry_framed_messages() -> TestResult {
     }
     shard_a.close(0u32.into(), b"");
     shard_b.close(0u32.into(), b"");
+    Ok(())
+}
+
+/// Path MTU discovery takes a loopback connection past Ethernet-sized datagrams, up to
+/// [`MAX_UDP_PAYLOAD`] and no further: a batch of assignments or output is not cut into
+/// 1.4 KB packets where the path carries more.
+#[tokio::test]
+async fn loopback_paths_grow_past_ethernet_datagrams() -> TestResult {
+    let dir = TempDir::new("mtu")?;
+    let (endpoint, addr) = server_in(dir.path())?;
+    tokio::spawn(echo_server(endpoint.clone()));
+    let conn = client_to(&dir.path().join("ca.pem"), addr).await?;
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let mtu = conn.stats().path.current_mtu;
+        assert!(mtu <= MAX_UDP_PAYLOAD, "{mtu} > {MAX_UDP_PAYLOAD}");
+        if mtu > 1472 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "MTU still {mtu} after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    conn.close(0u32.into(), b"done");
+    endpoint.close(0u32.into(), b"");
     Ok(())
 }
 
