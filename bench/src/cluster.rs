@@ -182,6 +182,16 @@ impl Cluster {
         self.procs.first().map(Proc::id)
     }
 
+    /// CPU used so far by the server, and by the agents together (their jobs as children).
+    pub fn cpu(&self) -> (crate::cpu::Cpu, crate::cpu::Cpu) {
+        let server = self.procs.first().map(|p| crate::cpu::cpu(p.id()));
+        let agents = self.procs.iter().skip(1).map(|p| crate::cpu::cpu(p.id()));
+        (
+            server.unwrap_or_default(),
+            agents.fold(Default::default(), |a, b| a + b),
+        )
+    }
+
     /// `kill -9` of the server, then a new server process on the same data dir; returns
     /// how long it took until the new one answered a request. `spawned` gets the new pid.
     pub async fn restart_server(&mut self, spawned: impl FnOnce(u32)) -> Result<Duration> {

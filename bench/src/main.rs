@@ -13,6 +13,7 @@
 
 mod cluster;
 mod compare;
+mod cpu;
 mod dispatch;
 mod heartbeats;
 mod machine;

@@ -67,6 +67,11 @@ struct ModeResult {
     /// First submit → last finish.
     span_s: f64,
     series: Vec<f64>,
+    /// CPU time per job, µs, from the first submit to the last answer: the server's, the
+    /// agents' own, and their jobs' (the agents' reaped children).
+    server_cpu_us: f64,
+    agents_cpu_us: f64,
+    jobs_cpu_us: f64,
 }
 
 pub async fn throughput(args: ThroughputArgs) -> Result<()> {
@@ -144,6 +149,7 @@ async fn run_mode(
     }
     let t0 = Instant::now();
     let t0_wall = wall_now();
+    let cpu0 = cluster.cpu();
     let deadline = t0 + args.duration;
     let batch = args.batch;
     let submitters: Vec<_> = conns
@@ -162,6 +168,10 @@ async fn run_mode(
     for s in submitters {
         ids.extend(s.await??);
     }
+    let cpu1 = cluster.cpu();
+    #[allow(clippy::cast_precision_loss)]
+    let per_job = |secs: f64| 1e6 * secs / ids.len().max(1) as f64;
+    let (server_cpu, agents_cpu) = (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1);
     let finished = finish_times(&client, &ids).await?;
     let last = finished.iter().copied().max().unwrap_or(t0_wall);
     #[allow(clippy::cast_precision_loss)]
@@ -183,6 +193,9 @@ async fn run_mode(
         drain_s,
         span_s,
         series: timeline::per_interval(&finished, t0_wall, interval),
+        server_cpu_us: per_job(server_cpu.own),
+        agents_cpu_us: per_job(agents_cpu.own),
+        jobs_cpu_us: per_job(agents_cpu.children),
     })
 }
 
@@ -215,8 +228,8 @@ fn report(
     let mut o = Outcome::new("throughput", params, line);
     o.figure("series_interval_ms", interval.as_secs_f64() * 1000.0);
     o.table.push(format!(
-        "{:<6} {:>9} {:>10} {:>14} {:>9} {:>9}",
-        "mode", "jobs", "jobs/s", "steady jobs/s", "drain s", "span s"
+        "{:<6} {:>9} {:>10} {:>14} {:>9} {:>9} {:>22}",
+        "mode", "jobs", "jobs/s", "steady jobs/s", "drain s", "span s", "CPU µs/job srv/agt/job"
     ));
     for r in results {
         let m = r.mode;
@@ -229,8 +242,21 @@ fn report(
         o.figure(format!("{m}_drain_s"), round3(r.drain_s));
         o.figure(format!("{m}_span_s"), round3(r.span_s));
         o.figure(format!("{m}_series_jobs_per_s"), r.series.clone());
+        o.figure(
+            format!("{m}_server_cpu_us_per_job"),
+            round3(r.server_cpu_us),
+        );
+        o.figure(
+            format!("{m}_agents_cpu_us_per_job"),
+            round3(r.agents_cpu_us),
+        );
+        o.figure(format!("{m}_jobs_cpu_us_per_job"), round3(r.jobs_cpu_us));
+        let cpu = format!(
+            "{:.0} / {:.0} / {:.0}",
+            r.server_cpu_us, r.agents_cpu_us, r.jobs_cpu_us
+        );
         o.table.push(format!(
-            "{m:<6} {:>9} {:>10.0} {:>14.0} {:>9.3} {:>9.3}",
+            "{m:<6} {:>9} {:>10.0} {:>14.0} {:>9.3} {:>9.3} {cpu:>22}",
             r.jobs, r.jobs_per_s, r.steady_jobs_per_s, r.drain_s, r.span_s
         ));
     }
