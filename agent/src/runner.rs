@@ -219,14 +219,14 @@ pub fn spawn_job(
 /// Which files an attempt may have left; [`forget`] looks only for those, since a failed
 /// path lookup per job is a visible share of what short jobs cost.
 #[derive(Clone, Copy, Debug)]
-pub struct Leftovers {
+pub struct AttemptFiles {
     /// Its output spool: it printed something (the spool is made with the first output).
     pub spool: bool,
     /// Its script file: it is a script job.
     pub script: bool,
 }
 
-impl Leftovers {
+impl AttemptFiles {
     /// When unsure (the attempt may still be running and printing).
     pub const ALL: Self = Self {
         spool: true,
@@ -237,7 +237,7 @@ impl Leftovers {
 /// Deletes an attempt's spool and script files once the server acknowledged its result, and
 /// gives its default working directory back to the pool if the job left it empty (a
 /// directory holding files is kept as `jobs/<job>-<attempt>`).
-pub fn forget(opts: &RunnerOptions, job: JobId, attempt: Attempt, files: Leftovers) {
+pub fn forget(opts: &RunnerOptions, job: JobId, attempt: Attempt, files: AttemptFiles) {
     if opts.noop {
         // A no-op attempt creates no file.
         return;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hodei_agent::runner::{
-    Leftovers, RunEventKind, RunnerOptions, Secrets, Workdirs, forget, read_spool, spawn_job,
+    AttemptFiles, RunEventKind, RunnerOptions, Secrets, Workdirs, forget, read_spool, spawn_job,
 };
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::Outcome;
@@ -168,7 +168,7 @@ async fn default_workdir_is_created_and_forgotten() {
         .join("spool")
         .join(format!("{}-1.out", job(4)));
     assert!(spool.exists());
-    forget(&opts, job(4), Attempt(1), Leftovers::ALL);
+    forget(&opts, job(4), Attempt(1), AttemptFiles::ALL);
     assert!(!spool.exists());
     assert!(
         !jobs_dir.join(format!("{}-1", job(4))).exists(),
@@ -197,7 +197,7 @@ async fn default_workdirs_are_pooled_empty_and_kept_when_used() {
     // The first attempt leaves its directory empty: it stays in the pool.
     let (outcome, _) = check(&run(&opts, job(40), JobSpec::exec("true", &[])).await);
     assert_eq!(outcome, Outcome::Exited(0));
-    forget(&opts, job(40), Attempt(1), Leftovers::ALL);
+    forget(&opts, job(40), Attempt(1), AttemptFiles::ALL);
     assert_eq!(
         names(&jobs_dir),
         [".run-1"],
@@ -218,7 +218,7 @@ async fn default_workdirs_are_pooled_empty_and_kept_when_used() {
         stream_bytes(&chunks, Stream::Stdout),
         format!("{}\n0\n", pooled.display())
     );
-    forget(&opts, job(41), Attempt(1), Leftovers::ALL);
+    forget(&opts, job(41), Attempt(1), AttemptFiles::ALL);
     let kept = jobs_dir.join(format!("{}-1", job(41)));
     assert_eq!(
         std::fs::read_to_string(kept.join("mine.txt")).unwrap(),
@@ -426,7 +426,7 @@ async fn read_spool_replays_from_any_offset() {
         assert_eq!(tagged(&tail), all[from..], "replay from offset {from}");
     }
     assert!(read_spool(&opts, job(13), Attempt(1), all.len() as u64 + 1).is_err());
-    forget(&opts, job(13), Attempt(1), Leftovers::ALL);
+    forget(&opts, job(13), Attempt(1), AttemptFiles::ALL);
     assert!(
         read_spool(&opts, job(13), Attempt(1), 0)
             .unwrap()

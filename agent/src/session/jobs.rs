@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::chunks::{self, trim};
 use super::{Agent, Held, drain};
-use crate::runner::{self, Leftovers, RunEvent, RunEventKind, RunHandle, Secrets};
+use crate::runner::{self, AttemptFiles, RunEvent, RunEventKind, RunHandle, Secrets};
 
 impl Held {
     fn new(attempt: Attempt, spec: &JobSpec, handle: Option<RunHandle>) -> Self {
@@ -88,9 +88,9 @@ impl Agent {
             handle.cancel(); // no-op if it already ended
             self.fenced.insert((job, h.attempt));
             // It may still be writing its files: look for all of them (again when it ends).
-            return runner::forget(&self.opts, job, h.attempt, Leftovers::ALL);
+            return runner::forget(&self.opts, job, h.attempt, AttemptFiles::ALL);
         }
-        let files = Leftovers {
+        let files = AttemptFiles {
             spool: h.produced > 0,
             script: h.script && h.handle.is_some(),
         };
@@ -107,7 +107,7 @@ impl Agent {
                 && self.fenced.remove(&(job, attempt))
             {
                 // Killed and forgotten earlier; it may have spooled while dying.
-                runner::forget(&self.opts, job, attempt, Leftovers::ALL);
+                runner::forget(&self.opts, job, attempt, AttemptFiles::ALL);
             }
             return None;
         };
