@@ -62,11 +62,12 @@ pub struct RunnerOptions {
     pub batch_interval: Duration,
     /// Run nothing: report every job started and exited 0 at once (measures dispatch alone).
     pub noop: bool,
-    /// Root of the agent's files: `scripts/`, `spool/` and the default per-job `jobs/` dirs.
+    /// Root of the agent's files: `scripts/`, `spool/` and `jobs/` (the pooled default
+    /// working directories, and those jobs left files in).
     pub work_root: PathBuf,
     /// Time between SIGTERM and SIGKILL when killing a group on a timeout or cancel (default 2 s).
     pub kill_grace: Duration,
-    /// Recycled default working directories (shared by clones of these options).
+    /// The pool of default working directories (shared by clones of these options).
     pub workdirs: Arc<Workdirs>,
     /// With prefetch: a permit per slot, taken before the spawn; an attempt waits for one in
     /// arrival order, and reports [`RunEventKind::Queued`] if that takes a while. `None`:
@@ -224,19 +225,23 @@ pub struct AttemptFiles {
     pub spool: bool,
     /// Its script file: it is a script job.
     pub script: bool,
+    /// Its default working directory: only once its process has ended, or a dying job
+    /// (or its SIGTERM trap) would run in the next attempt's directory.
+    pub workdir: bool,
 }
 
 impl AttemptFiles {
-    /// When unsure (the attempt may still be running and printing).
+    /// When unsure which files it made, and its process has ended.
     pub const ALL: Self = Self {
         spool: true,
         script: true,
+        workdir: true,
     };
 }
 
-/// Deletes an attempt's spool and script files once the server acknowledged its result, and
-/// gives its default working directory back to the pool if the job left it empty (a
-/// directory holding files is kept as `jobs/<job>-<attempt>`).
+/// Deletes an attempt's spool and script files once the server acknowledged its result (or
+/// the attempt was let go), and gives its default working directory back to the pool if the
+/// job left it empty (a directory holding files is kept as `jobs/<job>-<attempt>`).
 pub fn forget(opts: &RunnerOptions, job: JobId, attempt: Attempt, files: AttemptFiles) {
     if opts.noop {
         // A no-op attempt creates no file.
@@ -251,7 +256,9 @@ pub fn forget(opts: &RunnerOptions, job: JobId, attempt: Attempt, files: Attempt
             Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove job file"),
         }
     }
-    opts.workdirs.release(&opts.jobs_dir(), job, attempt);
+    if files.workdir {
+        opts.workdirs.release(&opts.jobs_dir(), job, attempt);
+    }
 }
 
 /// Where an attempt's events go. Once the receiver is gone the job keeps running and its
@@ -330,6 +337,7 @@ async fn run(
         // Cancelled while the redactor was built: still nothing started.
         return end_unstarted(&mut sink, Outcome::Cancelled).await;
     }
+    let has_secrets = !secrets.is_empty();
     let spawned = secrets::prepare(&spec, &secrets, &opts).and_then(|delivery| {
         let child = process::spawn(&spec, &opts, job, attempt, &delivery)?;
         Ok((child, delivery))
@@ -361,6 +369,7 @@ async fn run(
         &opts,
         spool::SpoolWriter::new(opts.spool_path(job, attempt)),
         &redactor,
+        has_secrets,
     );
     // Started is sent by the pump, not here: sending can block on a full channel, and the
     // supervisor must already be enforcing the time limit and cancels while it does.

@@ -202,7 +202,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
     });
     // A crashed agent left its jobs' secrets directories and run directories behind; no job
     // of ours runs yet.
-    crate::runner::Workdirs::clean_leftovers(&opts.work_root.join("jobs"));
+    opts.workdirs.clean_leftovers(&opts.work_root.join("jobs"));
     let stale = crate::runner::clean_leftover_secrets(&opts);
     if stale > 0 {
         info!(stale, "removed secrets directories left by an earlier run");

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hodei_agent::runner::{
-    AttemptFiles, RunEventKind, RunnerOptions, Secrets, Workdirs, forget, read_spool, spawn_job,
+    AttemptFiles, RunEventKind, RunnerOptions, Secrets, forget, read_spool, spawn_job,
 };
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::Outcome;
@@ -170,9 +170,10 @@ async fn default_workdir_is_created_and_forgotten() {
     assert!(spool.exists());
     forget(&opts, job(4), Attempt(1), AttemptFiles::ALL);
     assert!(!spool.exists());
-    assert!(
-        !jobs_dir.join(format!("{}-1", job(4))).exists(),
-        "an empty default workdir is not kept under the job's name"
+    assert_eq!(
+        names(&jobs_dir),
+        [".run-1"],
+        "an empty default workdir goes back to the pool, not kept under the job's name"
     );
 }
 
@@ -230,15 +231,30 @@ async fn default_workdirs_are_pooled_empty_and_kept_when_used() {
     let (outcome, chunks) = check(&run(&opts, job(42), script("ls -A | wc -l")).await);
     assert_eq!(outcome, Outcome::Exited(0));
     assert_eq!(stream_bytes(&chunks, Stream::Stdout), "0\n");
+    forget(&opts, job(42), Attempt(1), AttemptFiles::ALL);
+    // A job that turns its directory into something the agent cannot list: kept, never
+    // pooled; the next attempt gets a fresh directory.
+    let spoil = script(r#"d=$(pwd); cd ..; rmdir "$d"; echo spoiled > "$d""#);
+    let (outcome, _) = check(&run(&opts, job(43), spoil).await);
+    assert_eq!(outcome, Outcome::Exited(0));
+    forget(&opts, job(43), Attempt(1), AttemptFiles::ALL);
+    assert_eq!(
+        std::fs::read_to_string(jobs_dir.join(format!("{}-1", job(43)))).unwrap(),
+        "spoiled\n"
+    );
+    let (outcome, chunks) = check(&run(&opts, job(44), script("ls -A | wc -l")).await);
+    assert_eq!(outcome, Outcome::Exited(0));
+    assert_eq!(stream_bytes(&chunks, Stream::Stdout), "0\n");
     // At start: an empty leftover is removed, one holding files is set aside, never pooled.
     std::fs::create_dir_all(jobs_dir.join(".run-7")).unwrap();
     std::fs::write(jobs_dir.join(".run-1").join("stray"), "x").unwrap();
-    Workdirs::clean_leftovers(&jobs_dir);
+    opts.workdirs.clean_leftovers(&jobs_dir);
     let left = names(&jobs_dir);
-    assert_eq!(left.len(), 2, "{left:?}");
+    assert_eq!(left.len(), 3, "{left:?}");
     assert_eq!(left[0], format!("{}-1", job(41)));
+    assert_eq!(left[1], format!("{}-1", job(43)));
     assert!(
-        left[1].starts_with("left-") && left[1].ends_with("-run-1"),
+        left[2].starts_with("left-") && left[2].ends_with("-run-1"),
         "{left:?}"
     );
 }

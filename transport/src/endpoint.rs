@@ -50,17 +50,19 @@ impl Default for TransportOptions {
 
 /// The largest UDP payload an endpoint accepts, and the bound of its path MTU discovery.
 /// QUIC starts every path at 1,200 bytes and probes up; a path that drops big datagrams is
-/// found by quinn's black-hole detection and falls back. quinn's default, 1,472, fits an
-/// Ethernet frame: on loopback (MTU 64 KiB) or jumbo frames it cut output and batches into
+/// found by quinn's black-hole detection and falls back. quinn's defaults (1,472 accepted,
+/// discovery up to 1,452) fit an Ethernet frame: on loopback (MTU 64 KiB) or jumbo frames it cut output and batches into
 /// 1.4 KB packets, each a syscall, a netfilter pass and a wake-up of the receiver. Bigger is
 /// faster but not free: the server's RSS with 10,000 idle agents grew with it (1,472: 440 MiB;
 /// 4,096: 477; 8,192: 509; 16,384: 521, against a 512 MiB target), while a 200 MB output job
 /// took 1.34 s, 0.84, 0.80 and 0.53 s (`tuning/README.md`).
 pub const MAX_UDP_PAYLOAD: u16 = 4096;
+// What quinn accepts (`EndpointConfig::max_udp_payload_size`), checked at compile time.
+const _: () = assert!(MAX_UDP_PAYLOAD >= 1200 && MAX_UDP_PAYLOAD <= 65_527);
 
 /// quinn's endpoint settings with Hodei's [`MAX_UDP_PAYLOAD`].
 fn endpoint_config(mut cfg: quinn::EndpointConfig) -> quinn::EndpointConfig {
-    // Valid by construction: at least 1,200 and at most 65,527.
+    // Cannot fail: the bound is within quinn's range (checked above at compile time).
     let _ = cfg.max_udp_payload_size(MAX_UDP_PAYLOAD);
     cfg
 }

@@ -52,6 +52,8 @@ pub(super) struct Pump {
     batch_since: Option<Instant>,
     /// Masking of the job's secrets; `None` when there is nothing to mask.
     redact: Option<Redaction>,
+    /// The job has secrets: its read buffers are wiped after use.
+    secrets: bool,
 }
 
 /// Redaction state of one attempt: one stream state per output, and a reused output buffer.
@@ -71,7 +73,13 @@ enum Step {
 }
 
 impl Pump {
-    pub(super) fn new(opts: &RunnerOptions, spool: SpoolWriter, redactor: &Redactor) -> Self {
+    /// `secrets`: the job was given secret values (its raw output may hold them).
+    pub(super) fn new(
+        opts: &RunnerOptions,
+        spool: SpoolWriter,
+        redactor: &Redactor,
+        secrets: bool,
+    ) -> Self {
         let redact = (!redactor.is_empty()).then(|| Redaction {
             stdout: redactor.stream(),
             stderr: redactor.stream(),
@@ -86,6 +94,7 @@ impl Pump {
             batch_len: 0,
             batch_since: None,
             redact,
+            secrets,
         }
     }
 
@@ -100,10 +109,9 @@ impl Pump {
         mut exited: oneshot::Receiver<()>,
     ) {
         sink.send(RunEventKind::Started { at: started_at }).await;
-        // Raw output, secrets unmasked: wiped when the pump ends if there are secrets.
-        let wipe = self.redact.is_some();
-        let mut out_buf = PipeBuf::take(wipe);
-        let mut err_buf = PipeBuf::take(wipe);
+        // Raw output, secrets unmasked: wiped when the pump ends if the job has secrets.
+        let mut out_buf = PipeBuf::take(self.secrets);
+        let mut err_buf = PipeBuf::take(self.secrets);
         let mut exit_seen = false;
         // Drain time left once the process has exited.
         let mut drain: Option<Duration> = None;
@@ -117,8 +125,8 @@ impl Pump {
             let due = self.batch_since.map(|t| t + self.interval);
             let waiting = Instant::now();
             let step = tokio::select! {
-                r = read(&mut stdout, &mut out_buf.0[..room]) => Step::Read(Stream::Stdout, r),
-                r = read(&mut stderr, &mut err_buf.0[..room]) => Step::Read(Stream::Stderr, r),
+                r = read(&mut stdout, &mut out_buf.buf[..room]) => Step::Read(Stream::Stdout, r),
+                r = read(&mut stderr, &mut err_buf.buf[..room]) => Step::Read(Stream::Stderr, r),
                 () = sleep_until(due) => Step::Flush,
                 _ = &mut exited, if !exit_seen => Step::Exited,
                 () = tokio::time::sleep(drain.unwrap_or_default()), if drain.is_some() => {
@@ -138,10 +146,10 @@ impl Pump {
                     self.end(sink, Stream::Stderr).await;
                 }
                 Step::Read(Stream::Stdout, Ok(n)) => {
-                    self.take(sink, Stream::Stdout, &out_buf.0[..n]).await;
+                    self.take(sink, Stream::Stdout, &out_buf.buf[..n]).await;
                 }
                 Step::Read(Stream::Stderr, Ok(n)) => {
-                    self.take(sink, Stream::Stderr, &err_buf.0[..n]).await;
+                    self.take(sink, Stream::Stderr, &err_buf.buf[..n]).await;
                 }
                 Step::Read(_, Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Step::Read(stream, Err(e)) => {
@@ -273,7 +281,10 @@ thread_local! {
 
 /// A pipe's read buffer (`READ_BUF` bytes) from the thread's pool; back to it on drop,
 /// wiped first if it may have held a secret value.
-struct PipeBuf(Vec<u8>, bool);
+struct PipeBuf {
+    buf: Vec<u8>,
+    wipe: bool,
+}
 
 impl PipeBuf {
     fn take(wipe: bool) -> Self {
@@ -282,16 +293,16 @@ impl PipeBuf {
             .ok()
             .flatten()
             .unwrap_or_else(|| vec![0u8; READ_BUF]);
-        Self(buf, wipe)
+        Self { buf, wipe }
     }
 }
 
 impl Drop for PipeBuf {
     fn drop(&mut self) {
-        if self.1 {
-            self.0.as_mut_slice().zeroize();
+        if self.wipe {
+            self.buf.as_mut_slice().zeroize();
         }
-        let buf = std::mem::take(&mut self.0);
+        let buf = std::mem::take(&mut self.buf);
         // At thread exit the pool may be gone already: the buffer is then just freed.
         let _ = BUFS.try_with(|b| {
             let mut b = b.borrow_mut();

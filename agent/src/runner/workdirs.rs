@@ -1,8 +1,9 @@
 //! Default working directories: a pool of run directories `<work_root>/jobs/.run-N`.
 //!
 //! A job without a `workdir` of its own runs in an empty directory of the pool. When the
-//! server has acknowledged its result, a directory the job left empty goes back to the pool
-//! as it is; one holding files is renamed to `jobs/<job>-<attempt>` and kept, as before.
+//! server has acknowledged its result and its process has ended, a directory the job left
+//! empty goes back to the pool as it is; one holding files (or one the agent cannot read) is
+//! renamed to `jobs/<job>-<attempt>` and kept, as before.
 //!
 //! Why a pool and not a directory per attempt: `mkdir` plus `rmdir` for every attempt
 //! allocates and frees an inode and a block each time, a quarter of an agent's CPU with
@@ -10,7 +11,7 @@
 //! into place and back still cost a tenth of it (two renames per job, each looking its path
 //! up through a directory that grows with every job name ever used). An empty run directory
 //! is reused in place: the only syscalls per attempt are a `mkdir` that finds it there and
-//! the emptiness check (`tuning/README.md`).
+//! the emptiness check (open, read the entries, close; `tuning/README.md`).
 //!
 //! A process that escaped the job's process group could still hold a pooled directory as its
 //! cwd and write into it later; the agent tracks no such process anyway (it SIGKILLs the
@@ -57,7 +58,9 @@ impl Workdirs {
                 p.next += 1;
                 p.next
             });
-            p.busy.insert((job, attempt), n);
+            let earlier = p.busy.insert((job, attempt), n);
+            // An attempt is spawned once: a second acquire would leak the first number.
+            debug_assert!(earlier.is_none(), "{job}-{attempt} acquired twice");
             n
         };
         let dir = run_dir(jobs, n);
@@ -91,7 +94,10 @@ impl Workdirs {
         let keep = match std::fs::read_dir(&dir) {
             Ok(mut entries) => entries.next().is_some(),
             // Removed by the job itself: the number is free, the next acquire makes it.
-            Err(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            // Unreadable (the job took its permissions away) or not a directory any more:
+            // never hand it to another job.
+            Err(_) => true,
         };
         if keep {
             let named = jobs.join(format!("{job}-{attempt}"));
@@ -112,21 +118,30 @@ impl Workdirs {
 
     /// At start, before any job runs: removes the empty run directories an earlier run left in
     /// `jobs`, and renames those holding files (a crash before their results were
-    /// acknowledged) to `left-<unix ms>-<name>` so that no job is given them.
-    pub fn clean_leftovers(jobs: &Path) {
+    /// acknowledged) to `left-<unix ms>-run-N` so that no job is given them. A leftover that
+    /// cannot be moved keeps its number out of the pool.
+    pub fn clean_leftovers(&self, jobs: &Path) {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
+        let mut taken = 0;
         for e in std::fs::read_dir(jobs).into_iter().flatten().flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if let Some(rest) = name.strip_prefix(RUN_PREFIX) {
-                if std::fs::remove_dir(e.path()).is_err() {
-                    let _ = std::fs::rename(e.path(), jobs.join(format!("left-{now}-run-{rest}")));
+                if std::fs::remove_dir(e.path()).is_ok() {
+                    continue;
+                }
+                let aside = jobs.join(format!("left-{now}-run-{rest}"));
+                if let Err(err) = std::fs::rename(e.path(), &aside) {
+                    tracing::warn!(dir = %e.path().display(), error = %err, "cannot set aside a leftover working directory");
+                    taken = taken.max(rest.parse::<u32>().unwrap_or(0));
                 }
             } else if name.starts_with(OLD_SPARE_PREFIX) {
                 let _ = std::fs::remove_dir(e.path());
             }
         }
+        let mut p = self.lock();
+        p.next = p.next.max(taken);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Pool> {

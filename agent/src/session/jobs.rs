@@ -87,12 +87,18 @@ impl Agent {
         {
             handle.cancel(); // no-op if it already ended
             self.fenced.insert((job, h.attempt));
-            // It may still be writing its files: look for all of them (again when it ends).
-            return runner::forget(&self.opts, job, h.attempt, AttemptFiles::ALL);
+            // It may still be writing its files: look for all of them now, and again when
+            // it ends. Its directory stays its own until then.
+            let files = AttemptFiles {
+                workdir: false,
+                ..AttemptFiles::ALL
+            };
+            return runner::forget(&self.opts, job, h.attempt, files);
         }
         let files = AttemptFiles {
             spool: h.produced > 0,
             script: h.script && h.handle.is_some(),
+            workdir: true,
         };
         runner::forget(&self.opts, job, h.attempt, files);
     }
@@ -106,14 +112,22 @@ impl Agent {
             if matches!(ev.kind, RunEventKind::Finished { .. })
                 && self.fenced.remove(&(job, attempt))
             {
-                // Killed and forgotten earlier; it may have spooled while dying.
+                // Killed and forgotten earlier; it may have spooled while dying, and its
+                // directory is free only now.
                 runner::forget(&self.opts, job, attempt, AttemptFiles::ALL);
             }
             return None;
         };
         if h.finished.is_some() {
-            // The drain gave up on it and reported it drained: its late events change nothing.
-            h.runner_done |= matches!(ev.kind, RunEventKind::Finished { .. });
+            // The drain gave up on it and reported it drained: its late events change nothing,
+            // except that late output is in the spool, which the end must delete.
+            match &ev.kind {
+                RunEventKind::Finished { .. } => h.runner_done = true,
+                RunEventKind::Output { offset, chunks } => {
+                    h.produced = h.produced.max(offset + chunks::len(chunks));
+                }
+                RunEventKind::Queued | RunEventKind::Started { .. } => {}
+            }
             return None;
         }
         match ev.kind {
