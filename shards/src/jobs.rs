@@ -526,6 +526,8 @@ impl Shard {
         if !job.rec.state.can_transition_to(JobState::Running) {
             return;
         }
+        // Started: an exemption from the assign timeout has no use any more.
+        self.accepted.remove(&(id, job.rec.attempt));
         job.rec.state = JobState::Running;
         job.rec.started_at = Some(at);
         job.rec.ran = true;

@@ -150,6 +150,9 @@ impl Shard {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
+        // The attempt is over: no exemption of it may outlive it (its `Ack` timer may have
+        // fired already).
+        self.accepted.remove(&(id, job.rec.attempt));
         let policy = &job.rec.spec.policy;
         let retry = policy.retry_on.contains(class) && job.rec.attempt.0 <= policy.retries;
         if retry && job.rec.state.can_transition_to(JobState::Pending) {

@@ -300,6 +300,12 @@ impl Shard {
         })
     }
 
+    /// Assignments exempted from the assign timeout because their agent queued them (for
+    /// invariant checks: each must still be `Assigned` in that attempt).
+    pub fn accepted(&self) -> impl Iterator<Item = (JobId, Attempt)> + '_ {
+        self.accepted.iter().copied()
+    }
+
     /// Attempts each worker of this shard holds (for invariant checks).
     pub fn held(&self) -> impl Iterator<Item = (WorkerId, JobId, Attempt)> + '_ {
         self.workers

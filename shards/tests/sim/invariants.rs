@@ -362,7 +362,24 @@ impl Sim {
         v.extend(self.clients.open_submit_waits());
         v.extend(self.check_worker_events());
         v.extend(self.check_conservation_at_end());
+        v.extend(self.check_accepted_at_end());
         v
+    }
+
+    /// Every job is final at the end: no assign-timeout exemption may be left behind.
+    fn check_accepted_at_end(&self) -> Vec<String> {
+        let mut left: Vec<_> = self
+            .server
+            .shards
+            .iter()
+            .flat_map(|s| s.accepted())
+            .collect();
+        left.sort();
+        left.into_iter()
+            .map(|(j, a)| {
+                format!("{j} attempt {a} still exempt from the assign timeout at the end")
+            })
+            .collect()
     }
 
     /// Stored worker events follow the worker state machine (Ready/Busy flips are not
