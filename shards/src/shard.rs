@@ -163,8 +163,8 @@ pub struct Shard {
     /// not final yet.
     pub(crate) wait_groups: HashMap<(usize, ReqId), usize>,
     /// Assignments their agent accepted into its prefetch queue: their `Ack` timer does not
-    /// fail them. Each entry goes when that timer fires (one per assignment), so the set
-    /// holds at most the assignments of the last assign timeout.
+    /// fail them. Each entry goes when its attempt starts or ends, or when that timer fires,
+    /// whichever comes first.
     pub(crate) accepted: HashSet<(JobId, Attempt)>,
     /// Idempotency keys this shard owns (see `lifecycle::key_shard`).
     /// (A BTreeMap: the keys are user strings, which must not be able to choose hash collisions.)

@@ -51,9 +51,9 @@ impl Default for TransportOptions {
 /// The largest UDP payload an endpoint accepts, and the bound of its path MTU discovery.
 /// QUIC starts every path at 1,200 bytes and probes up; a path that drops big datagrams is
 /// found by quinn's black-hole detection and falls back. quinn's defaults (1,472 accepted,
-/// discovery up to 1,452) fit an Ethernet frame: on loopback (MTU 64 KiB) or jumbo frames it cut output and batches into
-/// 1.4 KB packets, each a syscall, a netfilter pass and a wake-up of the receiver. Bigger is
-/// faster but not free: the server's RSS with 10,000 idle agents grew with it (1,472: 440 MiB;
+/// discovery up to 1,452) fit an Ethernet frame: on loopback (MTU 64 KiB) or jumbo frames
+/// they cut output and batches into 1.4 KB packets, each a syscall, a netfilter pass and a
+/// wake-up of the receiver. Bigger is faster but not free: the server's RSS with 10,000 idle agents grew with it (1,472: 440 MiB;
 /// 4,096: 477; 8,192: 509; 16,384: 521, against a 512 MiB target), while a 200 MB output job
 /// took 1.34 s, 0.84, 0.80 and 0.53 s (`tuning/README.md`).
 pub const MAX_UDP_PAYLOAD: u16 = 4096;
@@ -204,15 +204,15 @@ pub fn client_endpoint(
     } else {
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
     };
-    let endpoint = |source| TransportError::Endpoint { addr: bind, source };
-    let socket = UdpSocket::bind(bind).map_err(endpoint)?;
+    let failed = |source| TransportError::Endpoint { addr: bind, source };
+    let socket = UdpSocket::bind(bind).map_err(failed)?;
     let mut endpoint = quinn::Endpoint::new(
         endpoint_config(quinn::EndpointConfig::default()),
         None,
         socket,
         Arc::new(quinn::TokioRuntime),
     )
-    .map_err(endpoint)?;
+    .map_err(failed)?;
     endpoint.set_default_client_config(cfg);
     Ok(endpoint)
 }

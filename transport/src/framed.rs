@@ -11,7 +11,7 @@ use hodei_core::frame::{HEADER_LEN, Wire, decode_header, split_frame};
 use crate::error::TransportError;
 
 /// At most this many bytes of queued messages are gathered into one write.
-pub const BATCH_BYTES: usize = 256 * 1024;
+const BATCH_BYTES: usize = 256 * 1024;
 
 /// Bytes requested per read when no large frame is pending: enough to take many small
 /// messages (heartbeats, acks) per call.
