@@ -1,6 +1,6 @@
 //! The shard's only way out: the [`Comm`] trait, and the messages shards exchange.
 
-use hodei_core::event::Event;
+use hodei_core::event::{Event, Subject};
 use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::{JobRecord, Outcome, WorkerInfo};
 use hodei_core::spec::JobSpec;
@@ -34,6 +34,21 @@ pub enum StoreOp {
     },
     /// Append an event (in the same batch as the change it records).
     PutEvent(Event),
+}
+
+impl StoreOp {
+    /// The job this write is about, if it is about one.
+    #[must_use]
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            StoreOp::PutJob(rec) => Some(rec.id),
+            StoreOp::PutOutput { job, .. } => Some(*job),
+            StoreOp::PutEvent(ev) => match ev.subject {
+                Subject::Job(job) => Some(job),
+                Subject::Worker(_) => None,
+            },
+        }
+    }
 }
 
 /// What goes back to a client.

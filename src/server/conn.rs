@@ -238,10 +238,10 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control
                 match control.renew(&identity, &public_key) {
                     Ok((cert_pem, expires_at_ms)) => {
                         debug!(%identity, "agent certificate renewed");
-                        let _ = wtx.send(AgentOut::Msg(ToAgent::Renewed {
+                        let _ = wtx.send(AgentOut::Msg(Box::new(ToAgent::Renewed {
                             cert_pem,
                             expires_at_ms,
-                        }));
+                        })));
                     }
                     Err(e) => warn!(%identity, "cannot renew an agent certificate: {e:#}"),
                 }
@@ -280,10 +280,10 @@ async fn agent_writer(
         while let Some(out) = next {
             match out {
                 AgentOut::Msg(m) => {
-                    if let ToAgent::Welcome { worker, .. } = &m {
+                    if let ToAgent::Welcome { worker, .. } = &*m {
                         control.bind_worker(*worker, &identity);
                     }
-                    if let Err(e) = w.push(&m) {
+                    if let Err(e) = w.push(&*m) {
                         warn!("dropping an unencodable message: {e}");
                     }
                 }
