@@ -27,7 +27,7 @@ impl ShardAudit {
     /// Resumes the shard's chain from its last stored record.
     pub fn resume(store: &Store, shard: u16, key: AuditKey) -> Result<Self> {
         let chain = match store.last_audit(shard)? {
-            Some(r) => AuditChain::resume(shard, r.seq + 1, r.hash),
+            Some((seq, hash)) => AuditChain::resume(shard, seq + 1, hash),
             None => AuditChain::new(shard),
         }
         .keyed(key);

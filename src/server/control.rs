@@ -227,7 +227,7 @@ impl Control {
         // outside the store: whoever can edit the store cannot recompute the chain.
         let audit_key = AuditKey::from_bytes(&key.derive("hodei-audit/v1"));
         let chain = match store.last_audit(CONTROL_CHAIN)? {
-            Some(r) => AuditChain::resume(CONTROL_CHAIN, r.seq + 1, r.hash),
+            Some((seq, hash)) => AuditChain::resume(CONTROL_CHAIN, seq + 1, hash),
             None => AuditChain::new(CONTROL_CHAIN),
         }
         .keyed(audit_key.clone());

@@ -109,6 +109,15 @@ fn audit_key(chain: u16, seq: u64) -> [u8; 10] {
     k
 }
 
+/// The seq in an audit key.
+fn audit_seq(k: &[u8]) -> Result<u64> {
+    let seq: [u8; 8] = k
+        .get(2..10)
+        .and_then(|s| s.try_into().ok())
+        .context("corrupt audit key")?;
+    Ok(u64::from_be_bytes(seq))
+}
+
 fn output_prefix(job: JobId, attempt: Attempt) -> [u8; 12] {
     let mut k = [0u8; 12];
     k[..8].copy_from_slice(&job.to_be_bytes());
@@ -575,15 +584,22 @@ impl Store {
         batch.commit().context("cannot store agent certificates")
     }
 
-    /// The last audit record of a chain, to resume it.
-    pub fn last_audit(&self, chain: u16) -> Result<Option<AuditRecord>> {
+    /// The head of a chain, to resume it: the last record's seq and hash.
+    pub fn last_audit(&self, chain: u16) -> Result<Option<(u64, [u8; 32])>> {
         let Some(kv) = self.audit.prefix(chain.to_be_bytes()).next_back() else {
             return Ok(None);
         };
         let (k, v) = kv.into_inner().context("cannot read the audit keyspace")?;
-        audit::decode(&v)
-            .map(Some)
-            .with_context(|| format!("corrupt store: audit record {}", hex(&k)))
+        let seq = audit_seq(&k)?;
+        // The head needs no predecessor: a stored record's hash is its own.
+        let at = audit::Position {
+            chain,
+            seq,
+            prev: [0; 32],
+        };
+        let r = audit::decode(&v, &at)
+            .with_context(|| format!("corrupt store: audit record {}", hex(&k)))?;
+        Ok(Some((r.seq, r.hash)))
     }
 
     /// Every chain that has records.
@@ -611,9 +627,19 @@ impl Store {
     /// A chain's records in order; a record that cannot be decoded is an error naming its
     /// key (`hodei audit verify` reports it as tampering).
     pub fn read_audit(&self, chain: u16) -> impl Iterator<Item = Result<AuditRecord>> + '_ {
-        self.audit.prefix(chain.to_be_bytes()).map(|kv| {
+        // Each record is read with the hash of the one before it, as it was chained.
+        let mut prev = [0u8; 32];
+        self.audit.prefix(chain.to_be_bytes()).map(move |kv| {
             let (k, v) = kv.into_inner().context("cannot read the audit keyspace")?;
-            audit::decode(&v).with_context(|| format!("audit record {} cannot be decoded", hex(&k)))
+            let at = audit::Position {
+                chain,
+                seq: audit_seq(&k)?,
+                prev,
+            };
+            let r = audit::decode(&v, &at)
+                .with_context(|| format!("audit record {} cannot be decoded", hex(&k)))?;
+            prev = r.hash;
+            Ok(r)
         })
     }
 
@@ -692,6 +718,50 @@ mod tests {
             .collect();
         assert_eq!(out, b"hello world");
         assert_eq!(store.read_output(rec.id, Attempt(1), 6)?.len(), 1);
+        Ok(())
+    }
+
+    /// A chain begun by an earlier build (version 1 records, every field stored) and continued
+    /// by this one (version 2, the place left to the key and the chain) reads back as one
+    /// chain that verifies, and resumes from its last record.
+    #[test]
+    fn audit_chains_span_record_versions() -> Result<()> {
+        let dir = tempdir("audit-versions");
+        claim_data_dir(&dir)?;
+        let store = Store::open(&dir)?;
+        let mut chain = hodei_auth::audit::AuditChain::new(0);
+        let r0 = chain.append(1, "cli", "call.submit", "", "c1", "1 job(s)");
+        // Version 1, as earlier builds wrote it: prev, chain, seq, at_ms, then each string
+        // with a u64 length, then the hash.
+        let mut v1 = vec![1u8];
+        v1.extend(r0.prev);
+        v1.extend(r0.chain.to_le_bytes());
+        v1.extend(r0.seq.to_le_bytes());
+        v1.extend(r0.at_ms.to_le_bytes());
+        for f in [
+            &r0.actor,
+            &r0.action,
+            &r0.subject,
+            &r0.correlation_id,
+            &r0.detail,
+        ] {
+            v1.extend((f.len() as u64).to_le_bytes());
+            v1.extend(f.as_bytes());
+        }
+        v1.extend(r0.hash);
+        let mut batch = store.db.batch();
+        batch.insert(&store.audit, &audit_key(0, 0)[..], v1);
+        batch.commit()?;
+        let r1 = chain.append(2, "agent", "job.running", "j0.1.1", "c1", "attempt=1");
+        store.commit(&[], std::slice::from_ref(&r1))?;
+        drop(store);
+        let store = Store::open(&dir)?;
+        assert_eq!(store.last_audit(0)?, Some((1, r1.hash)));
+        let read = store.read_audit(0).collect::<Result<Vec<_>>>()?;
+        assert_eq!(read, vec![r0, r1]);
+        let n = hodei_auth::audit::verify(0, read, Some(chain.head()))
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        assert_eq!(n, 2);
         Ok(())
     }
 

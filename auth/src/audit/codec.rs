@@ -1,13 +1,29 @@
-//! The audit record's byte encoding, shared by hashing and storage.
+//! The audit record's byte encodings: the hashed form and the stored form.
 //!
-//! Stored form: `version (1 byte, = 1) || fields || hash (32 bytes)`, where `fields` is exactly
-//! what the hash covers after the domain tag (see the `audit` module documentation). Sharing one
-//! encoder means the stored bytes are the hashed bytes: nothing is stored that the hash does not
-//! protect. [`decode`] is fed untrusted bytes and never panics or over-allocates.
+//! Hashed form (`fields`): what [`put_fields`] writes, covered by the hash after the domain
+//! tag (see the `audit` module documentation).
+//!
+//! Stored form, version 2: `2 || at_ms (8 bytes LE) || 5 × (LEB128 length || UTF-8 bytes) ||
+//! hash (32 bytes)`. `chain` and `seq` are in the record's store key and `prev` is the hash of
+//! the record before it, so they are not stored again: a reader supplies them ([`Position`])
+//! and the hash, which covers them, still catches a record moved, removed or edited. That
+//! takes a record from ~200 to ~125 bytes, and the audit keyspace was the largest one.
+//! Version 1 (`1 || fields || hash`, every field stored) is still read. [`decode`] is fed
+//! untrusted bytes and never panics or over-allocates.
 
 use super::AuditRecord;
 
-const VERSION: u8 = 1;
+/// The version [`encode`] writes.
+const VERSION: u8 = 2;
+
+/// Where a stored record sits, which a version 2 record does not store: its chain and seq
+/// (from its key) and the previous record's hash (all zeros before a chain's first record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub chain: u16,
+    pub seq: u64,
+    pub prev: [u8; 32],
+}
 
 /// Why bytes are not an audit record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -20,6 +36,8 @@ pub enum AuditError {
     NotUtf8(&'static str),
     #[error("audit record has {0} trailing bytes")]
     TrailingBytes(usize),
+    #[error("audit record field {0} has a malformed length")]
+    BadLength(&'static str),
 }
 
 /// Appends the hashed fields of `r` (everything but the domain tag, version and hash).
@@ -28,43 +46,58 @@ pub(super) fn put_fields(r: &AuditRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(&r.chain.to_le_bytes());
     out.extend_from_slice(&r.seq.to_le_bytes());
     out.extend_from_slice(&r.at_ms.to_le_bytes());
-    for s in [
-        &r.actor,
-        &r.action,
-        &r.subject,
-        &r.correlation_id,
-        &r.detail,
-    ] {
+    for s in r.strings() {
         out.extend_from_slice(&(s.len() as u64).to_le_bytes());
         out.extend_from_slice(s.as_bytes());
     }
 }
 
-/// The stored bytes of `r`.
+/// The stored bytes of `r` (version 2).
 pub fn encode(r: &AuditRecord) -> Vec<u8> {
-    let mut out = Vec::with_capacity(1 + 64 + 32 + r.strings_len() + 18);
+    let mut out = Vec::with_capacity(1 + 8 + 32 + r.strings_len());
     out.push(VERSION);
-    put_fields(r, &mut out);
+    out.extend_from_slice(&r.at_ms.to_le_bytes());
+    for s in r.strings() {
+        let mut len = s.len() as u64;
+        while len >= 0x80 {
+            #[allow(clippy::cast_possible_truncation)] // the low 7 bits
+            out.push((len as u8) | 0x80);
+            len >>= 7;
+        }
+        #[allow(clippy::cast_possible_truncation)] // below 0x80
+        out.push(len as u8);
+        out.extend_from_slice(s.as_bytes());
+    }
     out.extend_from_slice(&r.hash);
     out
 }
 
-/// Parses stored bytes. Does not check the hash: that is [`super::verify`]'s job.
-pub fn decode(bytes: &[u8]) -> Result<AuditRecord, AuditError> {
+/// Parses stored bytes found at `at`. Does not check the hash: that is
+/// [`super::verify`]'s job. A version 1 record carries its own chain, seq and prev.
+pub fn decode(bytes: &[u8], at: &Position) -> Result<AuditRecord, AuditError> {
     let mut rd = Reader(bytes);
     let version = rd.array::<1>("version")?[0];
-    if version != VERSION {
-        return Err(AuditError::UnknownVersion(version));
-    }
-    let prev = rd.array::<32>("prev")?;
-    let chain = u16::from_le_bytes(rd.array("chain")?);
-    let seq = u64::from_le_bytes(rd.array("seq")?);
-    let at_ms = u64::from_le_bytes(rd.array("at_ms")?);
-    let actor = rd.string("actor")?;
-    let action = rd.string("action")?;
-    let subject = rd.string("subject")?;
-    let correlation_id = rd.string("correlation_id")?;
-    let detail = rd.string("detail")?;
+    let (chain, seq, prev, at_ms) = match version {
+        1 => {
+            let prev = rd.array::<32>("prev")?;
+            let chain = u16::from_le_bytes(rd.array("chain")?);
+            let seq = u64::from_le_bytes(rd.array("seq")?);
+            (chain, seq, prev, u64::from_le_bytes(rd.array("at_ms")?))
+        }
+        2 => (
+            at.chain,
+            at.seq,
+            at.prev,
+            u64::from_le_bytes(rd.array("at_ms")?),
+        ),
+        v => return Err(AuditError::UnknownVersion(v)),
+    };
+    let compact = version == 2;
+    let actor = rd.string("actor", compact)?;
+    let action = rd.string("action", compact)?;
+    let subject = rd.string("subject", compact)?;
+    let correlation_id = rd.string("correlation_id", compact)?;
+    let detail = rd.string("detail", compact)?;
     let hash = rd.array::<32>("hash")?;
     if !rd.0.is_empty() {
         return Err(AuditError::TrailingBytes(rd.0.len()));
@@ -107,8 +140,32 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
-    fn string(&mut self, field: &'static str) -> Result<String, AuditError> {
-        let len = u64::from_le_bytes(self.array(field)?);
+    /// A LEB128 length in its shortest form: at most 10 bytes, no bits beyond 64.
+    fn varint(&mut self, field: &'static str) -> Result<u64, AuditError> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let b = self.array::<1>(field)?[0];
+            if shift == 63 && b > 1 {
+                return Err(AuditError::BadLength(field));
+            }
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                // A trailing zero byte would be a second spelling of the same length.
+                if shift > 0 && b == 0 {
+                    return Err(AuditError::BadLength(field));
+                }
+                return Ok(v);
+            }
+        }
+        Err(AuditError::BadLength(field))
+    }
+
+    fn string(&mut self, field: &'static str, compact: bool) -> Result<String, AuditError> {
+        let len = if compact {
+            self.varint(field)?
+        } else {
+            u64::from_le_bytes(self.array(field)?)
+        };
         let bytes = self.take(len, field)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| AuditError::NotUtf8(field))
     }

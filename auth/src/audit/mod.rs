@@ -19,14 +19,14 @@
 //!
 //! # Storage and JSON
 //!
-//! [`encode`]/[`decode`] use the same field encoding, prefixed with a version byte and followed
-//! by the hash (see [`codec`]). With serde (for JSON exports) `prev` and `hash` are 64-character
+//! [`encode`]/[`decode`] store a compact form that leaves out what the record's place
+//! gives (chain, seq, prev) and is read back with that place (see [`codec`]). With serde (for JSON exports) `prev` and `hash` are 64-character
 //! lowercase hex strings.
 
 mod codec;
 mod verify;
 
-pub use codec::{AuditError, decode, encode};
+pub use codec::{AuditError, Position, decode, encode};
 pub use verify::{ChainBreak, verify, verify_from, verify_keyed};
 
 use serde::{Deserialize, Serialize};
@@ -88,7 +88,8 @@ impl AuditRecord {
         out
     }
 
-    fn strings_len(&self) -> usize {
+    /// The string fields, in their encoding order.
+    fn strings(&self) -> [&str; 5] {
         [
             &self.actor,
             &self.action,
@@ -96,9 +97,10 @@ impl AuditRecord {
             &self.correlation_id,
             &self.detail,
         ]
-        .iter()
-        .map(|s| 8 + s.len())
-        .sum()
+    }
+
+    fn strings_len(&self) -> usize {
+        self.strings().iter().map(|s| 8 + s.len()).sum()
     }
 }
 

@@ -240,43 +240,127 @@ fn moving_bytes_between_fields_changes_the_hash() {
     assert_ne!(ra.hash, rb.hash);
 }
 
+/// Where `r` sits in its chain, as a reader of the store knows it.
+fn at(r: &AuditRecord) -> Position {
+    Position {
+        chain: r.chain,
+        seq: r.seq,
+        prev: r.prev,
+    }
+}
+
+/// Version 1, as earlier builds stored it: every field, then the hash.
+fn encode_v1(r: &AuditRecord) -> Vec<u8> {
+    let mut v = vec![1];
+    super::codec::put_fields(r, &mut v);
+    v.extend(r.hash);
+    v
+}
+
 #[test]
 fn encode_decode_roundtrip() {
     let (recs, _) = chain_of(3);
     for r in &recs {
-        assert_eq!(decode(&encode(r)).as_ref(), Ok(r));
+        assert_eq!(decode(&encode(r), &at(r)).as_ref(), Ok(r));
     }
     let mut c = AuditChain::new(u16::MAX);
     let r = c.append(u64::MAX, "ünïcødé", "", "a\0b", "x".repeat(1000), "\n");
-    assert_eq!(decode(&encode(&r)), Ok(r));
+    assert_eq!(decode(&encode(&r), &at(&r)), Ok(r));
+}
+
+/// A stored record leaves out its place, and is read back with the place it is found at:
+/// a record moved to another seq or chain, or read after another predecessor, no longer
+/// matches its hash.
+#[test]
+fn stored_records_take_their_place_from_the_reader() {
+    let (recs, _) = chain_of(3);
+    let r = &recs[1];
+    let stored = encode(r);
+    assert!(
+        stored.len() + 40 < encode_v1(r).len(),
+        "{} bytes",
+        stored.len()
+    );
+    for moved in [
+        Position { seq: 2, ..at(r) },
+        Position { chain: 1, ..at(r) },
+        Position {
+            prev: recs[1].hash,
+            ..at(r)
+        },
+    ] {
+        let back = decode(&stored, &moved).unwrap();
+        assert_ne!(back.compute_hash(), back.hash, "{moved:?}");
+    }
+    assert_eq!(decode(&stored, &at(r)).unwrap().compute_hash(), r.hash);
+}
+
+/// Records written by earlier builds (version 1) still read, whatever place is given.
+#[test]
+fn version_1_records_still_decode() {
+    let (recs, _) = chain_of(2);
+    let elsewhere = Position {
+        chain: 9,
+        seq: 9,
+        prev: [9; 32],
+    };
+    for r in &recs {
+        assert_eq!(decode(&encode_v1(r), &elsewhere).as_ref(), Ok(r));
+    }
 }
 
 #[test]
 fn decode_refuses_damage() {
     let (recs, _) = chain_of(1);
-    let bytes = encode(&recs[0]);
-    for n in 0..bytes.len() {
-        assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes");
+    let place = at(&recs[0]);
+    for bytes in [encode(&recs[0]), encode_v1(&recs[0])] {
+        for n in 0..bytes.len() {
+            assert!(decode(&bytes[..n], &place).is_err(), "prefix of {n} bytes");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer, &place), Err(AuditError::TrailingBytes(1)));
+        let mut v3 = bytes.clone();
+        v3[0] = 3;
+        assert_eq!(decode(&v3, &place), Err(AuditError::UnknownVersion(3)));
     }
-    let mut longer = bytes.clone();
-    longer.push(0);
-    assert_eq!(decode(&longer), Err(AuditError::TrailingBytes(1)));
-    let mut v2 = bytes.clone();
-    v2[0] = 2;
-    assert_eq!(decode(&v2), Err(AuditError::UnknownVersion(2)));
-    // A huge length prefix must be refused, not allocated.
+    // A huge length prefix must be refused, not allocated, in either version.
+    let v1 = encode_v1(&recs[0]);
     let fixed = 1 + 32 + 2 + 8 + 8;
-    let mut huge = bytes[..fixed].to_vec();
+    let mut huge = v1[..fixed].to_vec();
     huge.extend(u64::MAX.to_le_bytes());
     assert!(matches!(
-        decode(&huge),
+        decode(&huge, &place),
         Err(AuditError::Truncated { field: "actor", .. })
     ));
+    let v2 = encode(&recs[0]);
+    let mut huge = v2[..9].to_vec();
+    huge.extend([0xff; 9]);
+    huge.push(0x01);
+    assert!(matches!(
+        decode(&huge, &place),
+        Err(AuditError::Truncated { field: "actor", .. })
+    ));
+    // A length running past 64 bits.
+    let mut long = v2[..9].to_vec();
+    long.extend([0xff; 9]);
+    long.push(0x02);
+    assert_eq!(decode(&long, &place), Err(AuditError::BadLength("actor")));
+    let mut long = v2[..9].to_vec();
+    long.extend([0x80; 11]);
+    assert_eq!(decode(&long, &place), Err(AuditError::BadLength("actor")));
+    // A length not in its shortest form.
+    let mut padded = v2[..9].to_vec();
+    padded.extend([0x80, 0x00]);
+    assert_eq!(decode(&padded, &place), Err(AuditError::BadLength("actor")));
     // Invalid UTF-8 in a string field.
-    let mut bad = bytes[..fixed].to_vec();
+    let mut bad = v1[..fixed].to_vec();
     bad.extend(1u64.to_le_bytes());
     bad.push(0xff);
-    assert_eq!(decode(&bad), Err(AuditError::NotUtf8("actor")));
+    assert_eq!(decode(&bad, &place), Err(AuditError::NotUtf8("actor")));
+    let mut bad = v2[..9].to_vec();
+    bad.extend([1, 0xff]);
+    assert_eq!(decode(&bad, &place), Err(AuditError::NotUtf8("actor")));
 }
 
 #[test]
