@@ -118,11 +118,15 @@ proptest! {
         cut in any::<prop::sample::Index>(),
     ) {
         let (recs, _) = build(1, &es);
-        let mut bytes = audit::encode(&recs[0]);
+        let intact = audit::encode(&recs[0]);
+        // Every cut of an intact record is refused. (A damaged one may shrink a length so
+        // that a cut of it reads as a shorter record: decoding must only not panic.)
+        let c = cut.index(intact.len());
+        prop_assert!(audit::decode(&intact[..c], &FIRST).is_err());
+        let mut bytes = intact;
         let p = pos.index(bytes.len());
         bytes[p] = byte;
         let _ = audit::decode(&bytes, &FIRST);
-        let c = cut.index(bytes.len());
-        prop_assert!(audit::decode(&bytes[..c], &FIRST).is_err());
+        let _ = audit::decode(&bytes[..c], &FIRST);
     }
 }

@@ -109,12 +109,12 @@ fn audit_key(chain: u16, seq: u64) -> [u8; 10] {
     k
 }
 
-/// The seq in an audit key.
+/// The seq in an audit key (chain:u16 | seq:u64, nothing else).
 fn audit_seq(k: &[u8]) -> Result<u64> {
     let seq: [u8; 8] = k
-        .get(2..10)
+        .get(2..)
         .and_then(|s| s.try_into().ok())
-        .context("corrupt audit key")?;
+        .with_context(|| format!("corrupt audit key {}", hex(k)))?;
     Ok(u64::from_be_bytes(seq))
 }
 

@@ -38,6 +38,8 @@ pub enum AuditError {
     TrailingBytes(usize),
     #[error("audit record field {0} has a malformed length")]
     BadLength(&'static str),
+    #[error("audit record of chain {chain} seq {seq} is stored in another place")]
+    Misplaced { chain: u16, seq: u64 },
 }
 
 /// Appends the hashed fields of `r` (everything but the domain tag, version and hash).
@@ -73,7 +75,8 @@ pub fn encode(r: &AuditRecord) -> Vec<u8> {
 }
 
 /// Parses stored bytes found at `at`. Does not check the hash: that is
-/// [`super::verify`]'s job. A version 1 record carries its own chain, seq and prev.
+/// [`super::verify`]'s job. A version 1 record carries its own chain, seq and prev; its chain
+/// and seq must be `at`'s.
 pub fn decode(bytes: &[u8], at: &Position) -> Result<AuditRecord, AuditError> {
     let mut rd = Reader(bytes);
     let version = rd.array::<1>("version")?[0];
@@ -82,6 +85,11 @@ pub fn decode(bytes: &[u8], at: &Position) -> Result<AuditRecord, AuditError> {
             let prev = rd.array::<32>("prev")?;
             let chain = u16::from_le_bytes(rd.array("chain")?);
             let seq = u64::from_le_bytes(rd.array("seq")?);
+            // Its own place must be where it was found: a resumed chain takes its next seq
+            // from the last record, and must not overwrite one.
+            if (chain, seq) != (at.chain, at.seq) {
+                return Err(AuditError::Misplaced { chain, seq });
+            }
             (chain, seq, prev, u64::from_le_bytes(rd.array("at_ms")?))
         }
         2 => (

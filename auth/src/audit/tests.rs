@@ -86,7 +86,7 @@ fn edit_is_reported_as_hash_mismatch() {
     recs[17].detail.push('!');
     assert_eq!(
         verify(3, recs, None).unwrap_err().to_string(),
-        "record 17: hash mismatch (edited)"
+        "record 17: hash mismatch (it, or its link to the record before it, was edited)"
     );
 }
 
@@ -295,17 +295,26 @@ fn stored_records_take_their_place_from_the_reader() {
     assert_eq!(decode(&stored, &at(r)).unwrap().compute_hash(), r.hash);
 }
 
-/// Records written by earlier builds (version 1) still read, whatever place is given.
+/// Records written by earlier builds (version 1) still read, with the link they stored, and
+/// only where they say they belong.
 #[test]
 fn version_1_records_still_decode() {
     let (recs, _) = chain_of(2);
-    let elsewhere = Position {
-        chain: 9,
-        seq: 9,
-        prev: [9; 32],
-    };
     for r in &recs {
-        assert_eq!(decode(&encode_v1(r), &elsewhere).as_ref(), Ok(r));
+        let other_link = Position {
+            prev: [9; 32],
+            ..at(r)
+        };
+        assert_eq!(decode(&encode_v1(r), &other_link).as_ref(), Ok(r));
+        for moved in [Position { seq: 9, ..at(r) }, Position { chain: 9, ..at(r) }] {
+            assert_eq!(
+                decode(&encode_v1(r), &moved),
+                Err(AuditError::Misplaced {
+                    chain: r.chain,
+                    seq: r.seq
+                })
+            );
+        }
     }
 }
 

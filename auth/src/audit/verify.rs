@@ -14,7 +14,7 @@ pub enum ChainBreak {
     Missing { seq: u64, found: u64 },
     #[error("record {seq}: found record {found} again, out of order (duplicated or reordered)")]
     OutOfOrder { seq: u64, found: u64 },
-    #[error("record {seq}: hash mismatch (edited)")]
+    #[error("record {seq}: hash mismatch (it, or its link to the record before it, was edited)")]
     HashMismatch { seq: u64 },
     #[error(
         "record {seq}: previous-hash link broken (a record before it was edited, deleted or reordered)"
