@@ -517,3 +517,29 @@ pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
     }
     Ok(0)
 }
+
+/// Runs `hodei stats`: the server's own figures, one per line (or one JSON object).
+pub async fn stats(reset: bool, json: bool, target: &Target) -> Result<u8> {
+    let client = target.connect().await?;
+    let mut figures = Vec::new();
+    for m in client.request(&ToServer::Stats { reset }).await? {
+        if let FromServer::Stats(f) = m {
+            figures.extend(f);
+        }
+    }
+    if figures.is_empty() {
+        anyhow::bail!("the server sent no figures");
+    }
+    if json {
+        let obj: serde_json::Map<String, serde_json::Value> = figures
+            .into_iter()
+            .map(|f| (f.name, serde_json::Value::from(f.value)))
+            .collect();
+        print_json(&serde_json::Value::Object(obj))?;
+    } else {
+        for f in figures {
+            println!("{:<24} {}", f.name, f.value);
+        }
+    }
+    Ok(0)
+}

@@ -87,6 +87,18 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::WorkerCmd,
     },
+    /// The server's own figures since the last reset: heartbeat handling time (decoded →
+    /// applied by its shard) and store commit time, as counts and percentiles in µs.
+    Stats {
+        #[command(flatten)]
+        target: cli::Target,
+        /// Start the figures afresh after printing them.
+        #[arg(long)]
+        reset: bool,
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -208,6 +220,11 @@ fn run(cli: Cli) -> Result<u8> {
         Cmd::Up(args) => up::run(&args.server.options(), args.agents, args.slots).map(|()| 0),
         Cmd::Job { target, cmd } => block_on(cli::job(cmd, &target)),
         Cmd::Worker { target, cmd } => block_on(cli::worker(cmd, &target)),
+        Cmd::Stats {
+            target,
+            reset,
+            json,
+        } => block_on(cli::stats(reset, json, &target)),
         Cmd::Events { target, args } => block_on(events::run(args, &target)),
         Cmd::Token { target, cmd } => block_on(admin::token(cmd, &target)),
         Cmd::Secret { target, cmd } => block_on(admin::secret(cmd, &target)),

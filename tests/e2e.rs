@@ -243,3 +243,41 @@ fn submit_wait_ends_with_the_job() {
     let status = waiting.wait_exit(Duration::from_secs(60));
     assert_eq!(status.code(), Some(0));
 }
+
+/// `hodei stats`: the server times a real agent's heartbeats (decoded → applied by its
+/// shard) and its own store commits, and `--reset` starts the figures afresh.
+#[test]
+fn stats_time_real_heartbeats_and_store_commits() {
+    let scratch = Scratch::new("stats");
+    let server = Server::start_with(&scratch, 2, &["--heartbeat", "100ms"]);
+    let _a = server.agent(&scratch, "a1", 1, &[]);
+    server.wait_workers(1);
+    let id = server.submit(&["--", "true"]);
+    server.wait_job(&id, "the job to succeed", |j| j["state"] == "succeeded");
+    let num = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
+    // At 100 ms, 20 heartbeats take 2 s at least: a window that long before the reset.
+    wait_for("20 timed heartbeats", Duration::from_secs(60), || {
+        let s = server.json(&["stats", "--json"]);
+        (num(&s, "heartbeats") >= 20).then_some(())
+    });
+    let first = server.json(&["stats", "--json", "--reset"]);
+    assert!(num(&first, "heartbeats") >= 20, "{first}");
+    assert!(num(&first, "store_commits") >= 1, "{first}");
+    assert!(num(&first, "window_ms") >= 1_900, "{first}");
+    for what in ["heartbeat", "store_commit"] {
+        let p = |q: &str| num(&first, &format!("{what}_{q}_us"));
+        assert!(p("p50") <= p("p90") && p("p90") <= p("p99"), "{first}");
+        assert!(p("p99") <= p("p999") && p("p999") <= p("max"), "{first}");
+    }
+    let text = server.ok(&["stats"]);
+    assert!(
+        text.lines().any(|l| l.starts_with("heartbeat_p99_us")),
+        "{text}"
+    );
+    // The window restarted at the reset, so it is shorter than the one before it.
+    let second = server.json(&["stats", "--json"]);
+    assert!(
+        num(&second, "window_ms") < num(&first, "window_ms"),
+        "{first}\n{second}"
+    );
+}

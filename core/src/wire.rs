@@ -364,6 +364,12 @@ pub enum ToServer {
         /// The jobs.
         specs: Vec<JobSpec>,
     },
+    /// The server's own figures since the last reset (heartbeat handling time, store
+    /// commit time); with `reset`, they start afresh after this answer.
+    Stats {
+        /// Start the figures afresh.
+        reset: bool,
+    },
 }
 
 impl ToServer {
@@ -384,6 +390,7 @@ impl ToServer {
                 | Self::Join { .. }
                 | Self::RevokeWorker { .. }
                 | Self::RotateServerCert
+                | Self::Stats { .. }
         )
     }
 }
@@ -456,6 +463,17 @@ pub enum FromServer {
         /// For humans.
         message: String,
     },
+    /// The server's own figures, in a fixed order; each name ends with its unit.
+    Stats(Vec<Figure>),
+}
+
+/// One named figure of [`FromServer::Stats`].
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Figure {
+    /// What it is, with its unit as the last word (`heartbeat_handling_p99_us`).
+    pub name: String,
+    /// Its value.
+    pub value: u64,
 }
 
 /// Kinds of request failure.

@@ -18,6 +18,7 @@ mod probe;
 mod procstat;
 mod report;
 mod run;
+mod server_stats;
 mod spawn;
 mod stats;
 mod submit;

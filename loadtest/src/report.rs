@@ -217,6 +217,22 @@ fn build(args: &Args, d: &RunData, end: Option<&ServerEnd>) -> Report {
         last.probe_errors,
         "probes failed or timed out",
     );
+    for f in &d.server_stats {
+        let what = if f.name.starts_with("heartbeat") {
+            "the server's own figure (`hodei stats`, steady phase): a heartbeat decoded by its \
+             connection's task → applied by its shard (queue wait + loop turn + handling)"
+        } else if f.name.starts_with("store_commit") {
+            "the server's own figure (`hodei stats`, steady phase): one batch's journal write \
+             and fdatasync"
+        } else {
+            "the server's own figure (`hodei stats`, steady phase)"
+        };
+        // Percentiles in ms, like the rest of the report.
+        match f.name.strip_suffix("_us") {
+            Some(stem) => r.row(format!("server_{stem}_ms"), ms(f.value), what),
+            None => r.row(format!("server_{}", f.name), f.value, what),
+        }
+    }
     r.row(
         "quic_sent_packets",
         last.quic_sent_packets,

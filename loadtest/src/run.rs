@@ -71,6 +71,8 @@ pub struct RunData {
     pub udp: UdpErrors,
     pub connect_us: Histogram<u64>,
     pub probe_us: Histogram<u64>,
+    /// The server's own figures over the steady phase (`hodei stats`), if it answered.
+    pub server_stats: Vec<hodei_core::wire::Figure>,
     pub dispatch: Dispatch,
     pub per_shard: Vec<u64>,
     pub errors: Vec<String>,
@@ -278,6 +280,10 @@ pub fn run(cfg: Arc<FleetConfig>, plan: Plan, target: &mut Target) -> Result<Run
     let server_drops_idle = pid.and_then(|p| procstat::udp_drops(Some(p)));
     let me_start = procstat::sample(None);
     let at_steady = w.snap();
+    let mut stats_errors = Vec::new();
+    if let Err(e) = crate::server_stats::read(cfg.server, &cfg.client_cfg, true) {
+        stats_errors.push(format!("server stats: {e:#}"));
+    }
     let _ = phase_tx.send(Phase::Steady);
     let wind = if w.submitter.is_some() {
         (deadline.saturating_duration_since(ts) / 10).min(Duration::from_secs(1))
@@ -292,6 +298,13 @@ pub fn run(cfg: Arc<FleetConfig>, plan: Plan, target: &mut Target) -> Result<Run
     alive = alive && w.until(deadline);
     let te = Instant::now();
     let at_end = w.snap();
+    let server_stats = match crate::server_stats::read(cfg.server, &cfg.client_cfg, false) {
+        Ok(f) => f,
+        Err(e) => {
+            stats_errors.push(format!("server stats: {e:#}"));
+            Vec::new()
+        }
+    };
     w.server.end = w.target.sample();
     let me_end = procstat::sample(None);
     let drops = (
@@ -326,9 +339,10 @@ pub fn run(cfg: Arc<FleetConfig>, plan: Plan, target: &mut Target) -> Result<Run
         udp: UdpErrors::read().since(udp0),
         connect_us: histogram()?,
         probe_us: histogram()?,
+        server_stats,
         dispatch: dispatch(&stats, submitter.as_ref())?,
         per_shard: Vec::new(),
-        errors: Vec::new(),
+        errors: stats_errors,
         sockets,
         threads_left,
         server_died: !alive,

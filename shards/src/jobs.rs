@@ -352,7 +352,8 @@ impl Shard {
             | ToServer::AuditVerify
             | ToServer::Join { .. }
             | ToServer::RevokeWorker { .. }
-            | ToServer::RotateServerCert => {
+            | ToServer::RotateServerCert
+            | ToServer::Stats { .. } => {
                 let msg = "not a shard request".to_owned();
                 self.reply_to(origin, req, error(ErrorKind::Invalid, msg), true, comm);
             }

@@ -247,7 +247,10 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control
                 }
             }
             Ok(Some(msg)) => {
-                if tx.send(Input::Agent(id, msg)).is_err() {
+                if tx
+                    .send(Input::Agent(id, msg, std::time::Instant::now()))
+                    .is_err()
+                {
                     break;
                 }
             }

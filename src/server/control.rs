@@ -82,7 +82,8 @@ pub const fn permission_for(body: &ToServer) -> Permission {
         | ToServer::Logs { .. }
         | ToServer::Wait { .. }
         | ToServer::ListWorkers
-        | ToServer::Events { .. } => Permission::Read,
+        | ToServer::Events { .. }
+        | ToServer::Stats { .. } => Permission::Read,
         ToServer::Cancel { .. } | ToServer::Retry { .. } => Permission::Cancel,
         ToServer::DrainWorker { .. } | ToServer::RevokeWorker { .. } => Permission::ManageWorkers,
         ToServer::Join { .. } => Permission::Join,
@@ -152,6 +153,8 @@ pub struct Control {
     chain: Mutex<AuditChain>,
     audit_key: AuditKey,
     pki: Pki,
+    /// The server's own figures (`hodei stats`), fed by the shard threads.
+    pub stats: super::stats::Stats,
 }
 
 /// What the control plane knows of agents' certificates.
@@ -248,6 +251,7 @@ impl Control {
             chain: Mutex::new(chain),
             audit_key,
             pki,
+            stats: super::stats::Stats::new()?,
         };
         let has_admin = control
             .read_tokens()
@@ -458,6 +462,7 @@ impl Control {
             ToServer::Join { public_key } => vec![self.join(caller, &public_key)],
             ToServer::RevokeWorker { worker } => vec![self.revoke_worker(caller, worker)],
             ToServer::RotateServerCert => vec![self.rotate(caller)],
+            ToServer::Stats { reset } => vec![FromServer::Stats(self.stats.figures(reset))],
             _ => vec![err(ErrorKind::Invalid, "not a control request")],
         }
     }

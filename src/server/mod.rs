@@ -6,6 +6,7 @@ mod audit;
 pub mod conn;
 pub mod control;
 mod shard_thread;
+mod stats;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -36,8 +36,8 @@ pub enum Input {
     /// A new agent connection, who it is (the actor in the audit log) and the channel to
     /// its writer.
     AgentOpen(ConnId, String, UnboundedSender<AgentOut>),
-    /// A message from an agent.
-    Agent(ConnId, FromAgent),
+    /// A message from an agent, and when its connection's task decoded it.
+    Agent(ConnId, FromAgent, std::time::Instant),
     /// An agent connection ended.
     AgentClosed(ConnId),
     /// A client request, who made it (the token's name), and where its replies go.
@@ -131,6 +131,8 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     let mut clients: HashMap<ReqId, UnboundedSender<(Reply, bool)>> = HashMap::new();
     let mut fx = Effects::default();
     let mut gone = Vec::new();
+    // When each heartbeat of this turn was decoded (for `hodei stats`).
+    let mut heartbeats: Vec<std::time::Instant> = Vec::new();
     let t = std::time::Instant::now();
     shard.handle_start(&mut fx);
     info!(
@@ -237,7 +239,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     agents.insert(*conn, Rc::from(who.as_str()));
                     continue;
                 }
-                Input::Agent(conn, _) | Input::AgentClosed(conn) => agents
+                Input::Agent(conn, ..) | Input::AgentClosed(conn) => agents
                     .get(conn)
                     .map_or_else(|| Rc::from("agent"), Rc::clone),
                 Input::Client(_, body, who, _) => {
@@ -258,7 +260,13 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             };
             match input {
                 Input::AgentOpen(..) | Input::Revoke(_) => {}
-                Input::Agent(conn, msg) => shard.handle_agent(now, conn, msg, &mut fx),
+                Input::Agent(conn, msg, decoded) => {
+                    let heartbeat = matches!(msg, FromAgent::Heartbeat { .. });
+                    shard.handle_agent(now, conn, msg, &mut fx);
+                    if heartbeat {
+                        heartbeats.push(decoded);
+                    }
+                }
                 Input::AgentClosed(conn) => {
                     writers.remove(&conn);
                     agents.remove(&conn);
@@ -300,6 +308,10 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             }
             note_events(&mut audit, &fx, mark, &actor);
         }
+        control
+            .stats
+            .heartbeats(&heartbeats, std::time::Instant::now());
+        heartbeats.clear();
         if running {
             let mark = fx.persists.len();
             shard.handle_timeout(now, &mut fx);
@@ -322,6 +334,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         let ops = Arc::new(std::mem::take(&mut msgs.persists));
         let records = std::mem::take(&mut audit.pending);
         let store = store.clone();
+        let control = Arc::clone(&control);
         in_flight = Some(InFlight {
             ops: Arc::clone(&ops),
             commit: tokio::task::spawn_blocking(move || {
@@ -329,6 +342,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 let r = store.commit(&ops, &records);
                 // Everything the batch answers waits for this: a slow disk shows here first.
                 let took = t.elapsed();
+                control.stats.commit(took);
                 if took >= SLOW_COMMIT {
                     warn!(
                         shard = index,

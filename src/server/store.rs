@@ -281,7 +281,12 @@ impl Store {
         // A smaller journal bound (fjall's default is 512 MiB) makes fjall flush memtables
         // sooner, so a restart after a crash replays less: measured with 1M jobs.
         let db = Database::builder(&path)
-            .max_journaling_size(JOURNAL_BYTES)
+            .max_journaling_size(
+                std::env::var("HX_JOURNAL")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(JOURNAL_BYTES, |m| m << 20),
+            )
             .worker_threads(FJALL_WORKERS)
             .open()
             .with_context(|| {
@@ -305,9 +310,35 @@ impl Store {
         // output), except `meta` with its one key. Building them cost flush CPU for nothing.
         let ks = |name: &str| {
             db.keyspace(name, || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(MEMTABLE_BYTES)
-                    .filter_policy(FilterPolicy::disabled())
+                let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+                let mut o = KeyspaceCreateOptions::default()
+                    .max_memtable_size(env("HX_MEMTABLE").map_or(MEMTABLE_BYTES, |m| m << 20))
+                    .filter_policy(FilterPolicy::disabled());
+                let mut lv = fjall::compaction::Leveled::default();
+                if let Some(l0) = env("HX_L0") {
+                    lv = lv.with_l0_threshold(u8::try_from(l0).unwrap_or(4));
+                }
+                if let Some(t) = env("HX_TARGET") {
+                    lv = lv.with_table_target_size(t << 20);
+                }
+                if let Some(r) = env("HX_RATIO") {
+                    #[allow(clippy::cast_precision_loss)]
+                    let r = r as f32;
+                    lv = lv.with_level_ratio_policy(vec![r]);
+                }
+                o = o.compaction_strategy(std::sync::Arc::new(lv));
+                if env("HX_NOCOMP").is_some() {
+                    o =
+                        o.data_block_compression_policy(
+                            fjall::config::CompressionPolicy::disabled(),
+                        );
+                }
+                if env("HX_LZ4").is_some() {
+                    o = o.data_block_compression_policy(fjall::config::CompressionPolicy::all(
+                        fjall::CompressionType::Lz4,
+                    ));
+                }
+                o
             })
             .with_context(|| format!("cannot open keyspace {name}"))
         };

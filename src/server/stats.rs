@@ -1,0 +1,134 @@
+//! The server's own figures, answered to `hodei stats` (`ToServer::Stats`): how long a
+//! heartbeat waits and takes to be handled, and how long a store commit takes. The shard
+//! threads feed them; a reader takes a snapshot and may start them afresh.
+//!
+//! Heartbeat handling is timed from the moment the agent connection's task has decoded the
+//! heartbeat to the moment the shard core has applied it: the wait in the shard's input
+//! queue, the rest of the loop's turn before it (other inputs, a finished commit's
+//! answers), and its own handling. Time spent before the decode (the kernel's socket
+//! buffer, quinn's endpoint and the connection task waiting for its turn on the shard
+//! thread) is not in it; the load generator's probe (`hodei-loadtest`) times a whole round
+//! trip and bounds it from above.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
+use hodei_core::wire::Figure;
+
+/// Shared by the shard threads and the control plane.
+pub struct Stats {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    since: Instant,
+    /// Decode → applied, µs.
+    heartbeats: Histogram<u64>,
+    /// One batch's write and `fdatasync`, µs.
+    commits: Histogram<u64>,
+}
+
+fn histogram() -> Result<Histogram<u64>> {
+    // 1 µs to an hour, 3 significant digits: about 25 KiB each.
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).context("cannot build a histogram")
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+impl Stats {
+    pub fn new() -> Result<Self> {
+        Ok(Self {
+            inner: Mutex::new(Inner {
+                since: Instant::now(),
+                heartbeats: histogram()?,
+                commits: histogram()?,
+            }),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Heartbeats a shard handled in one turn, each with the time it was decoded. Taken
+    /// once per turn, so the lock is rare next to the heartbeats.
+    pub fn heartbeats(&self, decoded: &[Instant], handled: Instant) {
+        if decoded.is_empty() {
+            return;
+        }
+        let mut i = self.lock();
+        for t in decoded {
+            i.heartbeats
+                .saturating_record(micros(handled.saturating_duration_since(*t)));
+        }
+    }
+
+    /// One store commit's duration.
+    pub fn commit(&self, took: Duration) {
+        self.lock().commits.saturating_record(micros(took));
+    }
+
+    /// The figures since the last reset; with `reset`, starts them afresh.
+    pub fn figures(&self, reset: bool) -> Vec<Figure> {
+        let mut i = self.lock();
+        let mut out = vec![fig("window_ms", {
+            u64::try_from(i.since.elapsed().as_millis()).unwrap_or(u64::MAX)
+        })];
+        for (what, h) in [("heartbeat", &i.heartbeats), ("store_commit", &i.commits)] {
+            out.push(fig(&format!("{what}s"), h.len()));
+            for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
+                out.push(fig(&format!("{what}_{name}_us"), h.value_at_quantile(q)));
+            }
+            out.push(fig(&format!("{what}_max_us"), h.max()));
+        }
+        if reset {
+            i.heartbeats.reset();
+            i.commits.reset();
+            i.since = Instant::now();
+        }
+        out
+    }
+}
+
+fn fig(name: &str, value: u64) -> Figure {
+    Figure {
+        name: name.to_owned(),
+        value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(figs: &[Figure], name: &str) -> Option<u64> {
+        figs.iter().find(|f| f.name == name).map(|f| f.value)
+    }
+
+    #[test]
+    fn heartbeats_are_timed_from_their_decode_and_reset_on_request() -> Result<()> {
+        let s = Stats::new()?;
+        let t0 = Instant::now();
+        let decoded: Vec<Instant> = (0..100u64)
+            .map(|i| t0 + Duration::from_micros(i * 10))
+            .collect();
+        // Handled 2 ms after the first decode: waits of 2,000 µs down to 1,010 µs.
+        s.heartbeats(&decoded, t0 + Duration::from_micros(2_000));
+        s.commit(Duration::from_micros(300));
+        let figs = s.figures(true);
+        assert_eq!(value(&figs, "heartbeats"), Some(100));
+        let p50 = value(&figs, "heartbeat_p50_us").unwrap_or(0);
+        assert!((1_490..=1_520).contains(&p50), "p50 {p50}");
+        let max = value(&figs, "heartbeat_max_us").unwrap_or(0);
+        assert!((1_998..=2_002).contains(&max), "max {max}");
+        assert_eq!(value(&figs, "store_commits"), Some(1));
+        let after = s.figures(false);
+        assert_eq!(value(&after, "heartbeats"), Some(0));
+        assert_eq!(value(&after, "store_commits"), Some(0));
+        Ok(())
+    }
+}
