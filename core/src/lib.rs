@@ -13,6 +13,7 @@
 //! - [`time`]: the clock type shared by the sans-IO shard and its drivers.
 
 pub mod event;
+pub mod event_codec;
 pub mod frame;
 pub mod ids;
 pub mod job;

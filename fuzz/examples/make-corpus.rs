@@ -52,6 +52,12 @@ fn main() {
     frames("from_server", &samples::from_server_samples());
     frames("job_record", &samples::job_record_samples());
     frames("event", &samples::event_samples());
+    // The compact form the store writes now.
+    for (name, ev) in samples::event_samples() {
+        let mut b = Vec::new();
+        hodei_core::event_codec::encode(&ev, &mut b);
+        write("event", &format!("compact-{name}"), &b);
+    }
 
     // Streams of frames as a reader receives them: several frames back to back, one cut
     // short, foreign versions and oversized announcements.

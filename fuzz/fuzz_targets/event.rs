@@ -1,19 +1,33 @@
 //! Stored events (`hodei_core::event::Event`) as the server reads them back from its store
-//! (`split_frame` then `Event::decode`, as in `src/server/store.rs`) and as clients receive
-//! them inside `FromServer::Events`. A decoded event must re-encode to a frame that decodes to
-//! the same value, and a cursor advanced by it must print and parse back to itself.
+//! (the compact form, `hodei_core::event_codec`, or an older rkyv frame: `split_frame` then
+//! `Event::decode`, as in `src/server/store.rs`) and as clients receive them inside
+//! `FromServer::Events`. A compact event must re-encode to bytes that decode to the same
+//! value, and a cursor advanced by a decoded event must print and parse back to itself.
 #![no_main]
 
 use hodei_core::event::{Cursor, Event};
+use hodei_core::event_codec;
 use hodei_fuzz::decode_frame;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(ev) = decode_frame::<Event>(data) {
-        let _ = format!("{ev:?}");
-        let mut c = Cursor::default();
-        c.advance(usize::from(ev.shard), ev.seq);
-        assert_eq!(c.get(usize::from(ev.shard)), ev.seq);
-        assert_eq!(Cursor::parse(&c.to_string()), Ok(c));
-    }
+    let ev = if event_codec::is_compact(data) {
+        let Ok(ev) = event_codec::decode(1, 7, data) else {
+            return;
+        };
+        let mut again = Vec::new();
+        event_codec::encode(&ev, &mut again);
+        assert_eq!(event_codec::decode(1, 7, &again).as_ref(), Ok(&ev));
+        ev
+    } else {
+        let Some(ev) = decode_frame::<Event>(data) else {
+            return;
+        };
+        ev
+    };
+    let _ = format!("{ev:?}");
+    let mut c = Cursor::default();
+    c.advance(usize::from(ev.shard), ev.seq);
+    assert_eq!(c.get(usize::from(ev.shard)), ev.seq);
+    assert_eq!(Cursor::parse(&c.to_string()), Ok(c));
 });

@@ -450,6 +450,7 @@ pub fn to_server_samples() -> Vec<(&'static str, ToServer)> {
         ("logs", ToServer::Logs { job, follow: true }),
         ("wait", ToServer::Wait { job }),
         ("list-workers", ToServer::ListWorkers),
+        ("stats", ToServer::Stats { reset: true }),
         ("retry", ToServer::Retry { job }),
         (
             "drain-worker",
@@ -691,6 +692,13 @@ pub fn from_server_samples() -> Vec<(&'static str, FromServer)> {
             },
         ),
         ("done", FromServer::Done),
+        (
+            "stats",
+            FromServer::Stats(vec![hodei_core::wire::Figure {
+                name: "heartbeat_p99_us".to_owned(),
+                value: 104,
+            }]),
+        ),
     ]
 }
 

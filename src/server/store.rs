@@ -15,6 +15,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use hodei_auth::audit::{self, AuditRecord};
 use hodei_auth::token::TokenRecord;
 use hodei_core::event::{Event, Subject};
+use hodei_core::event_codec;
 use hodei_core::frame::{Wire, split_frame};
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::JobRecord;
@@ -100,6 +101,23 @@ fn event_key(shard: u8, seq: u64) -> [u8; 9] {
     k[0] = shard;
     k[1..].copy_from_slice(&seq.to_be_bytes());
     k
+}
+
+/// A stored event: the compact form (shard and seq from its key), or an rkyv frame
+/// written before it, which must name the same shard and seq as its key.
+fn decode_event(key: &[u8], value: &[u8]) -> Result<Event> {
+    let (&shard, seq) = key.split_first().context("short event key")?;
+    let seq: [u8; 8] = seq.try_into().context("event key of the wrong length")?;
+    let seq = u64::from_be_bytes(seq);
+    if event_codec::is_compact(value) {
+        return Ok(event_codec::decode(shard, seq, value)?);
+    }
+    let (payload, _) = split_frame(value)?.context("truncated event frame")?;
+    let ev = Event::decode(payload)?;
+    if (ev.shard, ev.seq) != (shard, seq) {
+        bail!("the event says it is {}:{}", ev.shard, ev.seq);
+    }
+    Ok(ev)
 }
 
 fn audit_key(chain: u16, seq: u64) -> [u8; 10] {
@@ -428,7 +446,7 @@ impl Store {
                 }
                 StoreOp::PutEvent(ev) => {
                     buf.clear();
-                    ev.encode_into(&mut buf).context("cannot encode an event")?;
+                    event_codec::encode(ev, &mut buf);
                     batch.insert(&self.events, &event_key(ev.shard, ev.seq)[..], &buf[..]);
                 }
                 StoreOp::PutOutput {
@@ -495,9 +513,7 @@ impl Store {
             .range(event_key(shard, after + 1)..=event_key(shard, upto))
         {
             let (k, v) = kv.into_inner().context("cannot read the events keyspace")?;
-            let (payload, _) =
-                split_frame(&v)?.with_context(|| format!("corrupt store: event {}", hex(&k)))?;
-            let ev = Event::decode(payload)
+            let ev = decode_event(&k, &v)
                 .with_context(|| format!("corrupt store: event {}", hex(&k)))?;
             if job.is_none_or(|j| ev.subject == Subject::Job(j)) {
                 out.push(ev);
@@ -777,6 +793,54 @@ mod tests {
         let n = hodei_auth::audit::verify(0, read, Some(chain.head()))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         assert_eq!(n, 2);
+        Ok(())
+    }
+
+    /// Events written by an earlier build (rkyv frames) and by this one (the compact form)
+    /// read back in one range; an old frame stored under another event's key is refused.
+    #[test]
+    fn events_span_encodings() -> Result<()> {
+        use hodei_core::event::EventKind;
+        use hodei_core::state::JobState;
+        let dir = tempdir("event-versions");
+        claim_data_dir(&dir)?;
+        let store = Store::open(&dir)?;
+        let ev = |seq: u64, state: JobState| Event {
+            shard: 0,
+            seq,
+            at: 1_000 + seq,
+            subject: Subject::Job(JobId::new(0, 1, 1)),
+            correlation_id: "c1".to_owned(),
+            kind: EventKind::Job {
+                state,
+                attempt: Attempt(1),
+                worker: None,
+            },
+            reason: None,
+        };
+        let old = ev(1, JobState::Pending);
+        let mut frame = Vec::new();
+        old.encode_into(&mut frame)?;
+        let mut batch = store.db.batch();
+        batch.insert(&store.events, &event_key(0, 1)[..], frame.clone());
+        batch.commit()?;
+        let new = ev(2, JobState::Running);
+        store.commit(&[StoreOp::PutEvent(new.clone())], &[])?;
+        drop(store);
+        let store = Store::open(&dir)?;
+        assert_eq!(store.read_events(0, 0, 2, None)?, vec![old, new]);
+        let mut batch = store.db.batch();
+        batch.insert(&store.events, &event_key(0, 3)[..], frame);
+        batch.commit()?;
+        let err = store
+            .read_events(0, 2, 3, None)
+            .err()
+            .map(|e| format!("{e:#}"));
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("corrupt store") && e.contains("0:1")),
+            "{err:?}"
+        );
         Ok(())
     }
 
