@@ -7,8 +7,8 @@
 //! Layout: `TAG`, `at` (LEB128), subject (0 job / 1 worker, then the id as 8 bytes LE), the
 //! correlation id (LEB128 length, bytes), the kind (0 job: state, attempt LEB128, worker as
 //! 0 or 1 + 8 bytes; 1 worker: state; 2 stale report: attempt LEB128, worker 8 bytes), the
-//! reason (0 or 1 + LEB128 length + bytes). Nothing may follow. A state is its index in
-//! `JobState::ALL` / `WorkerState::ALL`, so those lists only ever grow at their end.
+//! reason (0 or 1 + LEB128 length + bytes). Nothing may follow. A state's code is its place
+//! in `JobState::ALL` / `WorkerState::ALL`, so those lists only ever grow at their end.
 //!
 //! Events stored before this form are rkyv frames, which start with the protocol version
 //! (little-endian, never `TAG`): [`is_compact`] tells them apart.
@@ -62,7 +62,7 @@ pub fn encode(ev: &Event, out: &mut Vec<u8>) {
             worker,
         } => {
             out.push(0);
-            out.push(index_of(&JobState::ALL, state));
+            out.push(job_state_code(*state));
             varint(out, u64::from(attempt.0));
             match worker {
                 Some(w) => {
@@ -74,7 +74,7 @@ pub fn encode(ev: &Event, out: &mut Vec<u8>) {
         }
         EventKind::Worker { state } => {
             out.push(1);
-            out.push(index_of(&WorkerState::ALL, state));
+            out.push(worker_state_code(*state));
         }
         EventKind::StaleReport { attempt, worker } => {
             out.push(2);
@@ -154,12 +154,31 @@ pub fn decode(shard: u8, seq: u64, bytes: &[u8]) -> Result<Event, EventCodecErro
     })
 }
 
-fn index_of<T: PartialEq>(all: &[T], v: &T) -> u8 {
-    // Every state is in its `ALL` (a unit test checks it), and there are fewer than 256.
-    all.iter()
-        .position(|s| s == v)
-        .and_then(|i| u8::try_from(i).ok())
-        .unwrap_or(u8::MAX)
+/// A job state's stored code: its place in `JobState::ALL` (a test checks they agree). A
+/// match, so that a new state cannot be added without a code.
+const fn job_state_code(s: JobState) -> u8 {
+    match s {
+        JobState::Pending => 0,
+        JobState::Assigned => 1,
+        JobState::Running => 2,
+        JobState::Succeeded => 3,
+        JobState::Failed => 4,
+        JobState::Cancelled => 5,
+        JobState::TimedOut => 6,
+    }
+}
+
+/// A worker state's stored code: its place in `WorkerState::ALL`.
+const fn worker_state_code(s: WorkerState) -> u8 {
+    match s {
+        WorkerState::Connecting => 0,
+        WorkerState::Ready => 1,
+        WorkerState::Busy => 2,
+        WorkerState::Draining => 3,
+        WorkerState::Disconnected => 4,
+        WorkerState::Lost => 5,
+        WorkerState::Terminated => 6,
+    }
 }
 
 fn varint(out: &mut Vec<u8>, mut v: u64) {
@@ -245,6 +264,16 @@ mod tests {
             correlation_id: "build-17".to_owned(),
             kind,
             reason: reason.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn state_codes_are_places_in_all() {
+        for (i, s) in JobState::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(job_state_code(s)), i, "{s}");
+        }
+        for (i, s) in WorkerState::ALL.into_iter().enumerate() {
+            assert_eq!(usize::from(worker_state_code(s)), i, "{s}");
         }
     }
 
