@@ -280,4 +280,8 @@ fn stats_time_real_heartbeats_and_store_commits() {
         num(&second, "window_ms") < num(&first, "window_ms"),
         "{first}\n{second}"
     );
+    assert!(
+        num(&second, "heartbeats") < num(&first, "heartbeats"),
+        "{first}\n{second}"
+    );
 }

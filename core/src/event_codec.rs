@@ -20,6 +20,10 @@ use crate::state::{JobState, WorkerState};
 /// First byte of a compact event.
 pub const TAG: u8 = 0xE2;
 
+// An older event is a frame that starts with the protocol version, little-endian: it must
+// never start with `TAG`.
+const _: () = assert!(crate::wire::PROTOCOL_VERSION.to_le_bytes()[0] != TAG);
+
 /// Why stored bytes are not a compact event.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventCodecError {

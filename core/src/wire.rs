@@ -463,14 +463,15 @@ pub enum FromServer {
         /// For humans.
         message: String,
     },
-    /// The server's own figures, in a fixed order; each name ends with its unit.
+    /// The server's own figures, in a fixed order; a name ends with its unit (`_us`, `_ms`)
+    /// unless it is a count.
     Stats(Vec<Figure>),
 }
 
 /// One named figure of [`FromServer::Stats`].
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct Figure {
-    /// What it is, with its unit as the last word (`heartbeat_handling_p99_us`).
+    /// What it is, with its unit as the last word (`heartbeat_p99_us`) unless a count.
     pub name: String,
     /// Its value.
     pub value: u64,

@@ -274,16 +274,21 @@ pub fn run(cfg: Arc<FleetConfig>, plan: Plan, target: &mut Target) -> Result<Run
     // Settle, then the steady phase.
     let settle_end = (tc + SETTLE).min(deadline);
     alive = alive && w.until(settle_end);
+    // The server's own figures start afresh here (a handshake: before the phase's clock).
+    let mut stats_errors = Vec::new();
+    let stats_reset = match crate::server_stats::read(cfg.server, &cfg.client_cfg, true) {
+        Ok(_) => true,
+        Err(e) => {
+            stats_errors.push(format!("server stats: {e:#}"));
+            false
+        }
+    };
     let ts = Instant::now();
     w.server.idle = w.target.sample();
     let pid = w.target.pid;
     let server_drops_idle = pid.and_then(|p| procstat::udp_drops(Some(p)));
     let me_start = procstat::sample(None);
     let at_steady = w.snap();
-    let mut stats_errors = Vec::new();
-    if let Err(e) = crate::server_stats::read(cfg.server, &cfg.client_cfg, true) {
-        stats_errors.push(format!("server stats: {e:#}"));
-    }
     let _ = phase_tx.send(Phase::Steady);
     let wind = if w.submitter.is_some() {
         (deadline.saturating_duration_since(ts) / 10).min(Duration::from_secs(1))
@@ -298,12 +303,17 @@ pub fn run(cfg: Arc<FleetConfig>, plan: Plan, target: &mut Target) -> Result<Run
     alive = alive && w.until(deadline);
     let te = Instant::now();
     let at_end = w.snap();
-    let server_stats = match crate::server_stats::read(cfg.server, &cfg.client_cfg, false) {
-        Ok(f) => f,
-        Err(e) => {
-            stats_errors.push(format!("server stats: {e:#}"));
-            Vec::new()
+    // Without the reset, the figures would cover the whole run: none rather than those.
+    let server_stats = if stats_reset {
+        match crate::server_stats::read(cfg.server, &cfg.client_cfg, false) {
+            Ok(f) => f,
+            Err(e) => {
+                stats_errors.push(format!("server stats: {e:#}"));
+                Vec::new()
+            }
         }
+    } else {
+        Vec::new()
     };
     w.server.end = w.target.sample();
     let me_end = procstat::sample(None);

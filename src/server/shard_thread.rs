@@ -131,8 +131,8 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     let mut clients: HashMap<ReqId, UnboundedSender<(Reply, bool)>> = HashMap::new();
     let mut fx = Effects::default();
     let mut gone = Vec::new();
-    // When each heartbeat of this turn was decoded (for `hodei stats`).
-    let mut heartbeats: Vec<std::time::Instant> = Vec::new();
+    // How long each heartbeat of this turn took from its decode to applied (`hodei stats`).
+    let mut heartbeats: Vec<Duration> = Vec::new();
     let t = std::time::Instant::now();
     shard.handle_start(&mut fx);
     info!(
@@ -264,7 +264,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     let heartbeat = matches!(msg, FromAgent::Heartbeat { .. });
                     shard.handle_agent(now, conn, msg, &mut fx);
                     if heartbeat {
-                        heartbeats.push(decoded);
+                        heartbeats.push(decoded.elapsed());
                     }
                 }
                 Input::AgentClosed(conn) => {
@@ -308,9 +308,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             }
             note_events(&mut audit, &fx, mark, &actor);
         }
-        control
-            .stats
-            .heartbeats(&heartbeats, std::time::Instant::now());
+        control.stats.heartbeats(&heartbeats);
         heartbeats.clear();
         if running {
             let mark = fx.persists.len();

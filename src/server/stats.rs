@@ -4,7 +4,7 @@
 //!
 //! Heartbeat handling is timed from the moment the agent connection's task has decoded the
 //! heartbeat to the moment the shard core has applied it: the wait in the shard's input
-//! queue, the rest of the loop's turn before it (other inputs, a finished commit's
+//! queue, the part of the loop's turn ahead of it (other inputs, a finished commit's
 //! answers), and its own handling. Time spent before the decode (the kernel's socket
 //! buffer, quinn's endpoint and the connection task waiting for its turn on the shard
 //! thread) is not in it; the load generator's probe (`hodei-loadtest`) times a whole round
@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use hodei_core::wire::Figure;
+
+use super::micros;
 
 /// Shared by the shard threads and the control plane.
 pub struct Stats {
@@ -35,10 +37,6 @@ fn histogram() -> Result<Histogram<u64>> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).context("cannot build a histogram")
 }
 
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
 impl Stats {
     pub fn new() -> Result<Self> {
         Ok(Self {
@@ -54,16 +52,15 @@ impl Stats {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Heartbeats a shard handled in one turn, each with the time it was decoded. Taken
-    /// once per turn, so the lock is rare next to the heartbeats.
-    pub fn heartbeats(&self, decoded: &[Instant], handled: Instant) {
-        if decoded.is_empty() {
+    /// Heartbeats a shard handled in one turn, each with how long it took from its decode
+    /// to applied. Taken once per turn, so the lock is rare next to the heartbeats.
+    pub fn heartbeats(&self, took: &[Duration]) {
+        if took.is_empty() {
             return;
         }
         let mut i = self.lock();
-        for t in decoded {
-            i.heartbeats
-                .saturating_record(micros(handled.saturating_duration_since(*t)));
+        for t in took {
+            i.heartbeats.saturating_record(micros(*t));
         }
     }
 
@@ -72,23 +69,29 @@ impl Stats {
         self.lock().commits.saturating_record(micros(took));
     }
 
-    /// The figures since the last reset; with `reset`, starts them afresh.
+    /// The figures since the last reset; with `reset`, starts them afresh. The histograms
+    /// are copied under the lock and read outside it, so shards wait only for the copy.
     pub fn figures(&self, reset: bool) -> Vec<Figure> {
-        let mut i = self.lock();
-        let mut out = vec![fig("window_ms", {
-            u64::try_from(i.since.elapsed().as_millis()).unwrap_or(u64::MAX)
-        })];
-        for (what, h) in [("heartbeat", &i.heartbeats), ("store_commit", &i.commits)] {
+        let (window, heartbeats, commits) = {
+            let mut i = self.lock();
+            let copy = (i.since.elapsed(), i.heartbeats.clone(), i.commits.clone());
+            if reset {
+                i.heartbeats.reset();
+                i.commits.reset();
+                i.since = Instant::now();
+            }
+            copy
+        };
+        let mut out = vec![fig(
+            "window_ms",
+            u64::try_from(window.as_millis()).unwrap_or(u64::MAX),
+        )];
+        for (what, h) in [("heartbeat", &heartbeats), ("store_commit", &commits)] {
             out.push(fig(&format!("{what}s"), h.len()));
             for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
                 out.push(fig(&format!("{what}_{name}_us"), h.value_at_quantile(q)));
             }
             out.push(fig(&format!("{what}_max_us"), h.max()));
-        }
-        if reset {
-            i.heartbeats.reset();
-            i.commits.reset();
-            i.since = Instant::now();
         }
         out
     }
@@ -112,12 +115,11 @@ mod tests {
     #[test]
     fn heartbeats_are_timed_from_their_decode_and_reset_on_request() -> Result<()> {
         let s = Stats::new()?;
-        let t0 = Instant::now();
-        let decoded: Vec<Instant> = (0..100u64)
-            .map(|i| t0 + Duration::from_micros(i * 10))
+        // Waits of 2,000 µs down to 1,010 µs.
+        let took: Vec<Duration> = (0..100u64)
+            .map(|i| Duration::from_micros(2_000 - i * 10))
             .collect();
-        // Handled 2 ms after the first decode: waits of 2,000 µs down to 1,010 µs.
-        s.heartbeats(&decoded, t0 + Duration::from_micros(2_000));
+        s.heartbeats(&took);
         s.commit(Duration::from_micros(300));
         let figs = s.figures(true);
         assert_eq!(value(&figs, "heartbeats"), Some(100));

@@ -826,6 +826,11 @@ mod tests {
         batch.commit()?;
         let new = ev(2, JobState::Running);
         store.commit(&[StoreOp::PutEvent(new.clone())], &[])?;
+        let raw = store
+            .events
+            .get(event_key(0, 2))?
+            .context("event 2 is missing")?;
+        assert!(event_codec::is_compact(&raw));
         drop(store);
         let store = Store::open(&dir)?;
         assert_eq!(store.read_events(0, 0, 2, None)?, vec![old, new]);
