@@ -276,13 +276,12 @@ pub fn run(cfg: Arc<FleetConfig>, plan: Plan, target: &mut Target) -> Result<Run
     alive = alive && w.until(settle_end);
     // The server's own figures start afresh here (a handshake: before the phase's clock).
     let mut stats_errors = Vec::new();
-    let stats_reset = match crate::server_stats::read(cfg.server, &cfg.client_cfg, true) {
-        Ok(_) => true,
-        Err(e) => {
-            stats_errors.push(format!("server stats: {e:#}"));
-            false
-        }
+    let mut server_stats = |reset| {
+        crate::server_stats::read(cfg.server, &cfg.client_cfg, reset)
+            .map_err(|e| stats_errors.push(format!("server stats: {e:#}")))
+            .ok()
     };
+    let stats_reset = server_stats(true).is_some();
     let ts = Instant::now();
     w.server.idle = w.target.sample();
     let pid = w.target.pid;
@@ -305,13 +304,7 @@ pub fn run(cfg: Arc<FleetConfig>, plan: Plan, target: &mut Target) -> Result<Run
     let at_end = w.snap();
     // Without the reset, the figures would cover the whole run: none rather than those.
     let server_stats = if stats_reset {
-        match crate::server_stats::read(cfg.server, &cfg.client_cfg, false) {
-            Ok(f) => f,
-            Err(e) => {
-                stats_errors.push(format!("server stats: {e:#}"));
-                Vec::new()
-            }
-        }
+        server_stats(false).unwrap_or_default()
     } else {
         Vec::new()
     };

@@ -1,11 +1,13 @@
 //! The API token the load generator's client requests carry: `HODEI_TOKEN`, else the
 //! `admin.token` a server writes beside its CA file on its first start.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hodei_core::wire::{Request, ToServer};
+use hodei_core::wire::{FromServer, Request, ToServer};
 
 static TOKEN: OnceLock<String> = OnceLock::new();
 
@@ -36,33 +38,53 @@ pub fn request(body: ToServer) -> Request {
 /// The client certificate every simulated agent presents (agents connect with mTLS only):
 /// one join, with the token, for the whole fleet. They all share its identity, which is
 /// fine for load: the server checks the certificate, not that identities are unique.
-pub fn join(server: std::net::SocketAddr, ca: &Path) -> Result<hodei_transport::ClientIdentity> {
-    use hodei_core::wire::{ALPN_CLIENT, FromServer};
-    use hodei_transport::{FrameReader, FrameWriter, TransportOptions};
+pub fn join(server: SocketAddr, ca: &Path) -> Result<hodei_transport::ClientIdentity> {
+    use hodei_core::wire::ALPN_CLIENT;
+    use hodei_transport::TransportOptions;
+    let (key_pem, public_key) = hodei_transport::new_agent_key()?;
+    let cfg = hodei_transport::client_config(ca, ALPN_CLIENT, &TransportOptions::default())?;
+    match one_request(server, cfg, ToServer::Join { public_key })? {
+        Some(FromServer::Joined { cert_pem, .. }) => {
+            Ok(hodei_transport::ClientIdentity { cert_pem, key_pem })
+        }
+        Some(FromServer::Error { message, .. }) => {
+            anyhow::bail!("the server refused the join: {message}")
+        }
+        _ => anyhow::bail!("the server did not answer the join"),
+    }
+}
+
+/// Longest wait for a [`one_request`] answer, handshake included.
+const ONE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `body` (with the token) on a connection of its own, from the calling thread; its first
+/// answer.
+pub fn one_request(
+    server: SocketAddr,
+    cfg: quinn::ClientConfig,
+    body: ToServer,
+) -> Result<Option<FromServer>> {
+    use hodei_transport::{FrameReader, FrameWriter};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("cannot start a runtime for the join")?;
+        .context("cannot start a runtime for a request")?;
     rt.block_on(async {
-        let (key_pem, public_key) = hodei_transport::new_agent_key()?;
-        let cfg = hodei_transport::client_config(ca, ALPN_CLIENT, &TransportOptions::default())?;
         let ep = hodei_transport::client_endpoint(server, cfg)?;
-        let conn = hodei_transport::connect(&ep, server).await?;
-        let (send, recv) = conn.open_bi().await?;
-        let mut w = FrameWriter::new(send);
-        w.send(&request(ToServer::Join { public_key })).await?;
-        w.finish()?;
-        let mut r = FrameReader::new(recv);
-        let reply = r.next::<FromServer>().await?;
-        conn.close(0u32.into(), b"joined");
-        match reply {
-            Some(FromServer::Joined { cert_pem, .. }) => {
-                Ok(hodei_transport::ClientIdentity { cert_pem, key_pem })
-            }
-            Some(FromServer::Error { message, .. }) => {
-                anyhow::bail!("the server refused the join: {message}")
-            }
-            _ => anyhow::bail!("the server did not answer the join"),
-        }
+        let ask = async {
+            let conn = hodei_transport::connect(&ep, server).await?;
+            let (send, recv) = conn.open_bi().await?;
+            let mut w = FrameWriter::new(send);
+            w.send(&request(body)).await?;
+            w.finish()?;
+            let reply = FrameReader::new(recv).next::<FromServer>().await?;
+            conn.close(0u32.into(), b"done");
+            anyhow::Ok(reply)
+        };
+        let reply = tokio::time::timeout(ONE_REQUEST_TIMEOUT, ask)
+            .await
+            .context("the server did not answer in time")??;
+        ep.wait_idle().await;
+        Ok(reply)
     })
 }
