@@ -5,6 +5,7 @@
 
 mod common;
 
+use hodei_core::log_block;
 use std::process::Command;
 use std::time::Duration;
 
@@ -250,8 +251,9 @@ fn audit_log_records_who_did_what_and_detects_tampering() {
     );
 }
 
-/// Changes one letter of the actor of the third record of the first chain that has one;
-/// returns its seq.
+/// Changes one letter of the actor of the first record, from the third of a chain on, that
+/// names one; returns its seq. Records are stored one per key (older builds) or in blocks of
+/// consecutive records under the first one's key (`hodei_core::log_block`).
 fn tamper(store: &std::path::Path) -> u64 {
     let db = fjall::Database::builder(store).open().unwrap();
     let audit = db
@@ -264,20 +266,31 @@ fn tamper(store: &std::path::Path) -> u64 {
             (k.to_vec(), v.to_vec())
         })
         .collect();
-    let (k, mut v) = all
-        .iter()
-        .find(|(k, _)| u64::from_be_bytes(k[2..10].try_into().unwrap()) == 2)
-        .cloned()
-        .expect("a chain with three records");
-    let seq = u64::from_be_bytes(k[2..10].try_into().unwrap());
-    let at = [&b"alice"[..], b"agent@", b"server", b"admin"]
-        .iter()
-        .find_map(|n| v.windows(n.len()).position(|w| w == *n))
-        .expect("an actor in the record");
-    v[at] = v[at].to_ascii_uppercase();
-    audit.insert(k, v).unwrap();
-    db.persist(fjall::PersistMode::SyncAll).unwrap();
-    seq
+    for (k, v) in all {
+        let first = u64::from_be_bytes(k[2..10].try_into().unwrap());
+        let entries = if log_block::is_block(&v) {
+            log_block::entries(&v).unwrap()
+        } else {
+            vec![&v[..]]
+        };
+        for (i, e) in entries.iter().enumerate() {
+            let seq = first + i as u64;
+            let found = [&b"alice"[..], b"agent@", b"server", b"admin"]
+                .iter()
+                .find_map(|n| e.windows(n.len()).position(|w| w == *n));
+            let (Some(at), true) = (found, seq >= 2) else {
+                continue;
+            };
+            // The entry's place inside the stored value.
+            let at = e.as_ptr() as usize - v.as_ptr() as usize + at;
+            let mut edited = v.clone();
+            edited[at] = edited[at].to_ascii_uppercase();
+            audit.insert(k, edited).unwrap();
+            db.persist(fjall::PersistMode::SyncAll).unwrap();
+            return seq;
+        }
+    }
+    panic!("no audit record from the third on names an actor");
 }
 
 fn dump_dir(dir: &std::path::Path) -> Vec<u8> {

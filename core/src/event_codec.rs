@@ -185,15 +185,8 @@ const fn worker_state_code(s: WorkerState) -> u8 {
     }
 }
 
-fn varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        // Truncation intended: the low 7 bits, with the continuation bit.
-        #[allow(clippy::cast_possible_truncation)]
-        out.push((v as u8 & 0x7f) | 0x80);
-        v >>= 7;
-    }
-    #[allow(clippy::cast_possible_truncation)]
-    out.push(v as u8);
+fn varint(out: &mut Vec<u8>, v: u64) {
+    crate::leb128::put(out, v);
 }
 
 fn bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -224,18 +217,10 @@ impl Reader<'_> {
     }
 
     fn varint(&mut self, field: &'static str) -> Result<u64, EventCodecError> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte(field)?;
-            if shift == 63 && b > 1 {
-                return Err(EventCodecError::Bad(field));
-            }
-            v |= u64::from(b & 0x7f) << shift;
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err(EventCodecError::Bad(field))
+        crate::leb128::take(&mut self.0).map_err(|e| match e {
+            crate::leb128::Leb128Error::Truncated => EventCodecError::Truncated(field),
+            crate::leb128::Leb128Error::Overlong => EventCodecError::Bad(field),
+        })
     }
 
     fn attempt(&mut self) -> Result<Attempt, EventCodecError> {

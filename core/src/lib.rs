@@ -10,6 +10,8 @@
 //! - [`event`]: numbered, persisted events of every job and worker state change.
 //! - [`wire`]: the versioned rkyv messages, one enum per direction.
 //! - [`frame`]: length framing of those messages, validated before use.
+//! - [`log_block`]: consecutive log entries (events, audit records) stored as one value;
+//!   [`leb128`] is the integer form the compact encodings share.
 //! - [`time`]: the clock type shared by the sans-IO shard and its drivers.
 
 pub mod event;
@@ -17,6 +19,8 @@ pub mod event_codec;
 pub mod frame;
 pub mod ids;
 pub mod job;
+pub mod leb128;
+pub mod log_block;
 pub mod spec;
 pub mod state;
 pub mod time;

@@ -58,6 +58,12 @@ fn main() {
         hodei_core::event_codec::encode(&ev, &mut b);
         write("event", &format!("compact-{name}"), &b);
     }
+    // And a block of them, as one commit stores them.
+    let mut block = hodei_core::log_block::Builder::default();
+    for (_, ev) in samples::event_samples() {
+        block.push(|out| hodei_core::event_codec::encode(&ev, out));
+    }
+    write("event", "block", &block.take());
 
     // Streams of frames as a reader receives them: several frames back to back, one cut
     // short, foreign versions and oversized announcements.

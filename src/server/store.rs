@@ -19,6 +19,7 @@ use hodei_core::event_codec;
 use hodei_core::frame::{Wire, split_frame};
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::JobRecord;
+use hodei_core::log_block;
 use hodei_core::wire::{Chunk, Stream};
 use hodei_shards::StoreOp;
 
@@ -103,21 +104,104 @@ fn event_key(shard: u8, seq: u64) -> [u8; 9] {
     k
 }
 
-/// A stored event: the compact form (shard and seq from its key), or an rkyv frame
-/// written before it, which must name the same shard and seq as its key.
-fn decode_event(key: &[u8], value: &[u8]) -> Result<Event> {
+/// The events stored under one key: a block of consecutive compact events, the first
+/// numbered by the key ([`log_block`]); one compact event; or an rkyv frame written before
+/// either, which must name the same shard and seq as its key.
+fn decode_events(key: &[u8], value: &[u8]) -> Result<Vec<Event>> {
     let (&shard, seq) = key.split_first().context("short event key")?;
     let seq: [u8; 8] = seq.try_into().context("event key of the wrong length")?;
     let seq = u64::from_be_bytes(seq);
+    if log_block::is_block(value) {
+        let mut out = Vec::new();
+        for (i, e) in log_block::entries(value)?.into_iter().enumerate() {
+            let seq = seq.checked_add(i as u64).context("event seq overflows")?;
+            out.push(event_codec::decode(shard, seq, e).with_context(|| format!("event {seq}"))?);
+        }
+        return Ok(out);
+    }
     if event_codec::is_compact(value) {
-        return Ok(event_codec::decode(shard, seq, value)?);
+        return Ok(vec![event_codec::decode(shard, seq, value)?]);
     }
     let (payload, _) = split_frame(value)?.context("truncated event frame")?;
     let ev = Event::decode(payload)?;
     if (ev.shard, ev.seq) != (shard, seq) {
         bail!("the event says it is {}:{}", ev.shard, ev.seq);
     }
-    Ok(ev)
+    Ok(vec![ev])
+}
+
+/// The audit records stored under one key: a block of consecutive records, the first
+/// numbered by the key, or one record. Each is read with the hash of the one before it
+/// (`prev`, updated), as it was chained.
+fn decode_audit(
+    chain: u16,
+    key: &[u8],
+    value: &[u8],
+    prev: &mut [u8; 32],
+) -> Result<Vec<AuditRecord>> {
+    let first = audit_seq(key)?;
+    let entries = if log_block::is_block(value) {
+        log_block::entries(value).with_context(|| format!("audit block {}", hex(key)))?
+    } else {
+        vec![value]
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for (i, e) in entries.into_iter().enumerate() {
+        let seq = first.checked_add(i as u64).context("audit seq overflows")?;
+        let at = audit::Position {
+            chain,
+            seq,
+            prev: *prev,
+        };
+        let r = audit::decode(e, &at)
+            .with_context(|| format!("audit record {seq} (key {}) cannot be decoded", hex(key)))?;
+        *prev = r.hash;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// Entries of append-only logs (a shard's events, an audit chain) gathered into blocks
+/// ([`log_block`]): one store value per run of consecutive entries of one log.
+struct Blocks<L> {
+    /// The log, first and next number of the block being built.
+    open: Option<(L, u64, u64)>,
+    builder: log_block::Builder,
+    done: Vec<(L, u64, Vec<u8>)>,
+}
+
+impl<L: Copy + PartialEq> Blocks<L> {
+    fn new() -> Self {
+        Self {
+            open: None,
+            builder: log_block::Builder::default(),
+            done: Vec::new(),
+        }
+    }
+
+    /// Adds entry `seq` of `log`; a new block starts unless it follows the last entry.
+    fn push(&mut self, log: L, seq: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+        if !matches!(self.open, Some((l, _, next)) if l == log && next == seq) {
+            self.close();
+            self.open = Some((log, seq, seq));
+        }
+        self.builder.push(encode);
+        if let Some(open) = &mut self.open {
+            open.2 = seq.saturating_add(1);
+        }
+    }
+
+    fn close(&mut self) {
+        if let Some((log, first, _)) = self.open.take() {
+            self.done.push((log, first, self.builder.take()));
+        }
+    }
+
+    /// The blocks: log, first number, bytes.
+    fn finish(mut self) -> Vec<(L, u64, Vec<u8>)> {
+        self.close();
+        self.done
+    }
 }
 
 fn audit_key(chain: u16, seq: u64) -> [u8; 10] {
@@ -433,6 +517,7 @@ impl Store {
         }
         // One encoding buffer for the batch: fjall copies each value into its own buffer.
         let mut buf = Vec::new();
+        let mut events = Blocks::new();
         for (i, op) in ops.iter().enumerate() {
             match op {
                 StoreOp::PutJob(rec) => {
@@ -445,9 +530,7 @@ impl Store {
                     batch.insert(&self.jobs, &rec.id.to_be_bytes()[..], &buf[..]);
                 }
                 StoreOp::PutEvent(ev) => {
-                    buf.clear();
-                    event_codec::encode(ev, &mut buf);
-                    batch.insert(&self.events, &event_key(ev.shard, ev.seq)[..], &buf[..]);
+                    events.push(ev.shard, ev.seq, |out| event_codec::encode(ev, out));
                 }
                 StoreOp::PutOutput {
                     job,
@@ -462,6 +545,9 @@ impl Store {
                     );
                 }
             }
+        }
+        for (shard, first, bytes) in events.finish() {
+            batch.insert(&self.events, &event_key(shard, first)[..], bytes);
         }
         batch.commit().context("store commit failed")
     }
@@ -488,12 +574,13 @@ impl Store {
         let Some(kv) = self.events.prefix([shard]).next_back() else {
             return Ok(0);
         };
-        let (k, _) = kv.into_inner().context("cannot read the events keyspace")?;
-        let seq: [u8; 8] = k
-            .get(1..9)
-            .and_then(|s| s.try_into().ok())
-            .context("corrupt event key")?;
-        Ok(u64::from_be_bytes(seq))
+        let (k, v) = kv.into_inner().context("cannot read the events keyspace")?;
+        let events =
+            decode_events(&k, &v).with_context(|| format!("corrupt store: event {}", hex(&k)))?;
+        events
+            .last()
+            .map(|e| e.seq)
+            .with_context(|| format!("corrupt store: event {} holds none", hex(&k)))
     }
 
     /// Events of `shard` with `after < seq <= upto`, optionally only one job's.
@@ -508,16 +595,29 @@ impl Store {
         if after >= upto {
             return Ok(out);
         }
-        for kv in self
+        // The block that holds `after + 1` may start before it.
+        let first = event_key(shard, after + 1).to_vec();
+        let start = match self
             .events
-            .range(event_key(shard, after + 1)..=event_key(shard, upto))
+            .range(event_key(shard, 0).to_vec()..=first.clone())
+            .next_back()
         {
+            Some(kv) => kv
+                .into_inner()
+                .context("cannot read the events keyspace")?
+                .0
+                .to_vec(),
+            None => first,
+        };
+        for kv in self.events.range(start..=event_key(shard, upto).to_vec()) {
             let (k, v) = kv.into_inner().context("cannot read the events keyspace")?;
-            let ev = decode_event(&k, &v)
+            let events = decode_events(&k, &v)
                 .with_context(|| format!("corrupt store: event {}", hex(&k)))?;
-            if job.is_none_or(|j| ev.subject == Subject::Job(j)) {
-                out.push(ev);
-            }
+            out.extend(events.into_iter().filter(|ev| {
+                ev.seq > after
+                    && ev.seq <= upto
+                    && job.is_none_or(|j| ev.subject == Subject::Job(j))
+            }));
         }
         Ok(out)
     }
@@ -526,12 +626,14 @@ impl Store {
     /// records of it are always written together.
     fn audited_batch(&self, audit: &[AuditRecord]) -> fjall::OwnedWriteBatch {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut blocks = Blocks::new();
         for r in audit {
-            batch.insert(
-                &self.audit,
-                &audit_key(r.chain, r.seq)[..],
-                audit::encode(r),
-            );
+            blocks.push(r.chain, r.seq, |out| {
+                out.extend_from_slice(&audit::encode(r))
+            });
+        }
+        for (chain, first, bytes) in blocks.finish() {
+            batch.insert(&self.audit, &audit_key(chain, first)[..], bytes);
         }
         batch
     }
@@ -621,16 +723,9 @@ impl Store {
             return Ok(None);
         };
         let (k, v) = kv.into_inner().context("cannot read the audit keyspace")?;
-        let seq = audit_seq(&k)?;
         // The head needs no predecessor: a stored record's hash is its own.
-        let at = audit::Position {
-            chain,
-            seq,
-            prev: [0; 32],
-        };
-        let r = audit::decode(&v, &at)
-            .with_context(|| format!("corrupt store: audit record {}", hex(&k)))?;
-        Ok(Some((r.seq, r.hash)))
+        let records = decode_audit(chain, &k, &v, &mut [0; 32]).context("corrupt store")?;
+        Ok(records.last().map(|r| (r.seq, r.hash)))
     }
 
     /// Every chain that has records.
@@ -658,19 +753,16 @@ impl Store {
     /// A chain's records in order; a record that cannot be decoded is an error naming its
     /// key (`hodei audit verify` reports it as tampering).
     pub fn read_audit(&self, chain: u16) -> impl Iterator<Item = Result<AuditRecord>> + '_ {
-        // Each record is read with the hash of the one before it, as it was chained.
         let mut prev = [0u8; 32];
-        self.audit.prefix(chain.to_be_bytes()).map(move |kv| {
-            let (k, v) = kv.into_inner().context("cannot read the audit keyspace")?;
-            let at = audit::Position {
-                chain,
-                seq: audit_seq(&k)?,
-                prev,
-            };
-            let r = audit::decode(&v, &at)
-                .with_context(|| format!("audit record {} cannot be decoded", hex(&k)))?;
-            prev = r.hash;
-            Ok(r)
+        self.audit.prefix(chain.to_be_bytes()).flat_map(move |kv| {
+            let records = kv
+                .into_inner()
+                .context("cannot read the audit keyspace")
+                .and_then(|(k, v)| decode_audit(chain, &k, &v, &mut prev));
+            match records {
+                Ok(rs) => rs.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
+            }
         })
     }
 
@@ -783,21 +875,59 @@ mod tests {
         let mut batch = store.db.batch();
         batch.insert(&store.audit, &audit_key(0, 0)[..], v1);
         batch.commit()?;
+        // Version 2, one record per key, as builds before blocks wrote it.
         let r1 = chain.append(2, "agent", "job.running", "j0.1.1", "c1", "attempt=1");
-        store.commit(&[], std::slice::from_ref(&r1))?;
+        let mut batch = store.db.batch();
+        batch.insert(&store.audit, &audit_key(0, 1)[..], audit::encode(&r1));
+        batch.commit()?;
+        // This build: a block per commit and chain.
+        let mut rs: Vec<AuditRecord> = (2..5)
+            .map(|i| chain.append(i, "agent", "job.succeeded", "j0.1.1", "c1", ""))
+            .collect();
+        store.commit(&[], &rs)?;
+        let last = chain.append(9, "cli", "call.cancel", "j0.1.1", "", "");
+        let other =
+            hodei_auth::audit::AuditChain::new(1).append(9, "cli", "token.create", "t", "", "");
+        store.commit(&[], &[last.clone(), other.clone()])?;
+        let raw = store
+            .audit
+            .get(audit_key(0, 2))?
+            .context("block 0:2 is missing")?;
+        assert_eq!(log_block::entries(&raw)?.len(), 3);
         drop(store);
         let store = Store::open(&dir)?;
-        assert_eq!(store.last_audit(0)?, Some((1, r1.hash)));
+        assert_eq!(store.last_audit(0)?, Some((5, last.hash)));
+        assert_eq!(store.last_audit(1)?, Some((0, other.hash)));
+        assert_eq!(store.audit_chains()?, vec![0, 1]);
         let read = store.read_audit(0).collect::<Result<Vec<_>>>()?;
-        assert_eq!(read, vec![r0, r1]);
+        let mut want = vec![r0, r1];
+        want.append(&mut rs);
+        want.push(last);
+        assert_eq!(read, want);
         let n = hodei_auth::audit::verify(0, read, Some(chain.head()))
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        assert_eq!(n, 2);
+        assert_eq!(n, 6);
+        // A record taken out of the middle of a block breaks the chain where it was.
+        let entries = log_block::entries(&raw)?;
+        let mut b = log_block::Builder::default();
+        for e in [entries[0], entries[2]] {
+            b.push(|out| out.extend_from_slice(e));
+        }
+        let mut batch = store.db.batch();
+        batch.insert(&store.audit, &audit_key(0, 2)[..], b.take());
+        batch.commit()?;
+        let read = store.read_audit(0).collect::<Result<Vec<_>>>()?;
+        let err = hodei_auth::audit::verify(0, read, Some(chain.head()))
+            .err()
+            .context("a record removed from a block went unnoticed")?;
+        assert_eq!(err.seq(), 3, "{err:?}");
         Ok(())
     }
 
-    /// Events written by an earlier build (rkyv frames) and by this one (the compact form)
-    /// read back in one range; an old frame stored under another event's key is refused.
+    /// Events written by earlier builds (an rkyv frame, a single compact event) and by this
+    /// one (blocks of consecutive events, one per commit) read back in one range, from any
+    /// point inside a block; an old frame stored under another event's key, and a block cut
+    /// short, are refused.
     #[test]
     fn events_span_encodings() -> Result<()> {
         use hodei_core::event::EventKind;
@@ -805,45 +935,75 @@ mod tests {
         let dir = tempdir("event-versions");
         claim_data_dir(&dir)?;
         let store = Store::open(&dir)?;
-        let ev = |seq: u64, state: JobState| Event {
+        let ev = |seq: u64, job: u64| Event {
             shard: 0,
             seq,
             at: 1_000 + seq,
-            subject: Subject::Job(JobId::new(0, 1, 1)),
+            subject: Subject::Job(JobId::new(0, 1, job)),
             correlation_id: "c1".to_owned(),
             kind: EventKind::Job {
-                state,
+                state: JobState::Running,
                 attempt: Attempt(1),
                 worker: None,
             },
             reason: None,
         };
-        let old = ev(1, JobState::Pending);
+        let all: Vec<Event> = (1..=7).map(|seq| ev(seq, seq % 2)).collect();
         let mut frame = Vec::new();
-        old.encode_into(&mut frame)?;
+        all[0].encode_into(&mut frame)?;
+        let mut compact = Vec::new();
+        event_codec::encode(&all[1], &mut compact);
         let mut batch = store.db.batch();
         batch.insert(&store.events, &event_key(0, 1)[..], frame.clone());
+        batch.insert(&store.events, &event_key(0, 2)[..], compact);
         batch.commit()?;
-        let new = ev(2, JobState::Running);
-        store.commit(&[StoreOp::PutEvent(new.clone())], &[])?;
+        let put = |evs: &[Event]| -> Vec<StoreOp> {
+            evs.iter().cloned().map(StoreOp::PutEvent).collect()
+        };
+        store.commit(&put(&all[2..5]), &[])?;
+        store.commit(&put(&all[5..]), &[])?;
         let raw = store
             .events
-            .get(event_key(0, 2))?
-            .context("event 2 is missing")?;
-        assert!(event_codec::is_compact(&raw));
+            .get(event_key(0, 3))?
+            .context("the block of events 3-5 is missing")?;
+        assert_eq!(log_block::entries(&raw)?.len(), 3);
+        assert!(store.events.get(event_key(0, 4))?.is_none());
         drop(store);
         let store = Store::open(&dir)?;
-        assert_eq!(store.read_events(0, 0, 2, None)?, vec![old, new]);
+        assert_eq!(store.last_event_seq(0)?, 7);
+        assert_eq!(store.last_event_seq(1)?, 0);
+        assert_eq!(store.read_events(0, 0, 7, None)?, all);
+        assert_eq!(store.read_events(0, 3, 6, None)?, all[3..6].to_vec());
+        assert_eq!(store.read_events(0, 4, 5, None)?, all[4..5].to_vec());
+        assert_eq!(store.read_events(0, 7, 7, None)?, vec![]);
+        let odd = Some(JobId::new(0, 1, 1));
+        assert_eq!(
+            store.read_events(0, 1, 7, odd)?,
+            vec![all[2].clone(), all[4].clone(), all[6].clone()]
+        );
+        let read_err = |after, upto| {
+            store
+                .read_events(0, after, upto, None)
+                .err()
+                .map(|e| format!("{e:#}"))
+        };
         let mut batch = store.db.batch();
-        batch.insert(&store.events, &event_key(0, 3)[..], frame);
+        batch.insert(&store.events, &event_key(0, 8)[..], frame);
         batch.commit()?;
-        let err = store
-            .read_events(0, 2, 3, None)
-            .err()
-            .map(|e| format!("{e:#}"));
+        let err = read_err(7, 8);
         assert!(
             err.as_deref()
                 .is_some_and(|e| e.contains("corrupt store") && e.contains("0:1")),
+            "{err:?}"
+        );
+        let mut cut = raw.to_vec();
+        cut.pop();
+        let mut batch = store.db.batch();
+        batch.insert(&store.events, &event_key(0, 9)[..], cut);
+        batch.commit()?;
+        let err = read_err(8, 9);
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("corrupt store")),
             "{err:?}"
         );
         Ok(())
