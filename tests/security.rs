@@ -246,7 +246,7 @@ fn audit_log_records_who_did_what_and_detects_tampering() {
     let (_, err) = text(&out);
     assert!(!out.status.success(), "tampering not detected");
     assert!(
-        err.contains(&format!("record {edited}")) && err.contains("edited"),
+        err.contains(&format!("record {edited}:")) && err.contains("edited"),
         "{err}"
     );
 }

@@ -1,7 +1,8 @@
 //! The compact form an event is stored in. On the wire an event is an rkyv archive; in the
 //! store, where every job writes about four of them, that was ~110 bytes each, with the
 //! shard and sequence number repeated from the key and rkyv's alignment padding. Here an
-//! event takes ~30 bytes: its shard and seq are left to the key (and to the reader), the
+//! event takes ~30 bytes: its shard and seq are left to its place in the store (the key, and
+//! its index in a block, `crate::log_block`), the
 //! time and lengths are LEB128, ids are 8 bytes, states one byte.
 //!
 //! Layout: `TAG`, `at` (LEB128), subject (0 job / 1 worker, then the id as 8 bytes LE), the
@@ -44,7 +45,7 @@ pub fn is_compact(bytes: &[u8]) -> bool {
     bytes.first() == Some(&TAG)
 }
 
-/// Appends `ev` in the compact form (its `shard` and `seq` are the key's).
+/// Appends `ev` in the compact form (its `shard` and `seq` are its place's in the store).
 pub fn encode(ev: &Event, out: &mut Vec<u8>) {
     out.push(TAG);
     varint(out, ev.at);

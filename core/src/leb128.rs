@@ -1,5 +1,8 @@
 //! LEB128 unsigned integers, as the store's compact encodings write lengths and times:
-//! seven bits per byte, low bits first, the high bit set on every byte but the last.
+//! seven bits per byte, low bits first, the high bit set on every byte but the last. A
+//! padded form (more bytes than needed, still within 64 bits) is read too; nothing here
+//! hashes these bytes, so it changes no meaning. (`hodei-auth`'s audit codec, which cannot
+//! depend on this crate, has its own strict reader.)
 
 /// Why bytes do not start with a LEB128 integer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,7 @@
 //! - [`wire`]: the versioned rkyv messages, one enum per direction.
 //! - [`frame`]: length framing of those messages, validated before use.
 //! - [`log_block`]: consecutive log entries (events, audit records) stored as one value;
-//!   [`leb128`] is the integer form the compact encodings share.
+//!   [`leb128`] is the integer form of compact events and blocks.
 //! - [`time`]: the clock type shared by the sans-IO shard and its drivers.
 
 pub mod event;

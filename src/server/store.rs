@@ -186,8 +186,11 @@ impl<L: Copy + PartialEq> Blocks<L> {
             self.open = Some((log, seq, seq));
         }
         self.builder.push(encode);
-        if let Some(open) = &mut self.open {
-            open.2 = seq.saturating_add(1);
+        // Seqs only grow within a log (a shard numbers its events, a chain its records), so
+        // blocks never overlap; the last possible seq ends its block.
+        match (&mut self.open, seq.checked_add(1)) {
+            (Some(open), Some(next)) => open.2 = next,
+            _ => self.close(),
         }
     }
 
@@ -595,7 +598,8 @@ impl Store {
         if after >= upto {
             return Ok(out);
         }
-        // The block that holds `after + 1` may start before it.
+        // The block that holds `after + 1` may start before it (and is read whole: damage in
+        // its entries before `after + 1` fails this read too).
         let first = event_key(shard, after + 1).to_vec();
         let start = match self
             .events
