@@ -632,9 +632,7 @@ impl Store {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut blocks = Blocks::new();
         for r in audit {
-            blocks.push(r.chain, r.seq, |out| {
-                out.extend_from_slice(&audit::encode(r))
-            });
+            blocks.push(r.chain, r.seq, |out| audit::encode_into(r, out));
         }
         for (chain, first, bytes) in blocks.finish() {
             batch.insert(&self.audit, &audit_key(chain, first)[..], bytes);
@@ -797,11 +795,17 @@ mod tests {
         d
     }
 
-    #[test]
-    fn round_trip_and_output_end() -> Result<()> {
-        let dir = tempdir("rt");
+    /// A new store in a claimed, empty data dir.
+    fn fresh(name: &str) -> Result<(PathBuf, Store)> {
+        let dir = tempdir(name);
         claim_data_dir(&dir)?;
         let store = Store::open(&dir)?;
+        Ok((dir, store))
+    }
+
+    #[test]
+    fn round_trip_and_output_end() -> Result<()> {
+        let (dir, store) = fresh("rt")?;
         assert_eq!(store.next_epoch()?, 1);
         let mut rec = JobRecord::new(
             JobId::new(0, 1, 1),
@@ -853,9 +857,7 @@ mod tests {
     /// chain that verifies, and resumes from its last record.
     #[test]
     fn audit_chains_span_record_versions() -> Result<()> {
-        let dir = tempdir("audit-versions");
-        claim_data_dir(&dir)?;
-        let store = Store::open(&dir)?;
+        let (dir, store) = fresh("audit-versions")?;
         let mut chain = hodei_auth::audit::AuditChain::new(0);
         let r0 = chain.append(1, "cli", "call.submit", "", "c1", "1 job(s)");
         // Version 1, as earlier builds wrote it: prev, chain, seq, at_ms, then each string
@@ -876,14 +878,12 @@ mod tests {
             v1.extend(f.as_bytes());
         }
         v1.extend(r0.hash);
-        let mut batch = store.db.batch();
-        batch.insert(&store.audit, &audit_key(0, 0)[..], v1);
-        batch.commit()?;
+        store.audit.insert(&audit_key(0, 0)[..], v1)?;
         // Version 2, one record per key, as builds before blocks wrote it.
         let r1 = chain.append(2, "agent", "job.running", "j0.1.1", "c1", "attempt=1");
-        let mut batch = store.db.batch();
-        batch.insert(&store.audit, &audit_key(0, 1)[..], audit::encode(&r1));
-        batch.commit()?;
+        store
+            .audit
+            .insert(&audit_key(0, 1)[..], audit::encode(&r1))?;
         // This build: a block per commit and chain.
         let mut rs: Vec<AuditRecord> = (2..5)
             .map(|i| chain.append(i, "agent", "job.succeeded", "j0.1.1", "c1", ""))
@@ -917,9 +917,7 @@ mod tests {
         for e in [entries[0], entries[2]] {
             b.push(|out| out.extend_from_slice(e));
         }
-        let mut batch = store.db.batch();
-        batch.insert(&store.audit, &audit_key(0, 2)[..], b.take());
-        batch.commit()?;
+        store.audit.insert(&audit_key(0, 2)[..], b.take())?;
         let read = store.read_audit(0).collect::<Result<Vec<_>>>()?;
         let err = hodei_auth::audit::verify(0, read, Some(chain.head()))
             .err()
@@ -936,9 +934,7 @@ mod tests {
     fn events_span_encodings() -> Result<()> {
         use hodei_core::event::EventKind;
         use hodei_core::state::JobState;
-        let dir = tempdir("event-versions");
-        claim_data_dir(&dir)?;
-        let store = Store::open(&dir)?;
+        let (dir, store) = fresh("event-versions")?;
         let ev = |seq: u64, job: u64| Event {
             shard: 0,
             seq,
@@ -957,10 +953,8 @@ mod tests {
         all[0].encode_into(&mut frame)?;
         let mut compact = Vec::new();
         event_codec::encode(&all[1], &mut compact);
-        let mut batch = store.db.batch();
-        batch.insert(&store.events, &event_key(0, 1)[..], frame.clone());
-        batch.insert(&store.events, &event_key(0, 2)[..], compact);
-        batch.commit()?;
+        store.events.insert(&event_key(0, 1)[..], frame.clone())?;
+        store.events.insert(&event_key(0, 2)[..], compact)?;
         let put = |evs: &[Event]| -> Vec<StoreOp> {
             evs.iter().cloned().map(StoreOp::PutEvent).collect()
         };
@@ -991,9 +985,7 @@ mod tests {
                 .err()
                 .map(|e| format!("{e:#}"))
         };
-        let mut batch = store.db.batch();
-        batch.insert(&store.events, &event_key(0, 8)[..], frame);
-        batch.commit()?;
+        store.events.insert(&event_key(0, 8)[..], frame)?;
         let err = read_err(7, 8);
         assert!(
             err.as_deref()
@@ -1002,9 +994,7 @@ mod tests {
         );
         let mut cut = raw.to_vec();
         cut.pop();
-        let mut batch = store.db.batch();
-        batch.insert(&store.events, &event_key(0, 9)[..], cut);
-        batch.commit()?;
+        store.events.insert(&event_key(0, 9)[..], cut)?;
         let err = read_err(8, 9);
         assert!(
             err.as_deref().is_some_and(|e| e.contains("corrupt store")),
@@ -1018,9 +1008,7 @@ mod tests {
     #[test]
     fn a_batch_keeps_each_jobs_last_record() -> Result<()> {
         use hodei_core::state::JobState;
-        let dir = tempdir("last");
-        claim_data_dir(&dir)?;
-        let store = Store::open(&dir)?;
+        let (dir, store) = fresh("last")?;
         let spec = hodei_core::spec::JobSpec::exec("true", &[]);
         let a = JobRecord::new(JobId::new(0, 1, 1), spec.clone(), 5);
         let b = JobRecord::new(JobId::new(0, 1, 2), spec, 5);

@@ -58,6 +58,12 @@ pub(super) fn put_fields(r: &AuditRecord, out: &mut Vec<u8>) {
 /// The stored bytes of `r` (version 2).
 pub fn encode(r: &AuditRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 8 + 32 + r.strings_len());
+    encode_into(r, &mut out);
+    out
+}
+
+/// Appends the stored bytes of `r` (version 2) to `out`.
+pub fn encode_into(r: &AuditRecord, out: &mut Vec<u8>) {
     out.push(VERSION);
     out.extend_from_slice(&r.at_ms.to_le_bytes());
     for s in r.strings() {
@@ -72,7 +78,6 @@ pub fn encode(r: &AuditRecord) -> Vec<u8> {
         out.extend_from_slice(s.as_bytes());
     }
     out.extend_from_slice(&r.hash);
-    out
 }
 
 /// Parses stored bytes found at `at`. Does not check the hash: that is

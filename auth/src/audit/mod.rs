@@ -26,7 +26,7 @@
 mod codec;
 mod verify;
 
-pub use codec::{AuditError, Position, decode, encode};
+pub use codec::{AuditError, Position, decode, encode, encode_into};
 pub use verify::{ChainBreak, verify, verify_from, verify_keyed};
 
 use serde::{Deserialize, Serialize};
