@@ -1,6 +1,7 @@
 //! The machine's raw process spawn rate: how fast it runs `/bin/true` to completion with no
 //! Hodei in between. Measured in the same run as the `/bin/true` jobs, so that both see the
-//! same machine load.
+//! same machine load; `throughput` measures it both before and after its jobs and pools the
+//! two, because a shared VM's speed drifts by 10–20 % within a minute.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,24 @@ pub struct SpawnRate {
     pub per_s: f64,
     pub spawned: usize,
     pub secs: f64,
+}
+
+impl SpawnRate {
+    /// Both measurements as one: all their spawns over all their time.
+    pub fn pooled(&self, other: &Self) -> Self {
+        let (spawned, secs) = (self.spawned + other.spawned, self.secs + other.secs);
+        #[allow(clippy::cast_precision_loss)]
+        let per_s = if secs > 0.0 {
+            spawned as f64 / secs
+        } else {
+            0.0
+        };
+        Self {
+            per_s,
+            spawned,
+            secs,
+        }
+    }
 }
 
 /// `parallel` threads each run `/bin/true` to completion, over and over, until `total`
@@ -45,4 +64,34 @@ pub fn raw_spawn_rate(parallel: usize, total: usize, max: Duration) -> Result<Sp
         spawned,
         secs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpawnRate;
+
+    /// Pooling weighs each measurement by its length: a short slow one cannot halve the rate.
+    #[test]
+    fn pooled_rate_is_all_spawns_over_all_time() {
+        let a = SpawnRate {
+            per_s: 3000.0,
+            spawned: 30_000,
+            secs: 10.0,
+        };
+        let b = SpawnRate {
+            per_s: 1000.0,
+            spawned: 1000,
+            secs: 1.0,
+        };
+        let p = a.pooled(&b);
+        assert_eq!(p.spawned, 31_000);
+        assert!((p.secs - 11.0).abs() < 1e-9);
+        assert!((p.per_s - 31_000.0 / 11.0).abs() < 1e-6);
+        let none = SpawnRate {
+            per_s: 0.0,
+            spawned: 0,
+            secs: 0.0,
+        };
+        assert!(none.pooled(&none).per_s.abs() < f64::EPSILON);
+    }
 }

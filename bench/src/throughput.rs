@@ -3,7 +3,8 @@
 //! closed loop, so the backlog stays at most `--inflight` × `--batch` jobs and the run
 //! measures what the cluster sustains, not how fast the queue grows. Afterwards the finish
 //! times come from the job records, giving jobs/s overall and per interval. With real
-//! `/bin/true` jobs the machine's raw spawn rate is measured in the same run.
+//! `/bin/true` jobs the machine's raw spawn rate is measured in the same run, half before the
+//! jobs and half after.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -19,7 +20,7 @@ use crate::cluster::Cluster;
 use crate::dispatch::finish_times;
 use crate::output::{Outcome, OutputArgs, round3};
 use crate::plot::{self, Line};
-use crate::spawn_rate::raw_spawn_rate;
+use crate::spawn_rate::{SpawnRate, raw_spawn_rate};
 use crate::timeline;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -94,6 +95,14 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
     let interval = args
         .interval
         .unwrap_or_else(|| timeline::auto_interval(args.duration));
+    // The raw spawn rate is measured before and after the jobs, half the duration each, so
+    // that a drift of the machine's speed during the run weighs on both sides alike.
+    let spawners = args.fleet.agents * args.fleet.slots as usize;
+    let raw_before = if modes.contains(&"true") {
+        Some(raw_spawn_rate(spawners, usize::MAX, args.duration / 2)?)
+    } else {
+        None
+    };
     let mut results = Vec::new();
     for mode in &modes {
         if !args.output.json {
@@ -112,15 +121,13 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
         cluster.stop();
         results.push(r?);
     }
-    // Same parallelism as the cluster's slots, as long as one mode's submitting.
-    let raw = if modes.contains(&"true") {
-        Some(raw_spawn_rate(
-            args.fleet.agents * args.fleet.slots as usize,
-            usize::MAX,
-            args.duration,
-        )?)
-    } else {
-        None
+    // Same parallelism as the cluster's slots.
+    let raw = match raw_before {
+        Some(before) => {
+            let after = raw_spawn_rate(spawners, usize::MAX, args.duration / 2)?;
+            Some((before, after))
+        }
+        None => None,
     };
     let outcome = report(&args, &results, raw.as_ref(), interval);
     crate::output::emit(outcome, &args.output, args.duration, started)
@@ -202,7 +209,7 @@ async fn run_mode(
 fn report(
     args: &ThroughputArgs,
     results: &[ModeResult],
-    raw: Option<&crate::spawn_rate::SpawnRate>,
+    raw: Option<&(SpawnRate, SpawnRate)>,
     interval: Duration,
 ) -> Outcome {
     let params = json!({
@@ -264,14 +271,20 @@ fn report(
         .iter()
         .map(|r| timeline::line(&format!("{} jobs", r.mode), &r.series, interval))
         .collect();
-    if let Some(raw) = raw {
+    if let Some((before, after)) = raw {
+        let raw = before.pooled(after);
         o.figure("raw_spawn_per_s", round3(raw.per_s));
+        o.figure("raw_spawn_before_per_s", round3(before.per_s));
+        o.figure("raw_spawn_after_per_s", round3(after.per_s));
         o.figure("raw_spawn_s", round3(raw.secs));
         o.figure("raw_spawns", raw.spawned);
         o.table.push(format!(
-            "raw /bin/true spawn rate here (same run, {} spawners): {:.0}/s",
+            "raw /bin/true spawn rate here (same run, {} spawners, before and after the jobs): \
+             {:.0}/s ({:.0} before, {:.0} after)",
             args.fleet.agents * args.fleet.slots as usize,
-            raw.per_s
+            raw.per_s,
+            before.per_s,
+            after.per_s
         ));
         if let Some(t) = results.iter().find(|r| r.mode == "true") {
             let pct = 100.0 * t.jobs_per_s / raw.per_s;
