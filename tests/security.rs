@@ -77,6 +77,17 @@ fn roles_and_tokens_are_enforced() {
     let out = cli_as(&s, &reader, &["token", "create", "--role", "admin"]);
     assert!(!out.status.success());
     assert!(text(&out).1.contains("manage-tokens"), "{:?}", text(&out));
+    // A reader may read the server's figures, but only an operator may restart them.
+    assert!(cli_as(&s, &reader, &["stats"]).status.success());
+    let out = cli_as(&s, &reader, &["stats", "--reset"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out)
+            .1
+            .contains("role reader lacks the manage-workers permission"),
+        "{:?}",
+        text(&out)
+    );
 
     // Submitters see and cancel only their own jobs.
     let alice = token(&s, "submitter", "alice", &[]);

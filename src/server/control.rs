@@ -83,7 +83,10 @@ pub const fn permission_for(body: &ToServer) -> Permission {
         | ToServer::Wait { .. }
         | ToServer::ListWorkers
         | ToServer::Events { .. }
-        | ToServer::Stats { .. } => Permission::Read,
+        | ToServer::Stats { reset: false } => Permission::Read,
+        // Restarting the figures spoils them for everyone else who reads them (a load test
+        // resets at its steady phase): the fleet operator's call, not any reader's.
+        ToServer::Stats { reset: true } => Permission::ManageWorkers,
         ToServer::Cancel { .. } | ToServer::Retry { .. } => Permission::Cancel,
         ToServer::DrainWorker { .. } | ToServer::RevokeWorker { .. } => Permission::ManageWorkers,
         ToServer::Join { .. } => Permission::Join,
