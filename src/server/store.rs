@@ -132,33 +132,52 @@ fn decode_events(key: &[u8], value: &[u8]) -> Result<Vec<Event>> {
 
 /// The audit records stored under one key: a block of consecutive records, the first
 /// numbered by the key, or one record. Each is read with the hash of the one before it
-/// (`prev`, updated), as it was chained.
+/// (`prev`, updated), as it was chained. A record that cannot be decoded ends the list as an
+/// error, after the good ones before it: a reader counting records names the right one.
 fn decode_audit(
     chain: u16,
     key: &[u8],
     value: &[u8],
     prev: &mut [u8; 32],
-) -> Result<Vec<AuditRecord>> {
-    let first = audit_seq(key)?;
+) -> Vec<Result<AuditRecord>> {
+    let first = match audit_seq(key) {
+        Ok(seq) => seq,
+        Err(e) => return vec![Err(e)],
+    };
     let entries = if log_block::is_block(value) {
-        log_block::entries(value).with_context(|| format!("audit block {}", hex(key)))?
+        match log_block::entries(value).with_context(|| format!("audit block {}", hex(key))) {
+            Ok(entries) => entries,
+            Err(e) => return vec![Err(e)],
+        }
     } else {
         vec![value]
     };
     let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.into_iter().enumerate() {
-        let seq = first.checked_add(i as u64).context("audit seq overflows")?;
+        let Some(seq) = first.checked_add(i as u64) else {
+            out.push(Err(anyhow::anyhow!("audit seq overflows")));
+            break;
+        };
         let at = audit::Position {
             chain,
             seq,
             prev: *prev,
         };
-        let r = audit::decode(e, &at)
-            .with_context(|| format!("audit record {seq} (key {}) cannot be decoded", hex(key)))?;
-        *prev = r.hash;
-        out.push(r);
+        match audit::decode(e, &at) {
+            Ok(r) => {
+                *prev = r.hash;
+                out.push(Ok(r));
+            }
+            Err(e) => {
+                out.push(Err(anyhow::Error::from(e).context(format!(
+                    "audit record {seq} (key {}) cannot be decoded",
+                    hex(key)
+                ))));
+                break;
+            }
+        }
     }
-    Ok(out)
+    out
 }
 
 /// Entries of append-only logs (a shard's events, an audit chain) gathered into blocks
@@ -726,7 +745,10 @@ impl Store {
         };
         let (k, v) = kv.into_inner().context("cannot read the audit keyspace")?;
         // The head needs no predecessor: a stored record's hash is its own.
-        let records = decode_audit(chain, &k, &v, &mut [0; 32]).context("corrupt store")?;
+        let records = decode_audit(chain, &k, &v, &mut [0; 32])
+            .into_iter()
+            .collect::<Result<Vec<_>>>()
+            .context("corrupt store")?;
         Ok(records.last().map(|r| (r.seq, r.hash)))
     }
 
@@ -757,12 +779,8 @@ impl Store {
     pub fn read_audit(&self, chain: u16) -> impl Iterator<Item = Result<AuditRecord>> + '_ {
         let mut prev = [0u8; 32];
         self.audit.prefix(chain.to_be_bytes()).flat_map(move |kv| {
-            let records = kv
-                .into_inner()
-                .context("cannot read the audit keyspace")
-                .and_then(|(k, v)| decode_audit(chain, &k, &v, &mut prev));
-            match records {
-                Ok(rs) => rs.into_iter().map(Ok).collect::<Vec<_>>(),
+            match kv.into_inner().context("cannot read the audit keyspace") {
+                Ok((k, v)) => decode_audit(chain, &k, &v, &mut prev),
                 Err(e) => vec![Err(e)],
             }
         })
@@ -923,6 +941,21 @@ mod tests {
             .err()
             .context("a record removed from a block went unnoticed")?;
         assert_eq!(err.seq(), 3, "{err:?}");
+        // A record that cannot be decoded in the middle of a block: the records before it
+        // still read, and the error comes at its own place in the chain, naming its seq.
+        let mut b = log_block::Builder::default();
+        for e in [entries[0], b"not a record".as_slice(), entries[2]] {
+            b.push(|out| out.extend_from_slice(e));
+        }
+        store.audit.insert(&audit_key(0, 2)[..], b.take())?;
+        let read: Vec<Result<AuditRecord>> = store.read_audit(0).collect();
+        let good = read.iter().take_while(|r| r.is_ok()).count();
+        assert_eq!(good, 3, "r0, r1 and the block's first record");
+        let err = read
+            .get(3)
+            .and_then(|r| r.as_ref().err())
+            .context("the damaged record was not reported after the good ones")?;
+        assert!(format!("{err:#}").contains("audit record 3 "), "{err:#}");
         Ok(())
     }
 
