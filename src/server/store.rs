@@ -107,7 +107,7 @@ fn event_key(shard: u8, seq: u64) -> [u8; 9] {
 /// The events stored under one key: a block of consecutive compact events, the first
 /// numbered by the key ([`log_block`]); one compact event; or an rkyv frame written before
 /// either, which must name the same shard and seq as its key.
-fn decode_events(key: &[u8], value: &[u8]) -> Result<Vec<Event>> {
+fn decode_events(key: &[u8], value: &[u8], from: u64) -> Result<Vec<Event>> {
     let (&shard, seq) = key.split_first().context("short event key")?;
     let seq: [u8; 8] = seq.try_into().context("event key of the wrong length")?;
     let seq = u64::from_be_bytes(seq);
@@ -115,7 +115,13 @@ fn decode_events(key: &[u8], value: &[u8]) -> Result<Vec<Event>> {
         let mut out = Vec::new();
         for (i, e) in log_block::entries(value)?.into_iter().enumerate() {
             let seq = seq.checked_add(i as u64).context("event seq overflows")?;
-            out.push(event_codec::decode(shard, seq, e).with_context(|| format!("event {seq}"))?);
+            // Entries before `from` are not decoded: a reader starting mid-block neither pays
+            // for them nor fails on damage it does not read.
+            if seq >= from {
+                out.push(
+                    event_codec::decode(shard, seq, e).with_context(|| format!("event {seq}"))?,
+                );
+            }
         }
         return Ok(out);
     }
@@ -597,8 +603,8 @@ impl Store {
             return Ok(0);
         };
         let (k, v) = kv.into_inner().context("cannot read the events keyspace")?;
-        let events =
-            decode_events(&k, &v).with_context(|| format!("corrupt store: event {}", hex(&k)))?;
+        let events = decode_events(&k, &v, 0)
+            .with_context(|| format!("corrupt store: event {}", hex(&k)))?;
         events
             .last()
             .map(|e| e.seq)
@@ -617,8 +623,8 @@ impl Store {
         if after >= upto {
             return Ok(out);
         }
-        // The block that holds `after + 1` may start before it (and is read whole: damage in
-        // its entries before `after + 1` fails this read too).
+        // The block that holds `after + 1` may start before it; its entries before that are
+        // skipped undecoded.
         let first = event_key(shard, after + 1).to_vec();
         let start = match self
             .events
@@ -634,7 +640,7 @@ impl Store {
         };
         for kv in self.events.range(start..=event_key(shard, upto).to_vec()) {
             let (k, v) = kv.into_inner().context("cannot read the events keyspace")?;
-            let events = decode_events(&k, &v)
+            let events = decode_events(&k, &v, after + 1)
                 .with_context(|| format!("corrupt store: event {}", hex(&k)))?;
             out.extend(events.into_iter().filter(|ev| {
                 ev.seq > after
@@ -1031,6 +1037,21 @@ mod tests {
         let err = read_err(8, 9);
         assert!(
             err.as_deref().is_some_and(|e| e.contains("corrupt store")),
+            "{err:?}"
+        );
+        // Damage in a block before where a read starts is skipped, not decoded; a read that
+        // covers it still fails, naming the event.
+        let mut good = Vec::new();
+        event_codec::encode(&ev(11, 1), &mut good);
+        let mut b = log_block::Builder::default();
+        for e in [b"not an event".as_slice(), &good] {
+            b.push(|out| out.extend_from_slice(e));
+        }
+        store.events.insert(&event_key(0, 10)[..], b.take())?;
+        assert_eq!(store.read_events(0, 10, 11, None)?, vec![ev(11, 1)]);
+        let err = read_err(9, 11);
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("event 10")),
             "{err:?}"
         );
         Ok(())
