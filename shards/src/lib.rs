@@ -13,6 +13,7 @@
 //! the messages.
 
 mod comm;
+mod holdings;
 mod jobs;
 mod lifecycle;
 mod sched;

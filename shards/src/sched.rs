@@ -45,7 +45,7 @@ impl Worker {
     }
 
     pub(crate) fn reserve(&mut self, held: HeldJob) {
-        self.held.insert(held.job, held);
+        self.held.insert(held);
         self.recompute();
     }
 
@@ -65,10 +65,10 @@ impl Worker {
     /// attempts it holds, minus what is offered to an outstanding steal. (Adding back what
     /// was taken double-counted after a re-registration with more held attempts than slots.)
     pub(crate) fn recompute(&mut self) {
-        #[allow(clippy::cast_possible_truncation)]
-        let held = self.held.len() as u32;
-        let cpus: u32 = self.held.values().map(|h| h.cpus).sum();
-        let mem: u64 = self.held.values().map(|h| h.memory).sum();
+        // Past what the types hold, a worker is full anyway.
+        let held = u32::try_from(self.held.len()).unwrap_or(u32::MAX);
+        let cpus = u32::try_from(self.held.cpus()).unwrap_or(u32::MAX);
+        let mem = u64::try_from(self.held.memory()).unwrap_or(u64::MAX);
         let (os, oc, om) = self.offered;
         self.free_slots = self.res.slots.saturating_sub(held).saturating_sub(os);
         self.free_cpus = self.res.cpus.saturating_sub(cpus).saturating_sub(oc);

@@ -15,7 +15,7 @@ use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::JobRecord;
 use hodei_core::state::WorkerState;
 use hodei_core::time::{Micros, ms};
-use hodei_core::wire::{HeldJob, Resources};
+use hodei_core::wire::Resources;
 
 use crate::comm::{ConnId, Offer, ReqId};
 
@@ -85,7 +85,7 @@ pub(crate) struct Worker {
     pub(crate) free_cpus: u32,
     pub(crate) free_mem: u64,
     /// Attempts it holds, with what they reserved.
-    pub(crate) held: HashMap<JobId, HeldJob>,
+    pub(crate) held: crate::holdings::Holdings,
     pub(crate) last_seen: Micros,
     pub(crate) disconnected_at: Option<Micros>,
     /// When it was last given a job (a shard-local counter), to rotate among equals.

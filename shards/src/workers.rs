@@ -115,7 +115,7 @@ impl Shard {
             free_cpus: hello.resources.cpus,
             free_mem: hello.resources.memory,
             res: hello.resources,
-            held: crate::shard::HashMap::default(),
+            held: crate::holdings::Holdings::default(),
             last_seen: now,
             disconnected_at: None,
             last_assigned: 0,
@@ -215,7 +215,7 @@ impl Shard {
             return;
         }
         w.state = WorkerState::Lost;
-        let held: Vec<_> = w.held.drain().map(|(_, h)| h).collect();
+        let held = w.held.take_all();
         w.recompute();
         let reason = Some("did not come back within the disconnect grace".to_owned());
         self.worker_event(id, WorkerState::Lost, reason, comm);
@@ -350,7 +350,7 @@ impl Shard {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
-        let held: Vec<_> = w.held.drain().map(|(_, h)| h).collect();
+        let held = w.held.take_all();
         for h in held {
             let reason = format!("worker {id} left while holding it");
             self.report(id, h.job, h.attempt, Report::Lost { reason }, comm);
