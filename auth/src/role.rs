@@ -30,7 +30,7 @@ pub enum Permission {
     Submit,
     /// Cancel jobs.
     Cancel,
-    /// Drain, disable or remove workers.
+    /// Drain, disable or remove workers; reset the server's own figures (`hodei stats`).
     ManageWorkers,
     /// Create, replace and delete secrets.
     ManageSecrets,

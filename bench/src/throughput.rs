@@ -95,16 +95,18 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
     let interval = args
         .interval
         .unwrap_or_else(|| timeline::auto_interval(args.duration));
-    // The raw spawn rate is measured before and after the jobs, half the duration each, so
-    // that a drift of the machine's speed during the run weighs on both sides alike.
+    // The raw spawn rate is measured right before and right after the `/bin/true` jobs, half
+    // the duration each, with as many spawners as slots, so that a drift of the machine's
+    // speed during the run weighs on both sides alike.
     let spawners = args.fleet.agents * args.fleet.slots as usize;
-    let raw_before = if modes.contains(&"true") {
-        Some(raw_spawn_rate(spawners, usize::MAX, args.duration / 2)?)
-    } else {
-        None
-    };
+    let mut raw = None;
     let mut results = Vec::new();
     for mode in &modes {
+        let before = if *mode == "true" {
+            Some(raw_spawn_rate(spawners, usize::MAX, args.duration / 2)?)
+        } else {
+            None
+        };
         if !args.output.json {
             eprintln!("throughput: {mode} jobs for {:?}…", args.duration);
         }
@@ -120,15 +122,11 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
         let r = run_mode(mode, &cluster, &args, interval).await;
         cluster.stop();
         results.push(r?);
-    }
-    // Same parallelism as the cluster's slots.
-    let raw = match raw_before {
-        Some(before) => {
+        if let Some(before) = before {
             let after = raw_spawn_rate(spawners, usize::MAX, args.duration / 2)?;
-            Some((before, after))
+            raw = Some((before, after));
         }
-        None => None,
-    };
+    }
     let outcome = report(&args, &results, raw.as_ref(), interval);
     crate::output::emit(outcome, &args.output, args.duration, started)
 }

@@ -343,3 +343,57 @@ impl Shard {
         self.schedule(comm);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hodei_core::ids::{Attempt, JobId, WorkerId};
+    use hodei_core::state::WorkerState;
+    use hodei_core::wire::{HeldJob, Resources};
+
+    use crate::shard::Worker;
+
+    /// Free capacity is what the agent offers minus what its attempts hold, floored at zero:
+    /// reservations an agent reports beyond its resources (or beyond what a `u32` sum holds)
+    /// leave it full, never wrapped around to look free.
+    #[test]
+    fn huge_holdings_leave_a_worker_full_and_releases_restore_it() {
+        let mut w = Worker {
+            id: WorkerId::new(0, 1, 1),
+            conn: None,
+            state: WorkerState::Ready,
+            hostname: "h".to_owned(),
+            res: Resources {
+                slots: 4,
+                cpus: 8,
+                memory: 1 << 30,
+                labels: Vec::new(),
+            },
+            free_slots: 4,
+            free_cpus: 8,
+            free_mem: 1 << 30,
+            held: crate::holdings::Holdings::default(),
+            last_seen: 0,
+            disconnected_at: None,
+            last_assigned: 0,
+            free_key: None,
+            offered: (0, 0, 0),
+        };
+        for job in 0..3 {
+            w.reserve(HeldJob {
+                job: JobId::new(0, 1, job),
+                attempt: Attempt(1),
+                cpus: u32::MAX,
+                memory: u64::MAX,
+            });
+        }
+        assert_eq!((w.free_slots, w.free_cpus, w.free_mem), (1, 0, 0));
+        for job in 0..3 {
+            assert!(w.release(JobId::new(0, 1, job), Attempt(1)));
+        }
+        assert!(
+            !w.release(JobId::new(0, 1, 0), Attempt(1)),
+            "released twice"
+        );
+        assert_eq!((w.free_slots, w.free_cpus, w.free_mem), (4, 8, 1 << 30));
+    }
+}

@@ -106,7 +106,9 @@ fn event_key(shard: u8, seq: u64) -> [u8; 9] {
 
 /// The events stored under one key: a block of consecutive compact events, the first
 /// numbered by the key ([`log_block`]); one compact event; or an rkyv frame written before
-/// either, which must name the same shard and seq as its key.
+/// either, which must name the same shard and seq as its key. A block's entries numbered
+/// below `from` are skipped without being decoded (its framing is still checked whole); a
+/// single event under its own key is always decoded.
 fn decode_events(key: &[u8], value: &[u8], from: u64) -> Result<Vec<Event>> {
     let (&shard, seq) = key.split_first().context("short event key")?;
     let seq: [u8; 8] = seq.try_into().context("event key of the wrong length")?;
@@ -784,12 +786,23 @@ impl Store {
     /// key (`hodei audit verify` reports it as tampering).
     pub fn read_audit(&self, chain: u16) -> impl Iterator<Item = Result<AuditRecord>> + '_ {
         let mut prev = [0u8; 32];
-        self.audit.prefix(chain.to_be_bytes()).flat_map(move |kv| {
-            match kv.into_inner().context("cannot read the audit keyspace") {
-                Ok((k, v)) => decode_audit(chain, &k, &v, &mut prev),
-                Err(e) => vec![Err(e)],
-            }
-        })
+        self.audit
+            .prefix(chain.to_be_bytes())
+            .flat_map(
+                move |kv| match kv.into_inner().context("cannot read the audit keyspace") {
+                    Ok((k, v)) => decode_audit(chain, &k, &v, &mut prev),
+                    Err(e) => vec![Err(e)],
+                },
+            )
+            // The first error ends the chain: what follows would be read against the hash of
+            // the last good record, not of the one it was chained to.
+            .scan(false, |failed, r| {
+                if *failed {
+                    return None;
+                }
+                *failed = r.is_err();
+                Some(r)
+            })
     }
 
     /// Flushes everything (shutdown).
@@ -962,6 +975,7 @@ mod tests {
             .and_then(|r| r.as_ref().err())
             .context("the damaged record was not reported after the good ones")?;
         assert!(format!("{err:#}").contains("audit record 3 "), "{err:#}");
+        assert_eq!(read.len(), 4, "nothing is read past the damaged record");
         Ok(())
     }
 
