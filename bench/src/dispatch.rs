@@ -119,7 +119,7 @@ pub async fn dispatch(args: DispatchArgs) -> Result<()> {
         args.burst,
         args.duration,
     )?;
-    let outcome = report(&args, &results, raw.per_s, interval);
+    let outcome = report(&args, &results, raw.per_s(), interval);
     crate::output::emit(outcome, &args.output, args.duration, started)
 }
 

@@ -8,25 +8,26 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 
 pub struct SpawnRate {
-    pub per_s: f64,
     pub spawned: usize,
     pub secs: f64,
 }
 
 impl SpawnRate {
-    /// Both measurements as one: all their spawns over all their time.
-    pub fn pooled(&self, other: &Self) -> Self {
-        let (spawned, secs) = (self.spawned + other.spawned, self.secs + other.secs);
-        #[allow(clippy::cast_precision_loss)]
-        let per_s = if secs > 0.0 {
-            spawned as f64 / secs
+    /// Spawns per second (0 for an empty measurement).
+    #[allow(clippy::cast_precision_loss)]
+    pub fn per_s(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.spawned as f64 / self.secs
         } else {
             0.0
-        };
+        }
+    }
+
+    /// Both measurements as one: all their spawns over all their time.
+    pub fn pooled(&self, other: &Self) -> Self {
         Self {
-            per_s,
-            spawned,
-            secs,
+            spawned: self.spawned + other.spawned,
+            secs: self.secs + other.secs,
         }
     }
 }
@@ -56,13 +57,9 @@ pub fn raw_spawn_rate(parallel: usize, total: usize, max: Duration) -> Result<Sp
             .join()
             .map_err(|_| anyhow::anyhow!("a spawner thread panicked"))??;
     }
-    let secs = t0.elapsed().as_secs_f64();
-    #[allow(clippy::cast_precision_loss)]
-    let per_s = spawned as f64 / secs;
     Ok(SpawnRate {
-        per_s,
         spawned,
-        secs,
+        secs: t0.elapsed().as_secs_f64(),
     })
 }
 
@@ -74,24 +71,21 @@ mod tests {
     #[test]
     fn pooled_rate_is_all_spawns_over_all_time() {
         let a = SpawnRate {
-            per_s: 3000.0,
             spawned: 30_000,
             secs: 10.0,
         };
         let b = SpawnRate {
-            per_s: 1000.0,
             spawned: 1000,
             secs: 1.0,
         };
         let p = a.pooled(&b);
         assert_eq!(p.spawned, 31_000);
         assert!((p.secs - 11.0).abs() < 1e-9);
-        assert!((p.per_s - 31_000.0 / 11.0).abs() < 1e-6);
+        assert!((p.per_s() - 31_000.0 / 11.0).abs() < 1e-6);
         let none = SpawnRate {
-            per_s: 0.0,
             spawned: 0,
             secs: 0.0,
         };
-        assert!(none.pooled(&none).per_s.abs() < f64::EPSILON);
+        assert!(none.pooled(&none).per_s().abs() < f64::EPSILON);
     }
 }

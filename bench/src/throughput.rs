@@ -271,21 +271,21 @@ fn report(
         .collect();
     if let Some((before, after)) = raw {
         let raw = before.pooled(after);
-        o.figure("raw_spawn_per_s", round3(raw.per_s));
-        o.figure("raw_spawn_before_per_s", round3(before.per_s));
-        o.figure("raw_spawn_after_per_s", round3(after.per_s));
+        o.figure("raw_spawn_per_s", round3(raw.per_s()));
+        o.figure("raw_spawn_before_per_s", round3(before.per_s()));
+        o.figure("raw_spawn_after_per_s", round3(after.per_s()));
         o.figure("raw_spawn_s", round3(raw.secs));
         o.figure("raw_spawns", raw.spawned);
         o.table.push(format!(
             "raw /bin/true spawn rate here (same run, {} spawners, before and after the jobs): \
              {:.0}/s ({:.0} before, {:.0} after)",
             args.fleet.agents * args.fleet.slots as usize,
-            raw.per_s,
-            before.per_s,
-            after.per_s
+            raw.per_s(),
+            before.per_s(),
+            after.per_s()
         ));
         if let Some(t) = results.iter().find(|r| r.mode == "true") {
-            let pct = 100.0 * t.jobs_per_s / raw.per_s;
+            let pct = 100.0 * t.jobs_per_s / raw.per_s();
             o.figure("true_vs_raw_spawn_pct", round3(pct));
             o.table
                 .push(format!("/bin/true jobs: {pct:.1} % of the raw spawn rate"));
@@ -293,7 +293,7 @@ fn report(
         let end = results.iter().map(|r| r.span_s).fold(0.0, f64::max);
         lines.push(Line {
             name: "raw /bin/true spawns".into(),
-            points: vec![(0.0, raw.per_s), (end, raw.per_s)],
+            points: vec![(0.0, raw.per_s()), (end, raw.per_s())],
         });
     }
     o.plot(

@@ -2,8 +2,8 @@
 //! store, where every job writes about four of them, that was ~110 bytes each, with the
 //! shard and sequence number repeated from the key and rkyv's alignment padding. Here an
 //! event takes ~30 bytes: its shard and seq are left to its place in the store (the key, and
-//! its index in a block, `crate::log_block`), the
-//! time and lengths are LEB128, ids are 8 bytes, states one byte.
+//! its index in a block, `crate::log_block`), the time and lengths are LEB128, ids are 8
+//! bytes, states one byte.
 //!
 //! Layout: `TAG`, `at` (LEB128), subject (0 job / 1 worker, then the id as 8 bytes LE), the
 //! correlation id (LEB128 length, bytes), the kind (0 job: state, attempt LEB128, worker as

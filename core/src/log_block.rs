@@ -42,7 +42,8 @@ pub fn is_block(bytes: &[u8]) -> bool {
     bytes.first() == Some(&TAG)
 }
 
-/// Builds a block in place: entries are encoded straight into `out`.
+/// Builds a block: each entry is encoded into a reused scratch buffer, then appended after
+/// its length (which must come first), so building allocates nothing per entry.
 #[derive(Debug)]
 pub struct Builder {
     buf: Vec<u8>,

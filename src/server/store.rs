@@ -104,11 +104,12 @@ fn event_key(shard: u8, seq: u64) -> [u8; 9] {
     k
 }
 
-/// The events stored under one key: a block of consecutive compact events, the first
-/// numbered by the key ([`log_block`]); one compact event; or an rkyv frame written before
-/// either, which must name the same shard and seq as its key. A block's entries numbered
-/// below `from` are skipped without being decoded (its framing is still checked whole); a
-/// single event under its own key is always decoded.
+/// The events stored under one key, numbered `from` or later: a block of consecutive
+/// compact events, the first numbered by the key ([`log_block`]); one compact event; or an
+/// rkyv frame written before either, which must name the same shard and seq as its key.
+/// Events numbered below `from` are skipped without being decoded (a block's framing is still
+/// checked whole): a reader starting after them neither pays for them nor fails on damage it
+/// does not read.
 fn decode_events(key: &[u8], value: &[u8], from: u64) -> Result<Vec<Event>> {
     let (&shard, seq) = key.split_first().context("short event key")?;
     let seq: [u8; 8] = seq.try_into().context("event key of the wrong length")?;
@@ -117,8 +118,6 @@ fn decode_events(key: &[u8], value: &[u8], from: u64) -> Result<Vec<Event>> {
         let mut out = Vec::new();
         for (i, e) in log_block::entries(value)?.into_iter().enumerate() {
             let seq = seq.checked_add(i as u64).context("event seq overflows")?;
-            // Entries before `from` are not decoded: a reader starting mid-block neither pays
-            // for them nor fails on damage it does not read.
             if seq >= from {
                 out.push(
                     event_codec::decode(shard, seq, e).with_context(|| format!("event {seq}"))?,
@@ -126,6 +125,9 @@ fn decode_events(key: &[u8], value: &[u8], from: u64) -> Result<Vec<Event>> {
             }
         }
         return Ok(out);
+    }
+    if seq < from {
+        return Ok(Vec::new());
     }
     if event_codec::is_compact(value) {
         return Ok(vec![event_codec::decode(shard, seq, value)?]);
@@ -148,44 +150,40 @@ fn decode_audit(
     value: &[u8],
     prev: &mut [u8; 32],
 ) -> Vec<Result<AuditRecord>> {
-    let first = match audit_seq(key) {
-        Ok(seq) => seq,
-        Err(e) => return vec![Err(e)],
-    };
+    let mut out = Vec::new();
+    if let Err(e) = decode_audit_into(chain, key, value, prev, &mut out) {
+        out.push(Err(e));
+    }
+    out
+}
+
+/// [`decode_audit`]'s work: the good records go to `out`, the first failure is returned.
+fn decode_audit_into(
+    chain: u16,
+    key: &[u8],
+    value: &[u8],
+    prev: &mut [u8; 32],
+    out: &mut Vec<Result<AuditRecord>>,
+) -> Result<()> {
+    let first = audit_seq(key)?;
     let entries = if log_block::is_block(value) {
-        match log_block::entries(value).with_context(|| format!("audit block {}", hex(key))) {
-            Ok(entries) => entries,
-            Err(e) => return vec![Err(e)],
-        }
+        log_block::entries(value).with_context(|| format!("audit block {}", hex(key)))?
     } else {
         vec![value]
     };
-    let mut out = Vec::with_capacity(entries.len());
     for (i, e) in entries.into_iter().enumerate() {
-        let Some(seq) = first.checked_add(i as u64) else {
-            out.push(Err(anyhow::anyhow!("audit seq overflows")));
-            break;
-        };
+        let seq = first.checked_add(i as u64).context("audit seq overflows")?;
         let at = audit::Position {
             chain,
             seq,
             prev: *prev,
         };
-        match audit::decode(e, &at) {
-            Ok(r) => {
-                *prev = r.hash;
-                out.push(Ok(r));
-            }
-            Err(e) => {
-                out.push(Err(anyhow::Error::from(e).context(format!(
-                    "audit record {seq} (key {}) cannot be decoded",
-                    hex(key)
-                ))));
-                break;
-            }
-        }
+        let r = audit::decode(e, &at)
+            .with_context(|| format!("audit record {seq} (key {}) cannot be decoded", hex(key)))?;
+        *prev = r.hash;
+        out.push(Ok(r));
     }
-    out
+    Ok(())
 }
 
 /// Entries of append-only logs (a shard's events, an audit chain) gathered into blocks
@@ -625,8 +623,8 @@ impl Store {
         if after >= upto {
             return Ok(out);
         }
-        // The block that holds `after + 1` may start before it; its entries before that are
-        // skipped undecoded.
+        // The block that holds `after + 1` may start before it; what comes before `after + 1`
+        // is skipped undecoded.
         let first = event_key(shard, after + 1).to_vec();
         let start = match self
             .events
@@ -644,11 +642,11 @@ impl Store {
             let (k, v) = kv.into_inner().context("cannot read the events keyspace")?;
             let events = decode_events(&k, &v, after + 1)
                 .with_context(|| format!("corrupt store: event {}", hex(&k)))?;
-            out.extend(events.into_iter().filter(|ev| {
-                ev.seq > after
-                    && ev.seq <= upto
-                    && job.is_none_or(|j| ev.subject == Subject::Job(j))
-            }));
+            out.extend(
+                events.into_iter().filter(|ev| {
+                    ev.seq <= upto && job.is_none_or(|j| ev.subject == Subject::Job(j))
+                }),
+            );
         }
         Ok(out)
     }

@@ -4,9 +4,9 @@
 //! tag (see the `audit` module documentation).
 //!
 //! Stored form, version 2: `2 || at_ms (8 bytes LE) || 5 × (LEB128 length || UTF-8 bytes) ||
-//! hash (32 bytes)`. `chain` and `seq` come from the record's place in the store (its key, and its index in a
-//! block of records) and `prev` is the hash of
-//! the record before it, so they are not stored again: a reader supplies them ([`Position`])
+//! hash (32 bytes)`. `chain` and `seq` come from the record's place in the store (its key,
+//! and its index in a block of records) and `prev` is the hash of the record before it, so
+//! they are not stored again: a reader supplies them ([`Position`])
 //! and the hash, which covers them, still catches a record moved, removed or edited. That
 //! takes a record from ~200 to ~125 bytes, and the audit keyspace was the largest one.
 //! Version 1 (`1 || fields || hash`, every field stored) is still read. [`decode`] is fed
@@ -18,7 +18,8 @@ use super::AuditRecord;
 const VERSION: u8 = 2;
 
 /// Where a stored record sits, which a version 2 record does not store: its chain and seq
-/// (from its place in the store) and the previous record's hash (all zeros before a chain's first record).
+/// (from its place in the store) and the previous record's hash (all zeros before a
+/// chain's first record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Position {
     pub chain: u16,
