@@ -164,9 +164,8 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         // Heartbeats (1 s) already keep the connection busy; a shorter keep-alive would add a
         // PING and its ACK between every two heartbeats (measured: twice the packets).
         keep_alive: Duration::from_secs(2),
-        // The server need not ACK each heartbeat at once: measured ~25 % less server CPU
-        // per heartbeat (tuning/README.md). Messages themselves are not delayed.
-        peer_ack_delay: Some(Duration::from_millis(200)),
+        // The server need not ACK each heartbeat at once (messages are not delayed).
+        peer_ack_delay: Some(hodei_transport::AGENT_PEER_ACK_DELAY),
         ..TransportOptions::default()
     };
     std::fs::create_dir_all(&args.work_dir)

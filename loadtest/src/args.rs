@@ -126,9 +126,9 @@ pub struct Args {
     #[arg(long, default_value = "2s", value_parser = duration)]
     pub keep_alive: Duration,
     /// Ask the server to delay its ACKs up to this long (QUIC ACK frequency), as the real
-    /// agent does (200ms); `0s` leaves QUIC's own (an ACK per two packets or 25 ms). See
-    /// tuning/README.md.
-    #[arg(long, default_value = "200ms", value_parser = duration)]
+    /// agent does (1s, `AGENT_PEER_ACK_DELAY`); `0s` leaves QUIC's own (an ACK per two
+    /// packets or 25 ms). See tuning/README.md.
+    #[arg(long, default_value = "1s", value_parser = duration)]
     pub peer_ack_delay: Duration,
     /// QUIC idle timeout of agent connections; also bounds a handshake (the real agent
     /// uses 3s).
@@ -229,6 +229,16 @@ mod tests {
         );
         assert!("sleep:forever".parse::<JobMode>().is_err());
         assert!("true".parse::<JobMode>().is_err());
+    }
+
+    #[test]
+    fn simulated_agents_ask_for_the_real_agents_ack_delay() {
+        let args = Args::try_parse_from(["hodei-loadtest", "--server", "127.0.0.1:7700"])
+            .map_err(|e| e.to_string());
+        assert_eq!(
+            args.map(|a| a.peer_ack_delay),
+            Ok(hodei_transport::AGENT_PEER_ACK_DELAY)
+        );
     }
 
     #[test]

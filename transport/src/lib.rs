@@ -22,7 +22,8 @@ pub mod pki;
 pub mod tls;
 
 pub use endpoint::{
-    MAX_UDP_PAYLOAD, TransportOptions, bind_reuseport, client_endpoint, connect, server_endpoint,
+    AGENT_PEER_ACK_DELAY, MAX_UDP_PAYLOAD, TransportOptions, bind_reuseport, client_endpoint,
+    connect, server_endpoint,
 };
 pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter};

@@ -506,3 +506,169 @@ fn endpoints_outside_a_runtime_are_errors() -> TestResult {
     assert!(matches!(client, Err(TransportError::NoRuntime(_))));
     Ok(())
 }
+
+/// A server whose first connection is handed to the test (for its statistics); it reads that
+/// connection's first stream, reports each heartbeat's arrival, and at the stream's end the
+/// sum of their `load` fields.
+async fn counting_server(
+    endpoint: quinn::Endpoint,
+    conn_tx: tokio::sync::oneshot::Sender<quinn::Connection>,
+    events: mpsc::UnboundedSender<Option<usize>>,
+) {
+    let Some(incoming) = endpoint.accept().await else {
+        return;
+    };
+    let Ok(conn) = incoming.await else { return };
+    let _ = conn_tx.send(conn.clone());
+    let Ok((_send, recv)) = conn.accept_bi().await else {
+        return;
+    };
+    let mut reader = FrameReader::new(recv);
+    let mut sum = 0;
+    while let Ok(Some(msg)) = reader.next::<FromAgent>().await {
+        if let FromAgent::Heartbeat { load, .. } = msg {
+            sum += load as usize;
+        }
+        let _ = events.send(None);
+    }
+    let _ = events.send(Some(sum));
+}
+
+/// A client connection that asks the server to delay its ACKs by `ack_delay`, as agents do,
+/// and the server's side of it.
+async fn agent_like_pair(
+    dir: &Path,
+    ack_delay: Duration,
+) -> Result<
+    (
+        quinn::Connection,
+        quinn::Connection,
+        mpsc::UnboundedReceiver<Option<usize>>,
+    ),
+    Box<dyn Error>,
+> {
+    let (endpoint, addr) = server_in(dir)?;
+    let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
+    let (events_tx, events) = mpsc::unbounded_channel();
+    tokio::spawn(counting_server(endpoint, conn_tx, events_tx));
+    let opts = TransportOptions {
+        peer_ack_delay: Some(ack_delay),
+        ..TransportOptions::default()
+    };
+    let client = client_endpoint(
+        addr,
+        client_config(&dir.join("ca.pem"), hodei_core::wire::ALPN_AGENT, &opts)?,
+    )?;
+    let conn = timeout(DEADLINE, connect(&client, addr)).await??;
+    let server_side = timeout(DEADLINE, conn_rx).await??;
+    Ok((conn, server_side, events))
+}
+
+/// Waits (bounded) until `events` reported `n` more heartbeats.
+async fn heartbeats_arrive(
+    events: &mut mpsc::UnboundedReceiver<Option<usize>>,
+    n: usize,
+) -> TestResult {
+    for _ in 0..n {
+        match timeout(DEADLINE, events.recv()).await? {
+            Some(None) => {}
+            other => return Err(format!("expected a heartbeat, got {other:?}").into()),
+        }
+    }
+    Ok(())
+}
+
+/// Sends heartbeats until the server has applied the agent's ACK-frequency request and both
+/// sides' path MTU discovery is over (its probes carry ACKs too), bounded by [`DEADLINE`].
+async fn settle(
+    conn: &quinn::Connection,
+    server_side: &quinn::Connection,
+    writer: &mut FrameWriter,
+    events: &mut mpsc::UnboundedReceiver<Option<usize>>,
+) -> TestResult {
+    let heartbeat = FromAgent::Heartbeat {
+        running: 0,
+        load: 0,
+    };
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while server_side.stats().frame_rx.ack_frequency == 0
+        || conn.stats().path.current_mtu < MAX_UDP_PAYLOAD
+        || server_side.stats().path.current_mtu < MAX_UDP_PAYLOAD
+    {
+        timeout(DEADLINE, writer.send(&heartbeat)).await??;
+        heartbeats_arrive(events, 1).await?;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ACK-frequency request, or MTU discovery still going, after {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+/// Heartbeats far apart are acknowledged together: the agent asks for up to 1 s of ACK delay
+/// and the server honours it. (quinn as released caps the request at max(RTT, 25 ms), so on
+/// loopback every heartbeat 40 ms apart got an ACK packet of its own: the patch in
+/// `vendor/quinn-proto`.)
+#[tokio::test]
+async fn sparse_heartbeats_are_acknowledged_together() -> TestResult {
+    let dir = TempDir::new("acks")?;
+    let (conn, server_side, mut events) =
+        agent_like_pair(dir.path(), hodei_transport::AGENT_PEER_ACK_DELAY).await?;
+    let (send, _recv) = timeout(DEADLINE, conn.open_bi()).await??;
+    let mut writer = FrameWriter::new(send);
+    let heartbeat = FromAgent::Heartbeat {
+        running: 0,
+        load: 0,
+    };
+    settle(&conn, &server_side, &mut writer, &mut events).await?;
+    let acks_before = server_side.stats().frame_tx.acks;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        timeout(DEADLINE, writer.send(&heartbeat)).await??;
+    }
+    heartbeats_arrive(&mut events, 10).await?;
+    let acks = server_side.stats().frame_tx.acks - acks_before;
+    // One ACK when the delay ends (two if this machine stretched the 400 ms past it).
+    assert!(acks <= 3, "{acks} ACKs for 10 heartbeats 40 ms apart");
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}
+
+/// A sender whose congestion window fills does not wait out the ACK delay it asked for: its
+/// last packet asks for an immediate ACK. Without that, each window of a bulk transfer (a
+/// job's output) waited for the delayed ACK: with the 5 s asked for here, far past the
+/// deadline (a tenth of a second with the patch; 4 s with a 1 s delay and without it).
+#[tokio::test]
+async fn bulk_data_does_not_wait_for_delayed_acks() -> TestResult {
+    let dir = TempDir::new("bulk")?;
+    let (conn, server_side, mut events) =
+        agent_like_pair(dir.path(), Duration::from_secs(5)).await?;
+    let (send, _recv) = timeout(DEADLINE, conn.open_bi()).await??;
+    let mut writer = FrameWriter::new(send);
+    settle(&conn, &server_side, &mut writer, &mut events).await?;
+    // About a megabyte: many congestion windows (the first is ~14 KB).
+    let frame = FromAgent::Heartbeat {
+        running: 0,
+        load: 1,
+    };
+    let frames = 40_000;
+    for _ in 0..frames {
+        writer.push(&frame)?;
+    }
+    timeout(DEADLINE, writer.flush()).await??;
+    writer.finish()?;
+    // The whole transfer within one deadline, not one per frame.
+    let all = async {
+        heartbeats_arrive(&mut events, frames).await?;
+        events
+            .recv()
+            .await
+            .ok_or_else(|| "the server went away".into())
+    };
+    let sum: Result<Option<usize>, Box<dyn Error>> = timeout(DEADLINE, all).await?;
+    assert_eq!(sum?, Some(frames));
+    drop(server_side);
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}
