@@ -177,6 +177,11 @@ impl Args {
         if self.connect_concurrency == 0 {
             bail!("--connect-concurrency must be at least 1");
         }
+        // The delay is part of the probe timeout, and quinn keeps an idle connection for at
+        // least three of those: a longer one would silently stretch --idle-timeout.
+        if !self.idle_timeout.is_zero() && self.peer_ack_delay * 3 > self.idle_timeout {
+            bail!("--peer-ack-delay must be at most a third of --idle-timeout");
+        }
         for (name, r) in [
             ("--submit-rate", self.submit_rate),
             ("--probe-rate", self.probe_rate),
@@ -239,6 +244,25 @@ mod tests {
             args.map(|a| a.peer_ack_delay),
             Ok(hodei_transport::AGENT_PEER_ACK_DELAY)
         );
+    }
+
+    #[test]
+    fn an_ack_delay_past_a_third_of_the_idle_timeout_is_refused() {
+        let check = |delay: &str| {
+            let argv = [
+                "hodei-loadtest",
+                "--server",
+                "127.0.0.1:7700",
+                "--ca",
+                "ca.pem",
+            ];
+            Args::try_parse_from(argv.into_iter().chain(["--peer-ack-delay", delay]))
+                .map_err(|e| e.to_string())
+                .and_then(|a| a.check().map_err(|e| e.to_string()))
+        };
+        assert_eq!(check("1s"), Ok(()));
+        assert!(check("0s").is_ok());
+        assert!(check("1001ms").is_err_and(|e| e.contains("--peer-ack-delay")));
     }
 
     #[test]

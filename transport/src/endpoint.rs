@@ -30,9 +30,9 @@ pub struct TransportOptions {
     /// `SO_RCVBUF`/`SO_SNDBUF` for sockets made by [`bind_reuseport`]; `None` keeps the
     /// system default. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
     pub udp_buffer_bytes: Option<usize>,
-    /// Ask the peer to delay its ACKs up to this long, or until 16 packets arrived (QUIC
-    /// ACK-frequency extension), so a server does not answer every small heartbeat with an
-    /// ACK packet of its own. Messages are not delayed, only the ACKs of them; a sender whose
+    /// Ask the peer to delay its ACKs up to this long, or until more than 16 packets arrived
+    /// (QUIC ACK-frequency extension), so a server does not answer every small heartbeat with
+    /// an ACK packet of its own. Messages are not delayed, only the ACKs of them; a sender whose
     /// congestion window is about to fill asks for an immediate ACK (the patch in
     /// `vendor/quinn-proto`). `None` keeps QUIC's default (an ACK for every second packet, or
     /// after 25 ms).
@@ -52,11 +52,13 @@ impl Default for TransportOptions {
 }
 
 /// The ACK delay agents ask of the server ([`TransportOptions::peer_ack_delay`]). With
-/// heartbeats every 100 ms, the server sends about one ACK a second instead of one per
-/// heartbeat: 35–40 % less server CPU per heartbeat (`tuning/README.md`). It also adds to
-/// the agent's probe timeout, so a lost packet with nothing sent after it is resent after
-/// about this long; and the agent's idle timeout is at least three probe timeouts, so this
-/// stays well under the 3 s in which an agent notices a dead server.
+/// heartbeats every 100 ms the server sends about one ACK a second instead of one per
+/// heartbeat: 35–40 % less server CPU per heartbeat (`tuning/README.md`). The cost: the delay
+/// is part of the agent's probe timeout (PTO), so a lost packet with nothing sent after it is
+/// resent after about 1 s instead of ~25 ms; the agent's idle timeout is at least 3 PTOs
+/// (3 s on a LAN, so a dead server is still noticed within about 3 s, ~3.5 s at 100 ms RTT);
+/// and a closed connection drains for 3 PTOs, so an agent's bounded wait for its close at
+/// exit now takes its full second.
 pub const AGENT_PEER_ACK_DELAY: Duration = Duration::from_secs(1);
 
 /// The largest UDP payload an endpoint accepts, and the bound of its path MTU discovery.
@@ -122,7 +124,7 @@ impl TransportOptions {
         t.max_idle_timeout(idle);
         if let Some(delay) = self.peer_ack_delay {
             let mut f = quinn::AckFrequencyConfig::default();
-            // Up to 16 packets or `delay`, whichever comes first.
+            // An ACK after more than 16 packets or after `delay`, whichever comes first.
             f.ack_eliciting_threshold(quinn::VarInt::from_u32(16))
                 .max_ack_delay(Some(delay));
             t.ack_frequency_config(Some(f));

@@ -512,7 +512,9 @@ impl AckFrequencyConfig {
     /// an ACK when the ack-eliciting threshold hasn't been reached.
     ///
     /// The effective `max_ack_delay` will be clamped to be at least the peer's `min_ack_delay`
-    /// transport parameter, and at most the greater of the current path RTT or 25ms.
+    /// transport parameter. (HODEI PATCH, vendor/README.md: upstream also caps it at the greater
+    /// of the current path RTT or 25ms; here a value set is requested as it is, and a sender
+    /// about to fill its congestion window asks for an immediate ACK instead.)
     ///
     /// Defaults to `None`, in which case the peer's original `max_ack_delay` will be used, as
     /// obtained from its transport parameters.

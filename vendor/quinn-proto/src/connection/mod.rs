@@ -188,6 +188,9 @@ pub struct Connection {
     accepted_0rtt: bool,
     /// Whether the idle timer should be reset the next time an ack-eliciting packet is transmitted.
     permit_idle_reset: bool,
+    /// HODEI PATCH (vendor/README.md): an IMMEDIATE_ACK was asked for because the congestion
+    /// window was about to fill, and no ACK has arrived since.
+    immediate_ack_asked: bool,
     /// Negotiated idle timeout
     idle_timeout: Option<Duration>,
     /// The time we send next bundled ACK
@@ -320,6 +323,7 @@ impl Connection {
             next_crypto: None,
             accepted_0rtt: false,
             permit_idle_reset: true,
+            immediate_ack_asked: false,
             idle_timeout: match config.max_idle_timeout {
                 None | Some(VarInt(0)) => None,
                 Some(dur) => Some(Duration::from_millis(dur.0)),
@@ -613,16 +617,20 @@ impl Connection {
                     debug_assert!(untracked_bytes <= segment_size as u64);
 
                     let bytes_to_send = segment_size as u64 + untracked_bytes;
-                    // HODEI PATCH (vendor/README.md): the peer may hold its ACKs for up to the
-                    // max_ack_delay we asked for (ACK frequency). When this is the last packet
-                    // the congestion window admits, ask for an immediate ACK, so that the
-                    // window reopens after one round trip instead of after that delay.
+                    // HODEI PATCH (vendor/README.md): a peer we asked to delay its ACKs (ACK
+                    // frequency) may hold them for up to that max_ack_delay. When this is the
+                    // last full-size packet the congestion window admits, ask for an immediate
+                    // ACK, so that the window reopens after one round trip instead of after
+                    // that delay; at most once until an ACK arrives.
                     if space_id == SpaceId::Data
+                        && !self.immediate_ack_asked
+                        && self.config.ack_frequency_config.is_some()
+                        && self.peer_supports_ack_frequency()
                         && self.path.in_flight.bytes + 2 * bytes_to_send
                             >= self.path.congestion.window()
-                        && self.peer_supports_ack_frequency()
                     {
                         self.spaces[space_id].immediate_ack_pending = true;
+                        self.immediate_ack_asked = true;
                     }
                     if self.path.in_flight.bytes + bytes_to_send >= self.path.congestion.window() {
                         space_idx += 1;
@@ -1481,6 +1489,10 @@ impl Connection {
     ) -> Result<(), TransportError> {
         if ack.largest >= self.spaces[space].next_packet_number {
             return Err(TransportError::PROTOCOL_VIOLATION("unsent packet acked"));
+        }
+        if space == SpaceId::Data {
+            // HODEI PATCH: the peer answered; the next full window may ask again.
+            self.immediate_ack_asked = false;
         }
         let new_largest = {
             let space = &mut self.spaces[space];
