@@ -37,6 +37,13 @@ pub struct FleetArgs {
     pub prefetch: u32,
 }
 
+impl FleetArgs {
+    /// Slots of the whole fleet: as many spawners measure the raw spawn rate beside it.
+    pub fn total_slots(&self) -> usize {
+        self.agents * self.slots as usize
+    }
+}
+
 pub struct Cluster {
     /// The server first, then the agents.
     procs: Vec<Proc>,

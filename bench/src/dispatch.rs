@@ -114,11 +114,7 @@ pub async fn dispatch(args: DispatchArgs) -> Result<()> {
     }
     // The machine's raw spawn rate, measured in the same run: as many spawners as slots,
     // each running /bin/true to completion, as fast as it can.
-    let raw = raw_spawn_rate(
-        args.fleet.agents * args.fleet.slots as usize,
-        args.burst,
-        args.duration,
-    )?;
+    let raw = raw_spawn_rate(args.fleet.total_slots(), args.burst, args.duration)?;
     let outcome = report(&args, &results, raw.per_s(), interval);
     crate::output::emit(outcome, &args.output, args.duration, started)
 }

@@ -98,7 +98,7 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
     // The raw spawn rate is measured right before and right after the `/bin/true` jobs, half
     // the duration each, with as many spawners as slots, so that a drift of the machine's
     // speed during the run weighs on both sides alike.
-    let spawners = args.fleet.agents * args.fleet.slots as usize;
+    let spawners = args.fleet.total_slots();
     let mut raw = None;
     let mut results = Vec::new();
     for mode in &modes {
@@ -279,7 +279,7 @@ fn report(
         o.table.push(format!(
             "raw /bin/true spawn rate here (same run, {} spawners, before and after the jobs): \
              {:.0}/s ({:.0} before, {:.0} after)",
-            args.fleet.agents * args.fleet.slots as usize,
+            args.fleet.total_slots(),
             raw.per_s(),
             before.per_s(),
             after.per_s()

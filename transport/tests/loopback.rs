@@ -534,34 +534,49 @@ async fn counting_server(
     let _ = events.send(Some(sum));
 }
 
-/// A client connection that asks the server to delay its ACKs by `ack_delay`, as agents do,
-/// and the server's side of it.
-async fn agent_like_pair(
-    dir: &Path,
-    ack_delay: Duration,
-) -> Result<
-    (
-        quinn::Connection,
-        quinn::Connection,
-        mpsc::UnboundedReceiver<Option<usize>>,
-    ),
-    Box<dyn Error>,
-> {
-    let (endpoint, addr) = server_in(dir)?;
-    let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
-    let (events_tx, events) = mpsc::unbounded_channel();
-    tokio::spawn(counting_server(endpoint, conn_tx, events_tx));
-    let opts = TransportOptions {
-        peer_ack_delay: Some(ack_delay),
-        ..TransportOptions::default()
-    };
-    let client = client_endpoint(
-        addr,
-        client_config(&dir.join("ca.pem"), hodei_core::wire::ALPN_AGENT, &opts)?,
-    )?;
-    let conn = timeout(DEADLINE, connect(&client, addr)).await??;
-    let server_side = timeout(DEADLINE, conn_rx).await??;
-    Ok((conn, server_side, events))
+/// A client connection that asks the server to delay its ACKs, as agents do, with a stream
+/// open to the server, once the delay and path MTU discovery are settled ([`settle`]).
+struct AgentLike {
+    conn: quinn::Connection,
+    /// The server's side of `conn`, for its statistics.
+    server_side: quinn::Connection,
+    writer: FrameWriter,
+    /// From [`counting_server`].
+    events: mpsc::UnboundedReceiver<Option<usize>>,
+}
+
+impl AgentLike {
+    async fn connect(dir: &Path, ack_delay: Duration) -> Result<Self, Box<dyn Error>> {
+        let (endpoint, addr) = server_in(dir)?;
+        let (conn_tx, conn_rx) = tokio::sync::oneshot::channel();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        tokio::spawn(counting_server(endpoint, conn_tx, events_tx));
+        let opts = TransportOptions {
+            peer_ack_delay: Some(ack_delay),
+            ..TransportOptions::default()
+        };
+        let client = client_endpoint(
+            addr,
+            client_config(&dir.join("ca.pem"), hodei_core::wire::ALPN_AGENT, &opts)?,
+        )?;
+        let conn = timeout(DEADLINE, connect(&client, addr)).await??;
+        let server_side = timeout(DEADLINE, conn_rx).await??;
+        let (send, _recv) = timeout(DEADLINE, conn.open_bi()).await??;
+        let mut pair = Self {
+            conn,
+            server_side,
+            writer: FrameWriter::new(send),
+            events,
+        };
+        settle(
+            &pair.conn,
+            &pair.server_side,
+            &mut pair.writer,
+            &mut pair.events,
+        )
+        .await?;
+        Ok(pair)
+    }
 }
 
 /// Waits (bounded) until `events` reported `n` more heartbeats.
@@ -613,15 +628,16 @@ async fn settle(
 #[tokio::test]
 async fn sparse_heartbeats_are_acknowledged_together() -> TestResult {
     let dir = TempDir::new("acks")?;
-    let (conn, server_side, mut events) =
-        agent_like_pair(dir.path(), hodei_transport::AGENT_PEER_ACK_DELAY).await?;
-    let (send, _recv) = timeout(DEADLINE, conn.open_bi()).await??;
-    let mut writer = FrameWriter::new(send);
+    let AgentLike {
+        conn,
+        server_side,
+        mut writer,
+        mut events,
+    } = AgentLike::connect(dir.path(), hodei_transport::AGENT_PEER_ACK_DELAY).await?;
     let heartbeat = FromAgent::Heartbeat {
         running: 0,
         load: 0,
     };
-    settle(&conn, &server_side, &mut writer, &mut events).await?;
     let acks_before = server_side.stats().frame_tx.acks;
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(40)).await;
@@ -643,10 +659,12 @@ async fn sparse_heartbeats_are_acknowledged_together() -> TestResult {
 async fn bulk_data_does_not_wait_for_delayed_acks() -> TestResult {
     let dir = TempDir::new("bulk")?;
     let ack_delay = Duration::from_secs(5);
-    let (conn, server_side, mut events) = agent_like_pair(dir.path(), ack_delay).await?;
-    let (send, _recv) = timeout(DEADLINE, conn.open_bi()).await??;
-    let mut writer = FrameWriter::new(send);
-    settle(&conn, &server_side, &mut writer, &mut events).await?;
+    let AgentLike {
+        conn,
+        mut writer,
+        mut events,
+        ..
+    } = AgentLike::connect(dir.path(), ack_delay).await?;
     // About 250 KB: several congestion windows (the first is 12 KB), but not so much that
     // the receive buffer could overflow while client and server share this thread.
     let frame = FromAgent::Heartbeat {
@@ -669,7 +687,6 @@ async fn bulk_data_does_not_wait_for_delayed_acks() -> TestResult {
     let sum: Result<Option<usize>, Box<dyn Error>> = timeout(ack_delay, all).await?;
     assert_eq!(sum?, Some(frames));
     assert!(conn.stats().frame_tx.immediate_ack > 0);
-    drop(server_side);
     conn.close(0u32.into(), b"done");
     Ok(())
 }
