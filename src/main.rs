@@ -149,6 +149,12 @@ struct ServerArgs {
     /// itself; see tuning/README.md for what it did here).
     #[arg(long)]
     no_pin: bool,
+    /// Least time between the starts of two store commits of a shard (at most 100ms). 0
+    /// commits each batch as soon as the one before it is on disk. More means fewer,
+    /// larger commits under sustained load, so less CPU per job, and delays every answer,
+    /// assignment and acknowledgement by up to this much (tuning/README.md).
+    #[arg(long, default_value = "0s", value_parser = parse_commit_interval)]
+    commit_interval: Duration,
 }
 
 impl ServerArgs {
@@ -177,6 +183,7 @@ impl ServerArgs {
                 conns_per_ip: self.max_conns_per_ip.max(1),
                 handshakes_per_ip: self.max_handshakes_per_ip.max(1),
             },
+            commit_interval: self.commit_interval,
         }
     }
 }
@@ -185,6 +192,14 @@ fn parse_assign_timeout(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(1) {
         return Err("must be at least 1s".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_commit_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_millis(100) {
+        return Err("must be at most 100ms".to_owned());
     }
     Ok(d)
 }

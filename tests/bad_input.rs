@@ -49,6 +49,10 @@ fn cli_refuses_bad_flags_and_specs() {
         "must be at least 1s",
     );
     fails_with(
+        &server.cli(&["server", "--commit-interval", "1s"]),
+        "must be at most 100ms",
+    );
+    fails_with(
         &server.cli(&["job", "submit", "--", ""]),
         "the command is empty",
     );

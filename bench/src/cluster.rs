@@ -21,7 +21,7 @@ use crate::procs::{self, Proc};
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Agents, slots and shards of a benchmark cluster (shared by the scenarios' flags).
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Debug, Clone, Copy)]
 pub struct FleetArgs {
     /// Agents.
     #[arg(long, default_value_t = 2)]
@@ -35,6 +35,10 @@ pub struct FleetArgs {
     /// Assignments each agent queues beyond its slots (`hodei agent --prefetch`).
     #[arg(long, default_value_t = 0)]
     pub prefetch: u32,
+    /// The server's `--commit-interval` (least time between two commits of a shard; passed
+    /// only when not 0).
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub commit_interval: Duration,
 }
 
 impl FleetArgs {
@@ -51,17 +55,18 @@ pub struct Cluster {
     addr: std::net::SocketAddr,
     hodei: PathBuf,
     shards: usize,
+    commit_interval: Duration,
 }
 
 impl Cluster {
-    pub async fn start(
-        hodei: &Path,
-        shards: usize,
-        agents: usize,
-        slots: u32,
-        prefetch: u32,
-        noop: bool,
-    ) -> Result<Self> {
+    pub async fn start(hodei: &Path, fleet: &FleetArgs, noop: bool) -> Result<Self> {
+        let FleetArgs {
+            agents,
+            slots,
+            shards,
+            prefetch,
+            commit_interval,
+        } = *fleet;
         let dir = procs::temp_dir(if noop { "noop" } else { "true" })?;
         // Owned by the cluster from here on, so that an error below still cleans up.
         let mut cluster = Self {
@@ -70,6 +75,7 @@ impl Cluster {
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             hodei: hodei.to_owned(),
             shards,
+            commit_interval,
         };
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?
             .local_addr()?
@@ -78,7 +84,7 @@ impl Cluster {
         let (addr, dir) = (cluster.addr, cluster.dir.clone());
         cluster
             .procs
-            .push(spawn_server(hodei, &addr, shards, &dir)?);
+            .push(spawn_server(hodei, &addr, shards, commit_interval, &dir)?);
         let ca = dir.join("data/ca.pem");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !ca.exists() {
@@ -206,7 +212,13 @@ impl Cluster {
             p.kill();
         }
         let t0 = std::time::Instant::now();
-        let server = spawn_server(&self.hodei, &self.addr, self.shards, &self.dir)?;
+        let server = spawn_server(
+            &self.hodei,
+            &self.addr,
+            self.shards,
+            self.commit_interval,
+            &self.dir,
+        )?;
         spawned(server.id());
         if let Some(p) = self.procs.first_mut() {
             *p = server;
@@ -387,6 +399,7 @@ fn spawn_server(
     hodei: &Path,
     addr: &std::net::SocketAddr,
     shards: usize,
+    commit_interval: Duration,
     dir: &Path,
 ) -> Result<Proc> {
     let mut cmd = Command::new(hodei);
@@ -406,5 +419,10 @@ fn spawn_server(
     )
     .stdin(Stdio::null())
     .stdout(Stdio::null());
+    // Only when set, so that builds from before the flag can still be compared.
+    if !commit_interval.is_zero() {
+        cmd.arg("--commit-interval")
+            .arg(humantime::format_duration(commit_interval).to_string());
+    }
     Proc::spawn(&mut cmd, "hodei server")
 }

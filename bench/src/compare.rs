@@ -27,7 +27,7 @@ use hodei_core::spec::JobSpec;
 use hodei_core::state::JobState;
 use serde_json::{Value, json};
 
-use crate::cluster::{Client, Cluster};
+use crate::cluster::{Client, Cluster, FleetArgs};
 use crate::output::{Outcome, OutputArgs};
 use crate::plot::{self, Bars};
 use crate::procs::{Proc, TempDir};
@@ -144,7 +144,14 @@ fn remaining(deadline: Instant) -> Result<Duration> {
 // --- Hodei -------------------------------------------------------------------------------
 
 async fn run_hodei(args: &CompareArgs, deadline: Instant) -> Result<Side> {
-    let cluster = Cluster::start(&args.hodei, args.shards, args.workers, args.slots, 0, false)
+    let fleet = FleetArgs {
+        agents: args.workers,
+        slots: args.slots,
+        shards: args.shards,
+        prefetch: 0,
+        commit_interval: Duration::ZERO,
+    };
+    let cluster = Cluster::start(&args.hodei, &fleet, false)
         .await
         .context("cannot start the Hodei cluster")?;
     let result = match cluster.client().await {

@@ -98,15 +98,7 @@ pub async fn dispatch(args: DispatchArgs) -> Result<()> {
     });
     let mut results = Vec::new();
     for mode in modes {
-        let cluster = Cluster::start(
-            &args.hodei,
-            args.fleet.shards,
-            args.fleet.agents,
-            args.fleet.slots,
-            args.fleet.prefetch,
-            mode == "noop",
-        )
-        .await?;
+        let cluster = Cluster::start(&args.hodei, &args.fleet, mode == "noop").await?;
         let client = Rc::new(cluster.client().await?);
         let r = run_mode(mode, &client, &args, interval).await;
         cluster.stop();
@@ -272,7 +264,7 @@ fn report(
     let params = json!({
         "jobs": fixed, "jobs_asked": args.jobs, "rate_per_s": args.rate, "burst": args.burst,
         "batch": args.batch, "inflight": args.inflight, "agents": args.fleet.agents,
-        "slots": args.fleet.slots, "prefetch": args.fleet.prefetch, "shards": args.fleet.shards, "duration_s": args.duration.as_secs_f64(),
+        "slots": args.fleet.slots, "prefetch": args.fleet.prefetch, "commit_interval_ms": args.fleet.commit_interval.as_secs_f64() * 1000.0, "shards": args.fleet.shards, "duration_s": args.duration.as_secs_f64(),
         "modes": results.iter().map(|r| r.mode).collect::<Vec<_>>(),
         "series_interval_ms": interval.as_secs_f64() * 1000.0,
     });

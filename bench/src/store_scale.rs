@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use hodei_core::spec::JobSpec;
 use serde_json::json;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, FleetArgs};
 use crate::output::{Outcome, OutputArgs, round3};
 use crate::plot::{self, Line, Mark};
 use crate::rss::{RssSampler, rss_mib};
@@ -70,7 +70,14 @@ async fn fill(args: &ScaleArgs, cluster: &Cluster) -> Result<(f64, f64)> {
 
 /// A server with no agents, and a sampler of its RSS.
 async fn start(args: &ScaleArgs) -> Result<(Cluster, RssSampler)> {
-    let cluster = Cluster::start(&args.hodei, args.shards, 0, 1, 0, true).await?;
+    let fleet = FleetArgs {
+        agents: 0,
+        slots: 1,
+        shards: args.shards,
+        prefetch: 0,
+        commit_interval: Duration::ZERO,
+    };
+    let cluster = Cluster::start(&args.hodei, &fleet, true).await?;
     let pid = cluster.server_pid().context("no server pid")?;
     let sampler = RssSampler::start(pid, SAMPLE_EVERY)?;
     Ok((cluster, sampler))

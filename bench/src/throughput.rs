@@ -110,15 +110,7 @@ pub async fn throughput(args: ThroughputArgs) -> Result<()> {
         if !args.output.json {
             eprintln!("throughput: {mode} jobs for {:?}…", args.duration);
         }
-        let cluster = Cluster::start(
-            &args.hodei,
-            args.fleet.shards,
-            args.fleet.agents,
-            args.fleet.slots,
-            args.fleet.prefetch,
-            *mode == "noop",
-        )
-        .await?;
+        let cluster = Cluster::start(&args.hodei, &args.fleet, *mode == "noop").await?;
         let r = run_mode(mode, &cluster, &args, interval).await;
         cluster.stop();
         results.push(r?);
@@ -214,12 +206,14 @@ fn report(
         "modes": results.iter().map(|r| r.mode).collect::<Vec<_>>(),
         "duration_s": args.duration.as_secs_f64(), "batch": args.batch,
         "inflight": args.inflight, "agents": args.fleet.agents, "slots": args.fleet.slots, "prefetch": args.fleet.prefetch,
+        "commit_interval_ms": args.fleet.commit_interval.as_secs_f64() * 1000.0,
         "shards": args.fleet.shards, "warmup": args.warmup,
         "series_interval_ms": interval.as_secs_f64() * 1000.0,
     });
     let line = format!(
         "submitting for {} per mode, {} submitters x batches of {} (each waits for its batch), \
-         {} agents x {} slots (+{} prefetch), {} shards, {} warm-up jobs, series every {}",
+         {} agents x {} slots (+{} prefetch), {} shards (commit interval {}), {} warm-up jobs, \
+         series every {}",
         humantime::format_duration(args.duration),
         args.inflight,
         args.batch,
@@ -227,6 +221,7 @@ fn report(
         args.fleet.slots,
         args.fleet.prefetch,
         args.fleet.shards,
+        humantime::format_duration(args.fleet.commit_interval),
         args.warmup,
         humantime::format_duration(interval)
     );

@@ -42,6 +42,9 @@ pub struct ServerOptions {
     pub agent_cert_ttl: Duration,
     /// What one source address may hold.
     pub limits: conn::Limits,
+    /// Least time between the starts of two commits of a shard (0: as soon as the previous
+    /// one is on disk).
+    pub commit_interval: Duration,
 }
 
 /// A started server: its shard threads, and how to stop them.
@@ -173,6 +176,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
             rx,
             tx: txs[i].clone(),
             peers: txs.clone(),
+            commit_interval: opts.commit_interval,
         };
         let core = cores.get(i % cores.len().max(1)).copied();
         let t = std::thread::Builder::new()

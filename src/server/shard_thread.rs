@@ -82,6 +82,8 @@ pub struct ShardSetup {
     pub rx: UnboundedReceiver<Input>,
     pub tx: UnboundedSender<Input>,
     pub peers: Vec<UnboundedSender<Input>>,
+    /// Least time between the starts of two commits (`hodei server --commit-interval`).
+    pub commit_interval: Duration,
 }
 
 /// Runs a shard until shutdown. Called on its own thread.
@@ -108,6 +110,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         mut rx,
         tx,
         peers,
+        commit_interval,
     } = setup;
     let index = shard.index();
     let shared =
@@ -147,11 +150,23 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     // it depends on is on disk, and under load batches grow instead of queueing fsyncs.
     let mut pending = Effects::default();
     let mut in_flight: Option<InFlight> = None;
+    // With `--commit-interval`, a batch waits until then to start its commit, so that under
+    // sustained load there are fewer, larger commits.
+    let mut next_commit = tokio::time::Instant::now();
     let mut running = true;
     while running || in_flight.is_some() || !pending.is_empty() {
         let sleep_until = shard.poll_timeout().map(|t| {
             let delta = t.saturating_sub(wall_now());
             tokio::time::Instant::now() + Duration::from_micros(delta)
+        });
+        // A batch held back by the interval (below) is committed when it is over, even if
+        // no input comes.
+        let commit_at = (running && in_flight.is_none() && !pending.is_empty()).then(|| {
+            if pending.persists.is_empty() && audit.pending.is_empty() {
+                tokio::time::Instant::now()
+            } else {
+                next_commit
+            }
         });
         let mut inputs: Vec<Input> = Vec::new();
         let mut committed = None;
@@ -171,6 +186,12 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             } => committed = Some(r),
             // Shutting down with nothing in flight: commit what is left (below).
             () = std::future::ready(()), if !running && in_flight.is_none() => {}
+            () = async {
+                match commit_at {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
         if let Some(r) = committed {
             let Some(done) = in_flight.take() else {
@@ -319,9 +340,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         if in_flight.is_some() || pending.is_empty() {
             continue;
         }
-        let mut msgs = std::mem::take(&mut pending);
-        if msgs.persists.is_empty() && audit.pending.is_empty() {
+        if pending.persists.is_empty() && audit.pending.is_empty() {
             // Nothing to write and nothing in flight: all it depends on is already durable.
+            let msgs = std::mem::take(&mut pending);
             release(msgs, &writers, &mut clients, &peers, &mut gone, &control);
             for req in gone.drain(..) {
                 clients.remove(&req);
@@ -329,6 +350,13 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             }
             continue;
         }
+        let now = tokio::time::Instant::now();
+        if running && now < next_commit {
+            // Too soon after the last commit started: `commit_at` wakes the loop for it.
+            continue;
+        }
+        next_commit = now + commit_interval;
+        let mut msgs = std::mem::take(&mut pending);
         let ops = Arc::new(std::mem::take(&mut msgs.persists));
         let records = std::mem::take(&mut audit.pending);
         let store = store.clone();
