@@ -152,9 +152,9 @@ struct ServerArgs {
     /// Least time between the starts of two store commits of a shard (at most 100ms). 0
     /// commits each batch as soon as the one before it is on disk. More means fewer,
     /// larger commits under sustained load, so less CPU per job, and delays every answer,
-    /// assignment and acknowledgement by up to this much. Only for agents that prefetch
-    /// (`hodei agent --prefetch`): without a queue on the agent, a slot waits for two
-    /// commits between jobs (tuning/README.md).
+    /// assignment and acknowledgement by up to this much on each shard it passes through.
+    /// Only for agents that prefetch (`hodei agent --prefetch`): without a queue on the
+    /// agent, a slot waits for a commit (two across shards) between jobs (tuning/README.md).
     #[arg(long, default_value = "0s", value_parser = parse_commit_interval)]
     commit_interval: Duration,
 }

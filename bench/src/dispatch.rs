@@ -270,7 +270,7 @@ fn report(
     });
     let line = format!(
         "{fixed} jobs at {}/s, burst of up to {} in batches of {} ({} in flight), \
-         {} agents x {} slots (+{} prefetch), {} shards, --duration {}",
+         {} agents x {} slots (+{} prefetch), {} shards (commit interval {}), --duration {}",
         args.rate,
         args.burst,
         args.batch,
@@ -279,6 +279,7 @@ fn report(
         args.fleet.slots,
         args.fleet.prefetch,
         args.fleet.shards,
+        humantime::format_duration(args.fleet.commit_interval),
         humantime::format_duration(args.duration)
     );
     let mut o = Outcome::new("dispatch", params, line);
