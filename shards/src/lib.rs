@@ -16,6 +16,7 @@ mod comm;
 mod holdings;
 mod jobs;
 mod lifecycle;
+mod placement;
 mod sched;
 mod shard;
 mod workers;
