@@ -315,28 +315,3 @@ fn commit_interval_spaces_the_commits() {
         "{commits} commits in {window} ms, at most one per 100 ms: {s}"
     );
 }
-
-/// New agents are spread over the shards: two real agents on a two-shard server end up one
-/// on each, whichever shared socket the kernel hands their connections to (without the
-/// placement, both often land on the same shard). Worker ids carry their shard (`w<shard>.…`).
-#[test]
-fn two_agents_register_one_per_shard() {
-    let scratch = Scratch::new("placement");
-    let server = Server::start(&scratch, 2);
-    let _a = server.agent(&scratch, "a1", 1, &[]);
-    let _b = server.agent(&scratch, "a2", 1, &[]);
-    server.wait_workers(2);
-    let list = server.json(&["worker", "list", "--json"]);
-    let mut shards: Vec<String> = list
-        .as_array()
-        .unwrap_or_else(|| panic!("{list}"))
-        .iter()
-        .filter(|w| w["state"] == "ready" || w["state"] == "busy")
-        .map(|w| {
-            let id = w["id"].as_str().unwrap_or_else(|| panic!("{w}"));
-            id.split('.').next().unwrap_or(id).to_owned()
-        })
-        .collect();
-    shards.sort();
-    assert_eq!(shards, ["w0", "w1"], "{list}");
-}

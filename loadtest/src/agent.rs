@@ -207,9 +207,7 @@ impl Agent {
                 heartbeat_ms,
                 ..
             })) => {
-                // Only a Welcome on the shared port tells which shard this socket lands on:
-                // after a redirect (placement or a reconnect going home) it is another one.
-                self.welcomed(worker, heartbeat_ms, target == self.ctx.cfg.server);
+                self.welcomed(worker, heartbeat_ms);
                 Ok(Ok((conn, w, r)))
             }
             Ok(Some(ToAgent::Redirect { port })) => {
@@ -229,7 +227,7 @@ impl Agent {
         }
     }
 
-    fn welcomed(&mut self, worker: WorkerId, heartbeat_ms: u64, on_shared_port: bool) {
+    fn welcomed(&mut self, worker: WorkerId, heartbeat_ms: u64) {
         let st = std::sync::Arc::clone(&self.ctx.stats);
         let c = &st.counters;
         c.server_heartbeat_ms
@@ -244,9 +242,9 @@ impl Agent {
             let took = now.saturating_duration_since(self.start_at);
             ThreadStats::record(&st.connect_us, micros(took));
             st.shard_seen(worker.shard());
-        }
-        if on_shared_port && self.shard.get().is_none() {
-            self.shard.set(Some(worker.shard()));
+            if self.shard.get().is_none() {
+                self.shard.set(Some(worker.shard()));
+            }
         }
         self.worker = Some(worker);
     }

@@ -212,13 +212,6 @@ pub enum ShardMsg {
         /// Its request there.
         req: ReqId,
     },
-    /// The sender's count of connected workers changed (for placing new agents).
-    Workers {
-        /// Sender.
-        from: usize,
-        /// Its connected workers now.
-        connected: u32,
-    },
     /// From a job's owner to a worker's shard: forward this to the agent.
     ToWorker {
         /// Worker (owned by the receiver).

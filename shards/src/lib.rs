@@ -16,7 +16,6 @@ mod comm;
 mod holdings;
 mod jobs;
 mod lifecycle;
-mod placement;
 mod sched;
 mod shard;
 mod workers;

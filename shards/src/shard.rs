@@ -169,13 +169,6 @@ pub struct Shard {
     /// Idempotency keys this shard owns (see `lifecycle::key_shard`).
     /// (A BTreeMap: the keys are user strings, which must not be able to choose hash collisions.)
     pub(crate) idem: std::collections::BTreeMap<String, JobId>,
-    /// New agent connections on the shared port whose placement is still to be decided
-    /// (`placement.rs`).
-    pub(crate) placing: HashSet<ConnId>,
-    /// Each shard's count of connected workers, as it last told us.
-    pub(crate) peer_workers: Vec<u32>,
-    /// Our count as we last told the other shards.
-    pub(crate) announced_workers: u32,
 }
 
 #[derive(Debug, Default)]
@@ -199,9 +192,6 @@ impl Shard {
     ) -> Self {
         let mut shard = Self {
             remote_work: vec![false; cfg.shards],
-            peer_workers: vec![0; cfg.shards],
-            placing: HashSet::default(),
-            announced_workers: 0,
             unfit_at: vec![false; cfg.shards],
             cfg,
             jobs: HashMap::default(),
@@ -383,7 +373,6 @@ impl Shard {
                 report,
             } => self.on_report(worker, job, attempt, report, comm),
             ShardMsg::ToWorker { worker, msg } => self.deliver(worker, msg, comm),
-            ShardMsg::Workers { from, connected } => self.on_peer_workers(from, connected),
             ShardMsg::ClientGone { origin, req } => {
                 self.event_followers
                     .retain(|(o, r, _)| (*o, *r) != (origin, req));

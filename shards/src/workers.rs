@@ -95,14 +95,6 @@ impl Shard {
                 return;
             }
         }
-        let elsewhere = self.place_elsewhere(conn);
-        if hello.worker.is_none()
-            && let Some(port) = elsewhere.and_then(|s| self.cfg.ports.get(s).copied())
-        {
-            comm.send_agent(conn, ToAgent::Redirect { port });
-            comm.close_agent(conn);
-            return;
-        }
         let id = match hello.worker {
             Some(id) => id,
             None => loop {
@@ -181,14 +173,12 @@ impl Shard {
         }
         self.refresh_worker(id);
         self.capacity_grew();
-        self.announce_workers(comm);
         self.schedule(comm);
     }
 
     /// An agent connection closed (or was closed).
     pub fn handle_agent_closed(&mut self, now: Micros, conn: ConnId, comm: &mut impl Comm) {
         self.now = now;
-        self.placing.remove(&conn);
         let Some(id) = self.conns.remove(&conn) else {
             return;
         };
@@ -214,7 +204,6 @@ impl Shard {
             self.worker_event(id, WorkerState::Disconnected, reason, comm);
         }
         self.refresh_worker(id);
-        self.announce_workers(comm);
     }
 
     /// A worker's grace ran out: requeue its attempts.

@@ -126,11 +126,8 @@ fn admit(sources: &Sources, ip: IpAddr, limits: Limits) -> Result<Slot, String> 
     })
 }
 
-/// Accepts connections on one of a shard's endpoints; `shared` for the port all shards share
-/// (where new agents may be placed on another shard), not the shard's private one.
 pub async fn accept_loop(
     endpoint: quinn::Endpoint,
-    shared: bool,
     tx: UnboundedSender<Input>,
     store: Store,
     control: Arc<Control>,
@@ -166,7 +163,7 @@ pub async fn accept_loop(
                 .and_then(|h| h.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
                 .and_then(|h| h.protocol);
             match alpn.as_deref() {
-                Some(p) if p == ALPN_AGENT => agent_conn(conn, shared, tx, control).await,
+                Some(p) if p == ALPN_AGENT => agent_conn(conn, tx, control).await,
                 Some(p) if p == ALPN_CLIENT => client_conn(conn, tx, store, control).await,
                 _ => {
                     warn!(%remote, "unknown application protocol; closing");
@@ -178,12 +175,7 @@ pub async fn accept_loop(
     }
 }
 
-async fn agent_conn(
-    conn: quinn::Connection,
-    shared: bool,
-    tx: UnboundedSender<Input>,
-    control: Arc<Control>,
-) {
+async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control: Arc<Control>) {
     let remote = conn.remote_address();
     // Agents connect with mTLS only: a certificate this server issued, not revoked.
     let identity = match hodei_transport::peer_cert(&conn) {
@@ -213,7 +205,7 @@ async fn agent_conn(
     let id = ConnId(next_id());
     let (wtx, wrx) = unbounded_channel();
     if tx
-        .send(Input::AgentOpen(id, identity.clone(), wtx.clone(), shared))
+        .send(Input::AgentOpen(id, identity.clone(), wtx.clone()))
         .is_err()
     {
         return;

@@ -33,9 +33,9 @@ const SLOW_COMMIT: Duration = Duration::from_millis(50);
 /// Inputs of a shard's loop, from its own tasks and from other shards.
 #[derive(Debug)]
 pub enum Input {
-    /// A new agent connection, who it is (the actor in the audit log), the channel to its
-    /// writer, and whether it came in on the shared port (not the shard's private one).
-    AgentOpen(ConnId, String, UnboundedSender<AgentOut>, bool),
+    /// A new agent connection, who it is (the actor in the audit log) and the channel to
+    /// its writer.
+    AgentOpen(ConnId, String, UnboundedSender<AgentOut>),
     /// A message from an agent, and when its connection's task decoded it.
     Agent(ConnId, FromAgent, std::time::Instant),
     /// An agent connection ended.
@@ -116,10 +116,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     let shared =
         hodei_transport::server_endpoint(shared_socket, server_config.clone(), &reset_key)?;
     let private = hodei_transport::server_endpoint(private_socket, server_config, &reset_key)?;
-    for (ep, is_shared) in [(shared.clone(), true), (private.clone(), false)] {
+    for ep in [shared.clone(), private.clone()] {
         tokio::task::spawn_local(super::conn::accept_loop(
             ep,
-            is_shared,
             tx.clone(),
             store.clone(),
             Arc::clone(&control),
@@ -256,10 +255,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         for input in inputs {
             let mark = fx.persists.len();
             let actor = match &input {
-                Input::AgentOpen(conn, who, w, via_shared) => {
+                Input::AgentOpen(conn, who, w) => {
                     writers.insert(*conn, w.clone());
                     agents.insert(*conn, Rc::from(who.as_str()));
-                    shard.handle_agent_open(*conn, *via_shared);
                     continue;
                 }
                 Input::Agent(conn, ..) | Input::AgentClosed(conn) => agents
