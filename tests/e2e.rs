@@ -315,3 +315,19 @@ fn commit_interval_spaces_the_commits() {
         "{commits} commits in {window} ms, at most one per 100 ms: {s}"
     );
 }
+
+/// A batch held back by `--commit-interval` is committed when the interval is over even if
+/// nothing else arrives: with no agents (so no heartbeats) and nothing else connected, a
+/// submit made just after another one is acknowledged once the interval has passed, instead
+/// of waiting for an input that never comes.
+#[test]
+fn a_held_commit_does_not_wait_for_more_input() {
+    let scratch = Scratch::new("commit-interval-idle");
+    let server = Server::start_with(&scratch, 1, &["--commit-interval", "100ms"]);
+    let first = server.submit(&["--", "true"]);
+    assert!(first.starts_with('j'), "{first}");
+    // Sent within the interval of the first submit's commit, so its commit is held.
+    let mut second = server.spawn_cli(&["job", "submit", "--", "true"]);
+    let status = second.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "{status}");
+}
