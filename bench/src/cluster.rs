@@ -42,6 +42,17 @@ pub struct FleetArgs {
 }
 
 impl FleetArgs {
+    /// A fleet with the server's defaults: no prefetch, no commit interval.
+    pub fn plain(agents: usize, slots: u32, shards: usize) -> Self {
+        Self {
+            agents,
+            slots,
+            shards,
+            prefetch: 0,
+            commit_interval: Duration::ZERO,
+        }
+    }
+
     /// Slots of the whole fleet: as many spawners measure the raw spawn rate beside it.
     pub fn total_slots(&self) -> usize {
         self.agents * self.slots as usize
@@ -54,8 +65,8 @@ pub struct Cluster {
     dir: PathBuf,
     addr: std::net::SocketAddr,
     hodei: PathBuf,
-    shards: usize,
-    commit_interval: Duration,
+    /// What the cluster was started with (a restart starts the server the same way).
+    fleet: FleetArgs,
 }
 
 impl Cluster {
@@ -63,9 +74,8 @@ impl Cluster {
         let FleetArgs {
             agents,
             slots,
-            shards,
             prefetch,
-            commit_interval,
+            ..
         } = *fleet;
         let dir = procs::temp_dir(if noop { "noop" } else { "true" })?;
         // Owned by the cluster from here on, so that an error below still cleans up.
@@ -74,17 +84,14 @@ impl Cluster {
             dir,
             addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             hodei: hodei.to_owned(),
-            shards,
-            commit_interval,
+            fleet: *fleet,
         };
         let port = std::net::UdpSocket::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
         cluster.addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
         let (addr, dir) = (cluster.addr, cluster.dir.clone());
-        cluster
-            .procs
-            .push(spawn_server(hodei, &addr, shards, commit_interval, &dir)?);
+        cluster.procs.push(spawn_server(hodei, &addr, fleet, &dir)?);
         let ca = dir.join("data/ca.pem");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while !ca.exists() {
@@ -212,13 +219,7 @@ impl Cluster {
             p.kill();
         }
         let t0 = std::time::Instant::now();
-        let server = spawn_server(
-            &self.hodei,
-            &self.addr,
-            self.shards,
-            self.commit_interval,
-            &self.dir,
-        )?;
+        let server = spawn_server(&self.hodei, &self.addr, &self.fleet, &self.dir)?;
         spawned(server.id());
         if let Some(p) = self.procs.first_mut() {
             *p = server;
@@ -398,8 +399,7 @@ fn extra_args(var: &str) -> Vec<String> {
 fn spawn_server(
     hodei: &Path,
     addr: &std::net::SocketAddr,
-    shards: usize,
-    commit_interval: Duration,
+    fleet: &FleetArgs,
     dir: &Path,
 ) -> Result<Proc> {
     let mut cmd = Command::new(hodei);
@@ -408,7 +408,7 @@ fn spawn_server(
         "--listen",
         &addr.to_string(),
         "--shards",
-        &shards.to_string(),
+        &fleet.shards.to_string(),
         "--data-dir",
     ])
     .arg(dir.join("data"))
@@ -420,9 +420,9 @@ fn spawn_server(
     .stdin(Stdio::null())
     .stdout(Stdio::null());
     // Only when set, so that builds from before the flag can still be compared.
-    if !commit_interval.is_zero() {
+    if !fleet.commit_interval.is_zero() {
         cmd.arg("--commit-interval")
-            .arg(humantime::format_duration(commit_interval).to_string());
+            .arg(humantime::format_duration(fleet.commit_interval).to_string());
     }
     Proc::spawn(&mut cmd, "hodei server")
 }

@@ -144,13 +144,7 @@ fn remaining(deadline: Instant) -> Result<Duration> {
 // --- Hodei -------------------------------------------------------------------------------
 
 async fn run_hodei(args: &CompareArgs, deadline: Instant) -> Result<Side> {
-    let fleet = FleetArgs {
-        agents: args.workers,
-        slots: args.slots,
-        shards: args.shards,
-        prefetch: 0,
-        commit_interval: Duration::ZERO,
-    };
+    let fleet = FleetArgs::plain(args.workers, args.slots, args.shards);
     let cluster = Cluster::start(&args.hodei, &fleet, false)
         .await
         .context("cannot start the Hodei cluster")?;

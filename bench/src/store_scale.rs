@@ -70,13 +70,7 @@ async fn fill(args: &ScaleArgs, cluster: &Cluster) -> Result<(f64, f64)> {
 
 /// A server with no agents, and a sampler of its RSS.
 async fn start(args: &ScaleArgs) -> Result<(Cluster, RssSampler)> {
-    let fleet = FleetArgs {
-        agents: 0,
-        slots: 1,
-        shards: args.shards,
-        prefetch: 0,
-        commit_interval: Duration::ZERO,
-    };
+    let fleet = FleetArgs::plain(0, 1, args.shards);
     let cluster = Cluster::start(&args.hodei, &fleet, true).await?;
     let pid = cluster.server_pid().context("no server pid")?;
     let sampler = RssSampler::start(pid, SAMPLE_EVERY)?;

@@ -162,10 +162,10 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         // A batch held back by the interval (below) is committed when it is over, even if
         // no input comes.
         let commit_at = (running && in_flight.is_none() && !pending.is_empty()).then(|| {
-            if pending.persists.is_empty() && audit.pending.is_empty() {
-                tokio::time::Instant::now()
-            } else {
+            if has_writes(&pending, &audit) {
                 next_commit
+            } else {
+                tokio::time::Instant::now()
             }
         });
         let mut inputs: Vec<Input> = Vec::new();
@@ -340,7 +340,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         if in_flight.is_some() || pending.is_empty() {
             continue;
         }
-        if pending.persists.is_empty() && audit.pending.is_empty() {
+        if !has_writes(&pending, &audit) {
             // Nothing to write and nothing in flight: all it depends on is already durable.
             let msgs = std::mem::take(&mut pending);
             release(msgs, &writers, &mut clients, &peers, &mut gone, &control);
@@ -449,6 +449,11 @@ fn release(
 /// answer to `GetJob` relies on every change the shard makes to a job's stored record
 /// going out with a write of it; a field changed in memory alone (`not_before` cleared
 /// when a retry's backoff ends) is one the shard rebuilds from the stored record anyway.
+/// Whether a batch has anything to commit: store writes or audit records.
+fn has_writes(pending: &Effects, audit: &ShardAudit) -> bool {
+    !pending.persists.is_empty() || !audit.pending.is_empty()
+}
+
 fn writes_to<'a>(mut ops: impl Iterator<Item = &'a StoreOp>, job: JobId) -> bool {
     ops.any(|op| op.job() == Some(job))
 }
