@@ -260,6 +260,22 @@ impl Agent {
         let first = Instant::now() + jitter(period, self.idx);
         let mut hb = tokio::time::interval_at(first, period);
         hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let running = Rc::new(Cell::new(0u32));
+        // Datagram heartbeats run in their own task: a heartbeat then wakes neither this
+        // loop nor its stream reader. On the stream, this loop sends them.
+        let mut hb = Some(hb);
+        let _beats = if self.ctx.cfg.stream_heartbeats {
+            None
+        } else {
+            hb.take().map(|hb| {
+                AbortOnDrop(tokio::task::spawn_local(datagram_heartbeats(
+                    conn.clone(),
+                    hb,
+                    Rc::clone(&running),
+                    std::sync::Arc::clone(&self.ctx.stats),
+                )))
+            })
+        };
         let mut jobs = Jobs::default();
         // One stop future for the whole session: re-creating it on every turn would
         // re-register with the phase channel each time (10,000 agents share it).
@@ -280,7 +296,7 @@ impl Agent {
                     Ok(None) => Err(End::Lost("server closed the stream".into())),
                     Err(e) => Err(End::Lost(format!("reading from the server: {e}"))),
                 },
-                _ = hb.tick() => {
+                () = tick(&mut hb) => {
                     let running = u32::try_from(jobs.running.len()).unwrap_or(u32::MAX);
                     match w.send(&FromAgent::Heartbeat { running, load: 0 }).await {
                         Ok(()) => {
@@ -295,6 +311,7 @@ impl Agent {
             if let Err(end) = step {
                 return end;
             }
+            running.set(u32::try_from(jobs.running.len()).unwrap_or(u32::MAX));
             if jobs.drain_until.is_some() && jobs.running.is_empty() {
                 return self.goodbye(conn, &mut w, &mut jobs, false).await;
             }
@@ -465,6 +482,40 @@ impl Agent {
     }
 }
 
+/// Heartbeats in datagrams at `hb`'s ticks until the connection is lost (the session then
+/// sees the loss) or the task is aborted with its session.
+async fn datagram_heartbeats(
+    conn: quinn::Connection,
+    mut hb: tokio::time::Interval,
+    running: Rc<Cell<u32>>,
+    stats: std::sync::Arc<ThreadStats>,
+) {
+    loop {
+        hb.tick().await;
+        let beat = FromAgent::Heartbeat {
+            running: running.get(),
+            load: 0,
+        };
+        match hodei_transport::send_datagram(&conn, &beat) {
+            Ok(true) => bump(&stats.counters.heartbeats),
+            Ok(false) => {
+                stats.error("the server takes no datagrams (try --stream-heartbeats)".into());
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Aborts its task when dropped: the heartbeats end with their session.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 fn lost(e: hodei_transport::TransportError) -> End {
     End::Lost(format!("writing to the server: {e}"))
 }
@@ -487,6 +538,16 @@ fn kind(m: &ToAgent) -> &'static str {
 
 async fn stopped_owned(mut phase: watch::Receiver<Phase>) {
     stopped(&mut phase).await;
+}
+
+/// The interval's next tick, or never.
+async fn tick(hb: &mut Option<tokio::time::Interval>) {
+    match hb {
+        Some(hb) => {
+            hb.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `at`, or forever.

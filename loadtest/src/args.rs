@@ -96,6 +96,10 @@ pub struct Args {
     /// Heartbeat interval of every agent (first one at a jittered offset).
     #[arg(long, default_value = "1s", value_parser = duration)]
     pub heartbeat: Duration,
+    /// Send heartbeats on the agent's stream, as agents before datagram heartbeats did
+    /// (for comparing, or for a server that reads no datagrams).
+    #[arg(long)]
+    pub stream_heartbeats: bool,
     /// Slots each agent offers.
     #[arg(long, default_value_t = 1)]
     pub slots: u32,

@@ -53,6 +53,8 @@ pub struct FleetConfig {
     pub threads: usize,
     pub per_socket: usize,
     pub heartbeat: Duration,
+    /// Heartbeats on the stream instead of in datagrams.
+    pub stream_heartbeats: bool,
     pub slots: u32,
     pub job: JobMode,
     pub ramp: Duration,

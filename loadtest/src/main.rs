@@ -107,6 +107,7 @@ fn measure(
         threads: args.threads,
         per_socket: args.per_socket,
         heartbeat: args.heartbeat,
+        stream_heartbeats: args.stream_heartbeats,
         slots: args.slots,
         job: args.job,
         ramp: args.ramp,

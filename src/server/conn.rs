@@ -217,6 +217,7 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control
         Arc::clone(&control),
         identity.clone(),
     ));
+    tokio::task::spawn_local(agent_datagrams(conn.clone(), id, tx.clone()));
     let mut reader = FrameReader::new(recv);
     loop {
         match reader.next::<FromAgent>().await {
@@ -267,6 +268,31 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control
         }
     }
     let _ = tx.send(Input::AgentClosed(id));
+}
+
+/// An agent's heartbeats sent as datagrams (`hodei_transport::datagram`), until the
+/// connection ends. Their own task, so that a heartbeat does not poll the stream's reader.
+/// Anything but a heartbeat in a datagram is a protocol error and closes the connection. A
+/// heartbeat that comes after the stream ended (`Input::AgentClosed`) is dropped by the shard.
+async fn agent_datagrams(conn: quinn::Connection, id: ConnId, tx: UnboundedSender<Input>) {
+    while let Ok(datagram) = conn.read_datagram().await {
+        let why = match hodei_transport::decode_datagram::<FromAgent>(&datagram) {
+            Ok(msg @ FromAgent::Heartbeat { .. }) => {
+                if tx
+                    .send(Input::Agent(id, msg, std::time::Instant::now()))
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => "a datagram holds a message other than a heartbeat".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        warn!(remote = %conn.remote_address(), "closing agent connection: {why}");
+        conn.close(1u32.into(), b"protocol error");
+        return;
+    }
 }
 
 async fn agent_writer(

@@ -117,6 +117,9 @@ pub enum TransportError {
     /// The stream was already finished or reset.
     #[error("the stream is already finished or reset")]
     Closed(#[from] quinn::ClosedStream),
+    /// The connection is gone (sending a datagram).
+    #[error("the connection is lost: {0}")]
+    Lost(#[from] quinn::ConnectionError),
     /// `finish` was called with messages still in the buffer; they would have been lost.
     #[error("finish() called with {0} unflushed bytes; flush() first")]
     Unflushed(usize),

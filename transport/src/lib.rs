@@ -11,10 +11,12 @@
 //!   that say which address failed and why.
 //! - [`framed`]: [`FrameReader`]/[`FrameWriter`] carry the versioned, length-framed rkyv
 //!   messages of [`hodei_core::wire`] over QUIC streams; nothing a peer sends can panic them.
+//! - [`datagram`]: one such message in a QUIC datagram (agents' heartbeats).
 //!
 //! The crate is runtime-light: it needs a tokio runtime only where quinn does (endpoints), and
 //! holds no global state.
 
+pub mod datagram;
 pub mod endpoint;
 mod error;
 pub mod framed;
@@ -25,6 +27,7 @@ pub use endpoint::{
     AGENT_PEER_ACK_DELAY, MAX_UDP_PAYLOAD, TransportOptions, bind_reuseport, client_endpoint,
     connect, server_endpoint,
 };
+pub use datagram::{DATAGRAM_RECEIVE_BUFFER, decode_datagram, send_datagram};
 pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter};
 pub use pki::{Authority, ServerCert, check_agent_key, new_agent_key, peer_cert};

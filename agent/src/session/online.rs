@@ -126,13 +126,26 @@ impl Agent {
                     let running = u32::try_from(self.running()).unwrap_or(u32::MAX);
                     let load = crate::resources::load();
                     let renew = self.renewal_request();
-                    let mut r = w.push(&FromAgent::Heartbeat { running, load }).map_err(lost);
+                    let beat = FromAgent::Heartbeat { running, load };
+                    // Once welcomed, as a datagram: never resent, never queued behind
+                    // output (`hodei_transport::datagram`). Before, a datagram could
+                    // overtake the Hello; and a server that takes none gets the stream.
+                    let sent = if self.welcomed {
+                        hodei_transport::send_datagram(conn, &beat).map_err(lost)
+                    } else {
+                        Ok(false)
+                    };
+                    let mut r = match sent {
+                        Ok(true) => Ok(()),
+                        Ok(false) => w.push(&beat).map_err(lost),
+                        Err(e) => Err(e),
+                    };
                     if let (Ok(()), Some(m)) = (&r, renew) {
                         r = w.push(&m).map_err(lost);
                     }
                     match r {
-                        Ok(()) => w.flush().await.map_err(lost),
-                        Err(e) => Err(e),
+                        Ok(()) if w.has_pending() => w.flush().await.map_err(lost),
+                        other => other,
                     }
                 }
                 () = signals.recv() => {
