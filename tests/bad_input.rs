@@ -189,6 +189,40 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
     server.ok(&["worker", "list"]);
 }
 
+/// Datagrams from a registered agent may hold one heartbeat each: garbage, or any other
+/// message, closes the connection as a protocol error; the server keeps serving.
+#[test]
+fn server_closes_agents_that_send_other_datagrams() {
+    let scratch = Scratch::new("baddgram");
+    let server = Server::start(&scratch, 2);
+    let identity = server.join_identity();
+    block_on(async {
+        let goodbye =
+            hodei_core::frame::Wire::to_frame(&hodei_core::wire::FromAgent::Goodbye).unwrap();
+        for datagram in [
+            b"\x01\x00\x10\x00\x00\x00garbage-garbage!".to_vec(),
+            goodbye,
+        ] {
+            let (_ep, conn, _w, _r, _) = server.raw_agent(&identity).await;
+            conn.send_datagram(datagram.into()).unwrap();
+            let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .unwrap();
+            assert!(reason.to_string().contains("protocol error"), "{reason}");
+        }
+    });
+    let log = wait_for("log lines", Duration::from_secs(10), || {
+        let l = server.log_text();
+        (l.matches("closing agent connection").count() >= 2).then_some(l)
+    });
+    assert!(
+        log.contains("a datagram holds a message other than a heartbeat"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"));
+    server.ok(&["worker", "list"]);
+}
+
 /// A journal damaged after a clean shutdown: the server refuses to start, names the file,
 /// and leaves the store byte for byte as it was (nothing is dropped by the refusal).
 #[test]

@@ -286,6 +286,37 @@ fn stats_time_real_heartbeats_and_store_commits() {
     );
 }
 
+/// Heartbeats in datagrams keep a worker alive: a raw agent that sends nothing else stays
+/// connected and ready for six heartbeat timeouts, and once they stop the server drops it
+/// within one.
+#[test]
+fn datagram_heartbeats_keep_a_worker_alive() {
+    use hodei_core::wire::FromAgent;
+    let scratch = Scratch::new("dgram-hb");
+    let flags = ["--heartbeat", "100ms", "--heartbeat-timeout", "500ms"];
+    let server = Server::start_with(&scratch, 2, &flags);
+    let identity = server.join_identity();
+    common::block_on(async {
+        let (_ep, conn, _w, _r, worker) = server.raw_agent(&identity).await;
+        let beat = FromAgent::Heartbeat {
+            running: 0,
+            load: 0,
+        };
+        let until = std::time::Instant::now() + Duration::from_secs(3);
+        while std::time::Instant::now() < until {
+            assert!(hodei_transport::send_datagram(&conn, &beat).unwrap());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+        assert_eq!(server.worker_state(&worker), "ready");
+        // Silence: the connection is closed and the worker is no longer ready.
+        tokio::time::timeout(Duration::from_secs(10), conn.closed())
+            .await
+            .unwrap();
+        assert_ne!(server.worker_state(&worker), "ready");
+    });
+}
+
 /// `hodei server --commit-interval`: a shard starts its store commits at least that far
 /// apart, so sequential submits (each answered only once on disk) share fewer commits, and
 /// every job still runs to the end. `hodei stats` counts the commits: n commit starts spaced

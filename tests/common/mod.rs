@@ -255,6 +255,53 @@ impl Server {
         })
     }
 
+    /// A raw agent for protocol tests (call inside [`block_on`]): connects with `identity`,
+    /// says `Hello` with one slot and reads `Welcome`. Returns the endpoint (keep it alive),
+    /// the connection, its stream's writer and reader, and the worker id.
+    pub async fn raw_agent(
+        &self,
+        identity: &hodei_transport::ClientIdentity,
+    ) -> (
+        quinn::Endpoint,
+        quinn::Connection,
+        hodei_transport::FrameWriter,
+        hodei_transport::FrameReader,
+        String,
+    ) {
+        use hodei_core::wire::{ALPN_AGENT, FromAgent, Hello, Resources, ToAgent};
+        let (ep, addr) = self.endpoint(ALPN_AGENT, Some(identity));
+        let conn = hodei_transport::connect(&ep, addr).await.unwrap();
+        let (send, recv) = conn.open_bi().await.unwrap();
+        let mut w = hodei_transport::FrameWriter::new(send);
+        let mut r = hodei_transport::FrameReader::new(recv);
+        let hello = Hello {
+            worker: None,
+            hostname: "raw".into(),
+            resources: Resources {
+                slots: 1,
+                cpus: 1,
+                memory: 1 << 30,
+                labels: Vec::new(),
+            },
+            held: Vec::new(),
+        };
+        w.send(&FromAgent::Hello(hello)).await.unwrap();
+        match r.next::<ToAgent>().await.unwrap() {
+            Some(ToAgent::Welcome { worker, .. }) => (ep, conn, w, r, worker.to_string()),
+            other => panic!("expected Welcome, got {other:?}"),
+        }
+    }
+
+    /// The state of worker `id` in `worker list`.
+    pub fn worker_state(&self, id: &str) -> String {
+        let v = self.json(&["worker", "list", "--json"]);
+        v.as_array()
+            .and_then(|ws| ws.iter().find(|w| w["id"] == id))
+            .and_then(|w| w["state"].as_str())
+            .unwrap_or("absent")
+            .to_owned()
+    }
+
     /// A join token for one agent.
     pub fn join_token(&self) -> String {
         self.ok(&[

@@ -23,11 +23,11 @@ pub mod framed;
 pub mod pki;
 pub mod tls;
 
+pub use datagram::{DATAGRAM_RECEIVE_BUFFER, decode_datagram, send_datagram};
 pub use endpoint::{
     AGENT_PEER_ACK_DELAY, MAX_UDP_PAYLOAD, TransportOptions, bind_reuseport, client_endpoint,
     connect, server_endpoint,
 };
-pub use datagram::{DATAGRAM_RECEIVE_BUFFER, decode_datagram, send_datagram};
 pub use error::TransportError;
 pub use framed::{FrameReader, FrameWriter};
 pub use pki::{Authority, ServerCert, check_agent_key, new_agent_key, peer_cert};
