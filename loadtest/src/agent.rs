@@ -258,23 +258,16 @@ impl Agent {
     ) -> End {
         let period = self.ctx.cfg.heartbeat;
         let first = Instant::now() + jitter(period, self.idx);
-        let mut hb = tokio::time::interval_at(first, period);
-        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let running = Rc::new(Cell::new(0u32));
-        // Datagram heartbeats run in their own task: a heartbeat then wakes neither this
-        // loop nor its stream reader. On the stream, this loop sends them.
-        let mut hb = Some(hb);
-        let _beats = if self.ctx.cfg.stream_heartbeats {
-            None
+        // Datagram heartbeats come from the thread's clock (`beats.rs`): a heartbeat then
+        // wakes neither this loop nor its stream reader. On the stream, this loop sends them.
+        let (mut hb, _beats) = if self.ctx.cfg.stream_heartbeats {
+            let mut hb = tokio::time::interval_at(first, period);
+            hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            (Some(hb), None)
         } else {
-            hb.take().map(|hb| {
-                AbortOnDrop(tokio::task::spawn_local(datagram_heartbeats(
-                    conn.clone(),
-                    hb,
-                    Rc::clone(&running),
-                    std::sync::Arc::clone(&self.ctx.stats),
-                )))
-            })
+            let guard = self.ctx.beats.add(first, conn.clone(), Rc::clone(&running));
+            (None, Some(guard))
         };
         let mut jobs = Jobs::default();
         // One stop future for the whole session: re-creating it on every turn would
@@ -479,40 +472,6 @@ impl Agent {
         }
         conn.close(0u32.into(), b"loadtest done");
         if at_stop { End::Stopped } else { End::Drained }
-    }
-}
-
-/// Heartbeats in datagrams at `hb`'s ticks until the connection is lost (the session then
-/// sees the loss) or the task is aborted with its session.
-async fn datagram_heartbeats(
-    conn: quinn::Connection,
-    mut hb: tokio::time::Interval,
-    running: Rc<Cell<u32>>,
-    stats: std::sync::Arc<ThreadStats>,
-) {
-    loop {
-        hb.tick().await;
-        let beat = FromAgent::Heartbeat {
-            running: running.get(),
-            load: 0,
-        };
-        match hodei_transport::send_datagram(&conn, &beat) {
-            Ok(true) => bump(&stats.counters.heartbeats),
-            Ok(false) => {
-                stats.error("the server takes no datagrams (try --stream-heartbeats)".into());
-                return;
-            }
-            Err(_) => return,
-        }
-    }
-}
-
-/// Aborts its task when dropped: the heartbeats end with their session.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::agent::Agent;
+use crate::beats::Beats;
 use crate::args::JobMode;
 use crate::stats::ThreadStats;
 
@@ -73,6 +74,8 @@ pub struct Ctx {
     pub handshakes: Semaphore,
     /// The fleet's start.
     pub t0: Instant,
+    /// This thread's heartbeat clock (datagram heartbeats).
+    pub beats: Beats,
 }
 
 /// The running fleet.
@@ -203,6 +206,7 @@ async fn run_thread(
         stats: Arc::clone(&stats),
         handshakes: Semaphore::new(permits),
         t0: Instant::from_std(t0),
+        beats: Beats::new(cfg.heartbeat, Arc::clone(&stats), Instant::from_std(t0)),
     });
     let mut endpoints = Vec::new();
     for _ in 0..mine.div_ceil(cfg.per_socket) {
@@ -214,7 +218,13 @@ async fn run_thread(
             }
         }
     }
-    let mut tasks = Vec::with_capacity(mine + endpoints.len());
+    let mut tasks = Vec::with_capacity(mine + endpoints.len() + 1);
+    if !cfg.stream_heartbeats {
+        let (ctx, phase) = (Rc::clone(&ctx), phase.clone());
+        tasks.push(tokio::task::spawn_local(async move {
+            ctx.beats.run(phase).await;
+        }));
+    }
     let per_probe = if sockets == 0 {
         0.0
     } else {

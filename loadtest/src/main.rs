@@ -13,6 +13,7 @@
 
 mod agent;
 mod args;
+mod beats;
 mod fleet;
 mod probe;
 mod procstat;
