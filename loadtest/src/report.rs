@@ -196,7 +196,7 @@ fn build(args: &Args, d: &RunData, end: Option<&ServerEnd>) -> Report {
     r.row(
         "heartbeats_per_s",
         per_s(se.heartbeats - s0.heartbeats, steady),
-        "Heartbeat frames written to QUIC streams per second (successful writes)",
+        "Heartbeat messages handed to quinn per second (datagrams, or stream writes with --stream-heartbeats)",
     );
     #[allow(clippy::cast_precision_loss)]
     let expected = s0.live as f64 / args.heartbeat.as_secs_f64();
