@@ -287,8 +287,8 @@ fn stats_time_real_heartbeats_and_store_commits() {
 }
 
 /// Heartbeats in datagrams keep a worker alive: a raw agent that sends nothing else stays
-/// connected and ready for six heartbeat timeouts, and once they stop the server drops it
-/// within one.
+/// connected and ready for six heartbeat timeouts (its state is read while they go on), and
+/// once they stop the server closes its connection and the worker is disconnected.
 #[test]
 fn datagram_heartbeats_keep_a_worker_alive() {
     use hodei_core::wire::FromAgent;
@@ -296,24 +296,52 @@ fn datagram_heartbeats_keep_a_worker_alive() {
     let flags = ["--heartbeat", "100ms", "--heartbeat-timeout", "500ms"];
     let server = Server::start_with(&scratch, 2, &flags);
     let identity = server.join_identity();
+    std::thread::scope(|scope| {
+        common::block_on(async {
+            let (_ep, conn, _w, _r, worker) = server.raw_agent(&identity).await;
+            let beat = FromAgent::Heartbeat {
+                running: 0,
+                load: 0,
+            };
+            let until = std::time::Instant::now() + Duration::from_secs(3);
+            let mut check = None;
+            loop {
+                assert!(hodei_transport::send_datagram(&conn, &beat).unwrap());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if check.is_none() && std::time::Instant::now() >= until {
+                    let (server, worker) = (&server, worker.clone());
+                    check = Some(scope.spawn(move || server.worker_state(&worker)));
+                }
+                if check.as_ref().is_some_and(|c| c.is_finished()) {
+                    break;
+                }
+            }
+            let state = check.unwrap().join().unwrap();
+            assert_eq!(state, "ready");
+            assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
+            // Silence: the connection is closed and the worker is disconnected.
+            tokio::time::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .unwrap();
+            assert_eq!(server.worker_state(&worker), "disconnected");
+        });
+    });
+}
+
+/// An agent that ends its stream without closing the connection is closed by the server (the
+/// connection's datagram task must not keep it open), and its worker is disconnected.
+#[test]
+fn an_ended_agent_stream_closes_its_connection() {
+    let scratch = Scratch::new("stream-end");
+    let server = Server::start(&scratch, 1);
+    let identity = server.join_identity();
     common::block_on(async {
-        let (_ep, conn, _w, _r, worker) = server.raw_agent(&identity).await;
-        let beat = FromAgent::Heartbeat {
-            running: 0,
-            load: 0,
-        };
-        let until = std::time::Instant::now() + Duration::from_secs(3);
-        while std::time::Instant::now() < until {
-            assert!(hodei_transport::send_datagram(&conn, &beat).unwrap());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
-        assert_eq!(server.worker_state(&worker), "ready");
-        // Silence: the connection is closed and the worker is no longer ready.
+        let (_ep, conn, mut w, _r, worker) = server.raw_agent(&identity).await;
+        w.finish().unwrap();
         tokio::time::timeout(Duration::from_secs(10), conn.closed())
             .await
             .unwrap();
-        assert_ne!(server.worker_state(&worker), "ready");
+        assert_eq!(server.worker_state(&worker), "disconnected");
     });
 }
 

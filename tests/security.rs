@@ -506,7 +506,6 @@ fn agents_join_with_mtls_and_refusals_are_explained() {
 /// over its jobs): the connection is closed and the server says why.
 #[test]
 fn a_certificate_cannot_claim_another_agents_worker() {
-    use hodei_core::wire::{ALPN_AGENT, FromAgent, Hello, Resources};
     let scratch = Scratch::new("sec-claim");
     let s = Server::start(&scratch, 1);
     let _a = s.agent(&scratch, "a", 1, &[]);
@@ -514,23 +513,7 @@ fn a_certificate_cannot_claim_another_agents_worker() {
     let victim = Server::worker_of(&scratch, "a");
     let mallory = s.join_identity();
     block_on(async {
-        let (ep, addr) = s.endpoint(ALPN_AGENT, Some(&mallory));
-        let conn = hodei_transport::connect(&ep, addr).await.unwrap();
-        let (send, _recv) = conn.open_bi().await.unwrap();
-        let mut w = hodei_transport::FrameWriter::new(send);
-        w.send(&FromAgent::Hello(Hello {
-            worker: Some(victim.parse().unwrap()),
-            hostname: "mallory".to_owned(),
-            resources: Resources {
-                slots: 1,
-                cpus: 1,
-                memory: 0,
-                labels: Vec::new(),
-            },
-            held: Vec::new(),
-        }))
-        .await
-        .unwrap();
+        let (_ep, conn, _w, _r) = s.raw_hello(&mallory, Some(victim.parse().unwrap())).await;
         let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
             .await
             .expect("the server kept a connection claiming another agent's worker");

@@ -261,13 +261,16 @@ impl Agent {
         let running = Rc::new(Cell::new(0u32));
         // Datagram heartbeats come from the thread's clock (`beats.rs`): a heartbeat then
         // wakes neither this loop nor its stream reader. On the stream, this loop sends them.
-        let (mut hb, _beats) = if self.ctx.cfg.stream_heartbeats {
-            let mut hb = tokio::time::interval_at(first, period);
-            hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            (Some(hb), None)
-        } else {
-            let guard = self.ctx.beats.add(first, conn.clone(), Rc::clone(&running));
-            (None, Some(guard))
+        let (mut hb, _beats) = match &self.ctx.beats {
+            Some(beats) => {
+                let guard = beats.add(first, conn.clone(), Rc::clone(&running));
+                (None, Some(guard))
+            }
+            None => {
+                let mut hb = tokio::time::interval_at(first, period);
+                hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                (Some(hb), None)
+            }
         };
         let mut jobs = Jobs::default();
         // One stop future for the whole session: re-creating it on every turn would

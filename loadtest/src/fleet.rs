@@ -16,8 +16,8 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::agent::Agent;
-use crate::beats::Beats;
 use crate::args::JobMode;
+use crate::beats::Beats;
 use crate::stats::ThreadStats;
 
 /// Where the run is. The main thread moves it forward; everything else watches it.
@@ -74,8 +74,8 @@ pub struct Ctx {
     pub handshakes: Semaphore,
     /// The fleet's start.
     pub t0: Instant,
-    /// This thread's heartbeat clock (datagram heartbeats).
-    pub beats: Beats,
+    /// This thread's heartbeat clock (none with `--stream-heartbeats`).
+    pub beats: Option<Beats>,
 }
 
 /// The running fleet.
@@ -206,7 +206,8 @@ async fn run_thread(
         stats: Arc::clone(&stats),
         handshakes: Semaphore::new(permits),
         t0: Instant::from_std(t0),
-        beats: Beats::new(cfg.heartbeat, Arc::clone(&stats), Instant::from_std(t0)),
+        beats: (!cfg.stream_heartbeats)
+            .then(|| Beats::new(cfg.heartbeat, Arc::clone(&stats), Instant::from_std(t0))),
     });
     let mut endpoints = Vec::new();
     for _ in 0..mine.div_ceil(cfg.per_socket) {
@@ -219,10 +220,12 @@ async fn run_thread(
         }
     }
     let mut tasks = Vec::with_capacity(mine + endpoints.len() + 1);
-    if !cfg.stream_heartbeats {
+    if ctx.beats.is_some() {
         let (ctx, phase) = (Rc::clone(&ctx), phase.clone());
         tasks.push(tokio::task::spawn_local(async move {
-            ctx.beats.run(phase).await;
+            if let Some(beats) = &ctx.beats {
+                beats.run(phase).await;
+            }
         }));
     }
     let per_probe = if sockets == 0 {

@@ -217,7 +217,7 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control
         Arc::clone(&control),
         identity.clone(),
     ));
-    tokio::task::spawn_local(agent_datagrams(conn.clone(), id, tx.clone()));
+    let datagrams = tokio::task::spawn_local(agent_datagrams(conn.clone(), id, tx.clone()));
     let mut reader = FrameReader::new(recv);
     loop {
         match reader.next::<FromAgent>().await {
@@ -267,13 +267,16 @@ async fn agent_conn(conn: quinn::Connection, tx: UnboundedSender<Input>, control
             }
         }
     }
+    // Before `AgentClosed`, so no heartbeat follows it; and the task's handle on the
+    // connection goes with it, so a connection whose stream ended closes as before.
+    datagrams.abort();
     let _ = tx.send(Input::AgentClosed(id));
 }
 
 /// An agent's heartbeats sent as datagrams (`hodei_transport::datagram`), until the
 /// connection ends. Their own task, so that a heartbeat does not poll the stream's reader.
-/// Anything but a heartbeat in a datagram is a protocol error and closes the connection. A
-/// heartbeat that comes after the stream ended (`Input::AgentClosed`) is dropped by the shard.
+/// Anything but a heartbeat in a datagram is a protocol error and closes the connection. The
+/// stream's task aborts this one when the stream ends.
 async fn agent_datagrams(conn: quinn::Connection, id: ConnId, tx: UnboundedSender<Input>) {
     while let Ok(datagram) = conn.read_datagram().await {
         let why = match hodei_transport::decode_datagram::<FromAgent>(&datagram) {

@@ -255,27 +255,27 @@ impl Server {
         })
     }
 
-    /// A raw agent for protocol tests (call inside [`block_on`]): connects with `identity`,
-    /// says `Hello` with one slot and reads `Welcome`. Returns the endpoint (keep it alive),
-    /// the connection, its stream's writer and reader, and the worker id.
-    pub async fn raw_agent(
+    /// A raw agent connection for protocol tests (call inside [`block_on`]): connects with
+    /// `identity` and says `Hello` with one slot, as `worker` if given. Returns the endpoint
+    /// (keep it alive), the connection, and its stream's writer and reader.
+    pub async fn raw_hello(
         &self,
         identity: &hodei_transport::ClientIdentity,
+        worker: Option<hodei_core::ids::WorkerId>,
     ) -> (
         quinn::Endpoint,
         quinn::Connection,
         hodei_transport::FrameWriter,
         hodei_transport::FrameReader,
-        String,
     ) {
-        use hodei_core::wire::{ALPN_AGENT, FromAgent, Hello, Resources, ToAgent};
+        use hodei_core::wire::{ALPN_AGENT, FromAgent, Hello, Resources};
         let (ep, addr) = self.endpoint(ALPN_AGENT, Some(identity));
         let conn = hodei_transport::connect(&ep, addr).await.unwrap();
         let (send, recv) = conn.open_bi().await.unwrap();
         let mut w = hodei_transport::FrameWriter::new(send);
-        let mut r = hodei_transport::FrameReader::new(recv);
+        let r = hodei_transport::FrameReader::new(recv);
         let hello = Hello {
-            worker: None,
+            worker,
             hostname: "raw".into(),
             resources: Resources {
                 slots: 1,
@@ -286,8 +286,26 @@ impl Server {
             held: Vec::new(),
         };
         w.send(&FromAgent::Hello(hello)).await.unwrap();
-        match r.next::<ToAgent>().await.unwrap() {
-            Some(ToAgent::Welcome { worker, .. }) => (ep, conn, w, r, worker.to_string()),
+        (ep, conn, w, r)
+    }
+
+    /// [`Server::raw_hello`] as a new worker, and its `Welcome` read: also returns the
+    /// worker id.
+    pub async fn raw_agent(
+        &self,
+        identity: &hodei_transport::ClientIdentity,
+    ) -> (
+        quinn::Endpoint,
+        quinn::Connection,
+        hodei_transport::FrameWriter,
+        hodei_transport::FrameReader,
+        String,
+    ) {
+        let (ep, conn, w, mut r) = self.raw_hello(identity, None).await;
+        match r.next::<hodei_core::wire::ToAgent>().await.unwrap() {
+            Some(hodei_core::wire::ToAgent::Welcome { worker, .. }) => {
+                (ep, conn, w, r, worker.to_string())
+            }
             other => panic!("expected Welcome, got {other:?}"),
         }
     }

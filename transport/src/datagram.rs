@@ -13,8 +13,9 @@ use hodei_core::frame::{FrameError, Wire, split_frame};
 
 use crate::error::TransportError;
 
-/// Largest datagram a server reads per connection before dropping the oldest: a few hundred
-/// heartbeats, so a peer that floods datagrams cannot make the server buffer more.
+/// Bytes of received datagrams a connection may hold unread; beyond it quinn drops the
+/// oldest. The server reads them at once, so this only matters while its task is behind (a
+/// heartbeat frame is a few dozen bytes).
 pub const DATAGRAM_RECEIVE_BUFFER: usize = 64 * 1024;
 
 /// Sends `msg` as one datagram. `Ok(false)`: the peer takes no datagrams or the frame does

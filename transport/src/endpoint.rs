@@ -107,9 +107,8 @@ impl TransportOptions {
             t.receive_window(quinn::VarInt::from_u32(SERVER_CONN_WINDOW));
             t.stream_receive_window(quinn::VarInt::from_u32(SERVER_STREAM_WINDOW));
         }
-        // Agents' heartbeats (`crate::datagram`). The server's connection task reads them at
-        // once, so this only bounds what a flooding peer can queue; servers send none, but
-        // quinn sends datagrams only from a side that could receive them.
+        // Agents' heartbeats (`crate::datagram`): quinn's bound on what waits unread. Servers
+        // send none, but quinn sends datagrams only from a side that could receive them.
         t.datagram_receive_buffer_size(Some(crate::DATAGRAM_RECEIVE_BUFFER));
         let ping = (keep_alive && !self.keep_alive.is_zero()).then_some(self.keep_alive);
         t.keep_alive_interval(ping);
