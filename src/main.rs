@@ -129,8 +129,9 @@ struct ServerArgs {
     #[arg(long, default_value = "30s", value_parser = parse_assign_timeout)]
     assign_timeout: Duration,
     /// UDP socket receive/send buffer per shard socket, bytes (capped by net.core.rmem_max;
-    /// the kernel default of ~208 KiB drops handshakes when thousands of agents connect).
-    #[arg(long, default_value_t = 4 << 20)]
+    /// the kernel default of ~208 KiB drops handshakes when thousands of agents connect). A
+    /// limit, not an allocation: it fills only while a shard is behind.
+    #[arg(long, default_value_t = 16 << 20)]
     udp_buffer: usize,
     /// Enable UDP generic segmentation offload (costs ~80 us per round trip on some VMs).
     #[arg(long)]

@@ -28,8 +28,8 @@ fn main() -> ExitCode {
         current: cores.to_string(),
         advice: None,
     });
-    // The server asks for 4 MiB UDP buffers (--udp-buffer); the kernel caps it at rmem_max.
-    let want: u64 = 4 << 20;
+    // The server asks for 16 MiB UDP buffers (--udp-buffer); the kernel caps it at rmem_max.
+    let want: u64 = 16 << 20;
     for (key, path) in [
         ("net.core.rmem_max", "/proc/sys/net/core/rmem_max"),
         ("net.core.wmem_max", "/proc/sys/net/core/wmem_max"),
@@ -38,7 +38,7 @@ fn main() -> ExitCode {
         checks.push(Check {
             name: key,
             current: v.map_or_else(|| "unreadable".to_owned(), |v| v.to_string()),
-            advice: v.filter(|v| *v < want).map(|_| format!("sysctl -w {key}={want}  (the server's --udp-buffer is capped by it; small buffers drop handshakes when thousands of agents connect)")),
+            advice: v.filter(|v| *v < want).map(|_| format!("sysctl -w {key}={want}  (the server's --udp-buffer is capped by it; small buffers drop handshakes when thousands of agents connect, and heartbeats while a shard is behind)")),
         });
     }
     let files = read("/proc/sys/fs/file-max");
@@ -70,7 +70,7 @@ fn main() -> ExitCode {
     }
     println!();
     println!(
-        "hodei server knobs: --shards N (default {cores}), --udp-buffer BYTES (4 MiB), --gso (off: on this VM's loopback GSO costs ~80 us per round trip), --heartbeat (1s)."
+        "hodei server knobs: --shards N (default {cores}), --udp-buffer BYTES (16 MiB), --gso (off: on this VM's loopback GSO costs ~80 us per round trip), --heartbeat (1s)."
     );
     if advised > 0 {
         println!("{advised} setting(s) could be improved (see advice above).");
