@@ -141,6 +141,14 @@ fn server_refuses_foreign_and_corrupt_data_dirs() {
     assert_eq!(server.job(&id)["id"], id.as_str());
 }
 
+/// Waits (bounded) until the server closes `conn`, and checks it said "protocol error".
+async fn closed_as_protocol_error(conn: &quinn::Connection) {
+    let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .unwrap();
+    assert!(reason.to_string().contains("protocol error"), "{reason}");
+}
+
 #[test]
 fn server_closes_connections_that_send_garbage_and_keeps_serving() {
     let scratch = Scratch::new("garbage");
@@ -171,11 +179,7 @@ fn server_closes_connections_that_send_garbage_and_keeps_serving() {
             let (mut send, _recv) = conn.open_bi().await.unwrap();
             send.write_all(&payload).await.unwrap();
             let _ = send.finish();
-            // The server closes the connection.
-            let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
-                .await
-                .unwrap();
-            assert!(reason.to_string().contains("protocol error"), "{reason}");
+            closed_as_protocol_error(&conn).await;
         }
     });
     let log = wait_for("log lines", Duration::from_secs(10), || {
@@ -205,10 +209,7 @@ fn server_closes_agents_that_send_other_datagrams() {
         ] {
             let (_ep, conn, _w, _r, _) = server.raw_agent(&identity).await;
             conn.send_datagram(datagram.into()).unwrap();
-            let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
-                .await
-                .unwrap();
-            assert!(reason.to_string().contains("protocol error"), "{reason}");
+            closed_as_protocol_error(&conn).await;
         }
     });
     let log = wait_for("log lines", Duration::from_secs(10), || {
