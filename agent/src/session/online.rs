@@ -128,8 +128,9 @@ impl Agent {
                     let renew = self.renewal_request();
                     let beat = FromAgent::Heartbeat { running, load };
                     // Once welcomed, as a datagram: never resent, never queued behind
-                    // output (`hodei_transport::datagram`). Before, a datagram could
-                    // overtake the Hello; and a server that takes none gets the stream.
+                    // output (`hodei_transport::datagram`). Before `Welcome` a datagram
+                    // could overtake the Hello, so the stream; and a server that takes no
+                    // datagrams gets the stream too.
                     let sent = if self.welcomed {
                         hodei_transport::send_datagram(conn, &beat).map_err(lost)
                     } else {
