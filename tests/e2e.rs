@@ -320,9 +320,7 @@ fn datagram_heartbeats_keep_a_worker_alive() {
             assert_eq!(state, "ready");
             assert!(conn.close_reason().is_none(), "{:?}", conn.close_reason());
             // Silence: the connection is closed and the worker is disconnected.
-            tokio::time::timeout(Duration::from_secs(10), conn.closed())
-                .await
-                .unwrap();
+            common::closed(&conn).await;
             assert_eq!(server.worker_state(&worker), "disconnected");
         });
     });
@@ -338,9 +336,7 @@ fn an_ended_agent_stream_closes_its_connection() {
     common::block_on(async {
         let (_ep, conn, mut w, _r, worker) = server.raw_agent(&identity).await;
         w.finish().unwrap();
-        tokio::time::timeout(Duration::from_secs(10), conn.closed())
-            .await
-            .unwrap();
+        common::closed(&conn).await;
         assert_eq!(server.worker_state(&worker), "disconnected");
     });
 }

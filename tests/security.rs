@@ -413,9 +413,7 @@ fn agents_join_with_mtls_and_refusals_are_explained() {
     block_on(async {
         let (ep, addr) = s.endpoint(hodei_core::wire::ALPN_AGENT, None);
         let conn = hodei_transport::connect(&ep, addr).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(10), conn.closed())
-            .await
-            .expect("the server did not close a connection without a certificate");
+        common::closed(&conn).await;
     });
     wait_for(
         "the no-certificate refusal in the log",
@@ -514,9 +512,8 @@ fn a_certificate_cannot_claim_another_agents_worker() {
     let mallory = s.join_identity();
     block_on(async {
         let (_ep, conn, _w, _r) = s.raw_hello(&mallory, Some(victim.parse().unwrap())).await;
-        let reason = tokio::time::timeout(Duration::from_secs(10), conn.closed())
-            .await
-            .expect("the server kept a connection claiming another agent's worker");
+        // Closed, or the server kept a connection claiming another agent's worker.
+        let reason = common::closed(&conn).await;
         assert!(reason.to_string().contains("another agent"), "{reason}");
     });
     wait_for("the refusal in the log", Duration::from_secs(10), || {

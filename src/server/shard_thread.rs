@@ -445,15 +445,15 @@ fn release(
     }
 }
 
-/// Whether any of `ops` writes to `job` (its record, its output or its events). The early
-/// answer to `GetJob` relies on every change the shard makes to a job's stored record
-/// going out with a write of it; a field changed in memory alone (`not_before` cleared
-/// when a retry's backoff ends) is one the shard rebuilds from the stored record anyway.
 /// Whether a batch has anything to commit: store writes or audit records.
 fn has_writes(pending: &Effects, audit: &ShardAudit) -> bool {
     !pending.persists.is_empty() || !audit.pending.is_empty()
 }
 
+/// Whether any of `ops` writes to `job` (its record, its output or its events). The early
+/// answer to `GetJob` relies on every change the shard makes to a job's stored record
+/// going out with a write of it; a field changed in memory alone (`not_before` cleared
+/// when a retry's backoff ends) is one the shard rebuilds from the stored record anyway.
 fn writes_to<'a>(mut ops: impl Iterator<Item = &'a StoreOp>, job: JobId) -> bool {
     ops.any(|op| op.job() == Some(job))
 }

@@ -390,6 +390,13 @@ impl Server {
     }
 }
 
+/// Waits (at most 10 s) until `conn` is closed, and returns why.
+pub async fn closed(conn: &quinn::Connection) -> quinn::ConnectionError {
+    tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("the connection was not closed within 10 s")
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still has /proc/<pid>; count it as gone.
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
