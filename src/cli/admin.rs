@@ -10,7 +10,7 @@ use clap::Subcommand;
 use hodei_core::ids::JobId;
 use hodei_core::wire::{FromServer, SecretBytes, ToServer};
 
-use crate::cli::Target;
+use super::Target;
 
 #[derive(Subcommand, Debug)]
 pub enum TokenCmd {
@@ -263,7 +263,7 @@ pub async fn audit(args: AuditArgs, target: &Target) -> Result<u8> {
 fn print_record(line: &str) -> Result<()> {
     let r: hodei_auth::audit::AuditRecord =
         serde_json::from_str(line).context("the server sent a malformed audit record")?;
-    let at = crate::view::time_text(r.at_ms.saturating_mul(1000));
+    let at = super::view::time_text(r.at_ms.saturating_mul(1000));
     println!(
         "{at}  {:>6}:{:<6}  {:<18}  {:<20}  {:<16}  {}",
         if r.chain == u16::MAX {

@@ -6,10 +6,25 @@ use std::process::{Child, Command};
 use anyhow::{Context, Result};
 use tracing::info;
 
-use crate::server::{self, ServerOptions};
+use crate as server;
 
-pub fn run(opts: &ServerOptions, agents: usize, slots: Option<u32>) -> Result<()> {
-    let mut opts = opts.clone();
+/// The flags of `hodei up`.
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub server: crate::args::ServerArgs,
+    /// Local agents to start.
+    #[arg(long, default_value_t = 2)]
+    pub agents: usize,
+    /// Slots per agent (default: one per CPU).
+    #[arg(long)]
+    pub slots: Option<u32>,
+}
+
+/// Runs a server and `args.agents` local agents until SIGINT/SIGTERM.
+pub fn run(args: &UpArgs) -> Result<()> {
+    let (agents, slots) = (args.agents, args.slots);
+    let mut opts = args.server.options();
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
     // Absolute, so the paths printed below work from any directory.

@@ -5,13 +5,6 @@
 //! (hdrhistogram), commits/s and jobs/s; then the same with two threads committing at once,
 //! as two shards do (they share fjall's journal). It answers the tuning question "how big
 //! must a group be before fdatasync stops being the limit?".
-//!
-//! The store module is compiled in from the binary's source, so this measures the real
-//! `Store::commit` (the root package has no library target).
-
-#[allow(dead_code, unreachable_pub)]
-#[path = "../src/server/store.rs"]
-mod store;
 
 use std::time::{Duration, Instant};
 
@@ -22,6 +15,7 @@ use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::JobRecord;
 use hodei_core::spec::JobSpec;
 use hodei_core::state::JobState;
+use hodei_server::store;
 use hodei_shards::StoreOp;
 
 const PER_SIZE: Duration = Duration::from_secs(2);

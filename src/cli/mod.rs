@@ -1,4 +1,11 @@
-//! The `hodei job ...` and `hodei worker ...` commands.
+//! The CLI: `hodei job ...` and `hodei worker ...` here, the admin commands in [`admin`],
+//! `hodei events` in [`events`]; each a client of the server ([`client`]), printing what it
+//! answers ([`view`]).
+
+pub mod admin;
+pub mod client;
+pub mod events;
+pub mod view;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,8 +21,7 @@ use hodei_core::spec::{
 use hodei_core::state::JobState;
 use hodei_core::wire::{FromServer, Stream, ToServer};
 
-use crate::client::Client;
-use crate::view;
+use client::Client;
 
 /// Where the server is.
 #[derive(Args, Debug, Clone)]

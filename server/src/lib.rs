@@ -1,13 +1,17 @@
-//! `hodei server`: opens the store, prepares TLS, binds one SO_REUSEPORT socket per shard on
+//! Hodei's server (`hodei server`, and the server half of `hodei up`).
+//!
+//! [`start`] opens the store, prepares TLS, binds one SO_REUSEPORT socket per shard on
 //! the shared port plus a private redirect port per shard, starts one pinned thread per
 //! shard, and on SIGINT/SIGTERM stops accepting, flushes the store and closes connections.
 
+pub mod args;
 mod audit;
 pub mod conn;
 pub mod control;
 mod shard_thread;
 mod stats;
 pub mod store;
+pub mod up;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -10,8 +10,8 @@ use hodei_core::event::{Cursor, Event, EventKind, Subject};
 use hodei_core::ids::JobId;
 use hodei_core::wire::{FromServer, ToServer};
 
-use crate::cli::Target;
-use crate::view;
+use super::Target;
+use super::view;
 
 #[derive(Args, Debug)]
 pub struct EventsArgs {
