@@ -1,0 +1,117 @@
+//! `hodei server`'s command line: its flags, their defaults and their checks, turned into
+//! [`ServerOptions`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::ServerOptions;
+
+/// The flags of `hodei server` (and of the server part of `hodei up`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Where the store, the CA and the certificates live.
+    #[arg(long, default_value = ".hodei")]
+    data_dir: PathBuf,
+    /// UDP address of the QUIC endpoint (shared by all shards).
+    #[arg(long, default_value = "127.0.0.1:7700")]
+    listen: SocketAddr,
+    /// Shards (pinned threads); default one per core.
+    #[arg(long)]
+    shards: Option<usize>,
+    /// Agents heartbeat this often; a connection silent for 3 intervals is dropped.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// An agent silent this long is treated as disconnected (default: 3 heartbeat intervals).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    heartbeat_timeout: Option<Duration>,
+    /// A dropped agent that does not reconnect within this is lost; its jobs are requeued.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    disconnect_grace: Duration,
+    /// After a restart, a job that was on an agent waits this long for it to re-attach.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    reattach_grace: Duration,
+    /// An assignment its agent has not started within this goes back to the queue (at
+    /// least 1s: a prefetching agent reports a job still queued after 300 ms).
+    #[arg(long, default_value = "30s", value_parser = parse_assign_timeout)]
+    assign_timeout: Duration,
+    /// UDP socket receive/send buffer per shard socket, bytes (capped by net.core.rmem_max;
+    /// the kernel default of ~208 KiB drops handshakes when thousands of agents connect). A
+    /// limit, not an allocation: it fills only while a shard is behind.
+    #[arg(long, default_value_t = 16 << 20)]
+    udp_buffer: usize,
+    /// Enable UDP generic segmentation offload (costs ~80 us per round trip on some VMs).
+    #[arg(long)]
+    gso: bool,
+    /// Established connections one source IP may hold per shard (a 10,000-agent load test
+    /// from one host needs about 10,000 / shards).
+    #[arg(long, default_value_t = 16_384)]
+    max_conns_per_ip: u32,
+    /// Handshakes one source IP may have in progress per shard; more are refused at once.
+    #[arg(long, default_value_t = 256)]
+    max_handshakes_per_ip: u32,
+    /// Lifetime of agents' client certificates (they renew at two thirds of it).
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    agent_cert_ttl: Duration,
+    /// Do not pin shard threads to cores (pinning helps when the server has the machine to
+    /// itself; see tuning/README.md for what it did here).
+    #[arg(long)]
+    no_pin: bool,
+    /// Least time between the starts of two store commits of a shard (at most 100ms). 0
+    /// commits each batch as soon as the one before it is on disk. More means fewer,
+    /// larger commits under sustained load, so less CPU per job, and delays every answer,
+    /// assignment and acknowledgement by up to this much on each shard it passes through.
+    /// Only for agents that prefetch (`hodei agent --prefetch`): without a queue on the
+    /// agent, a slot waits for a commit (two across shards) between jobs (tuning/README.md).
+    #[arg(long, default_value = "0s", value_parser = parse_commit_interval)]
+    commit_interval: Duration,
+}
+
+impl ServerArgs {
+    /// The options these flags describe.
+    #[must_use]
+    pub fn options(&self) -> ServerOptions {
+        let shards = self.shards.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+        });
+        let transport = hodei_transport::TransportOptions {
+            gso: self.gso,
+            udp_buffer_bytes: Some(self.udp_buffer),
+            ..Default::default()
+        };
+        ServerOptions {
+            data_dir: self.data_dir.clone(),
+            listen: self.listen,
+            shards,
+            heartbeat: self.heartbeat,
+            heartbeat_timeout: self.heartbeat_timeout.unwrap_or(self.heartbeat * 3),
+            disconnect_grace: self.disconnect_grace,
+            reattach_grace: self.reattach_grace,
+            assign_timeout: self.assign_timeout,
+            transport,
+            pin: !self.no_pin,
+            agent_cert_ttl: self.agent_cert_ttl,
+            limits: crate::conn::Limits {
+                conns_per_ip: self.max_conns_per_ip.max(1),
+                handshakes_per_ip: self.max_handshakes_per_ip.max(1),
+            },
+            commit_interval: self.commit_interval,
+        }
+    }
+}
+
+fn parse_assign_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".to_owned());
+    }
+    Ok(d)
+}
+
+fn parse_commit_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > Duration::from_millis(100) {
+        return Err("must be at most 100ms".to_owned());
+    }
+    Ok(d)
+}
