@@ -3,21 +3,22 @@
 //! Hashed form (`fields`): what [`put_fields`] writes, covered by the hash after the domain
 //! tag (see the `audit` module documentation).
 //!
-//! Stored form, version 2: `2 || at_ms (8 bytes LE) || 5 × (LEB128 length || UTF-8 bytes) ||
-//! hash (32 bytes)`. `chain` and `seq` come from the record's place in the store (its key,
-//! and its index in a block of records) and `prev` is the hash of the record before it, so
-//! they are not stored again: a reader supplies them ([`Position`])
-//! and the hash, which covers them, still catches a record moved, removed or edited. That
-//! takes a record from ~200 to ~125 bytes, and the audit keyspace was the largest one.
-//! Version 1 (`1 || fields || hash`, every field stored) is still read. [`decode`] is fed
-//! untrusted bytes and never panics or over-allocates.
+//! Stored form: `2 || at_ms (8 bytes LE) || 5 × (LEB128 length || UTF-8 bytes) || hash (32
+//! bytes)`, where `2` is the encoding version and each length is in its shortest form.
+//! `chain` and `seq` come from the record's place in the store (its key, and its index in a
+//! block of records) and `prev` is the hash of the record before it, so they are not stored:
+//! a reader supplies them ([`Position`]) and the hash, which covers them, still catches a
+//! record moved, removed or edited. A typical record takes ~125 bytes. [`decode`] accepts
+//! exactly what [`encode`] writes, refuses any other version byte with
+//! [`AuditError::UnknownVersion`], and, being fed untrusted bytes, never panics or
+//! over-allocates.
 
 use super::AuditRecord;
 
-/// The version [`encode`] writes.
+/// The encoding version: the first byte [`encode`] writes and the only one [`decode`] accepts.
 const VERSION: u8 = 2;
 
-/// Where a stored record sits, which a version 2 record does not store: its chain and seq
+/// Where a stored record sits, which the stored form leaves out: its chain and seq
 /// (from its place in the store) and the previous record's hash (all zeros before a
 /// chain's first record).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,8 +41,6 @@ pub enum AuditError {
     TrailingBytes(usize),
     #[error("audit record field {0} has a malformed length")]
     BadLength(&'static str),
-    #[error("audit record of chain {chain} seq {seq} is stored in another place")]
-    Misplaced { chain: u16, seq: u64 },
 }
 
 /// Appends the hashed fields of `r` (everything but the domain tag, version and hash).
@@ -56,14 +55,14 @@ pub(super) fn put_fields(r: &AuditRecord, out: &mut Vec<u8>) {
     }
 }
 
-/// The stored bytes of `r` (version 2).
+/// The stored bytes of `r`.
 pub fn encode(r: &AuditRecord) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + 8 + 32 + r.strings_len());
     encode_into(r, &mut out);
     out
 }
 
-/// Appends the stored bytes of `r` (version 2) to `out`.
+/// Appends the stored bytes of `r` to `out`.
 pub fn encode_into(r: &AuditRecord, out: &mut Vec<u8>) {
     out.push(VERSION);
     out.extend_from_slice(&r.at_ms.to_le_bytes());
@@ -81,52 +80,34 @@ pub fn encode_into(r: &AuditRecord, out: &mut Vec<u8>) {
     out.extend_from_slice(&r.hash);
 }
 
-/// Parses stored bytes found at `at`. Does not check the hash: that is
-/// [`super::verify`]'s job. A version 1 record carries its own chain, seq and prev; its chain
-/// and seq must be `at`'s.
+/// Parses stored bytes found at `at`, which gives the record its chain, seq and prev. Does
+/// not check the hash: that is [`super::verify()`]'s job.
 pub fn decode(bytes: &[u8], at: &Position) -> Result<AuditRecord, AuditError> {
     let mut rd = Reader(bytes);
     let version = rd.array::<1>("version")?[0];
-    let (chain, seq, prev, at_ms) = match version {
-        1 => {
-            let prev = rd.array::<32>("prev")?;
-            let chain = u16::from_le_bytes(rd.array("chain")?);
-            let seq = u64::from_le_bytes(rd.array("seq")?);
-            // Its own place must be where it was found: a resumed chain takes its next seq
-            // from the last record, and must not overwrite one.
-            if (chain, seq) != (at.chain, at.seq) {
-                return Err(AuditError::Misplaced { chain, seq });
-            }
-            (chain, seq, prev, u64::from_le_bytes(rd.array("at_ms")?))
-        }
-        2 => (
-            at.chain,
-            at.seq,
-            at.prev,
-            u64::from_le_bytes(rd.array("at_ms")?),
-        ),
-        v => return Err(AuditError::UnknownVersion(v)),
-    };
-    let compact = version == 2;
-    let actor = rd.string("actor", compact)?;
-    let action = rd.string("action", compact)?;
-    let subject = rd.string("subject", compact)?;
-    let correlation_id = rd.string("correlation_id", compact)?;
-    let detail = rd.string("detail", compact)?;
+    if version != VERSION {
+        return Err(AuditError::UnknownVersion(version));
+    }
+    let at_ms = u64::from_le_bytes(rd.array("at_ms")?);
+    let actor = rd.string("actor")?;
+    let action = rd.string("action")?;
+    let subject = rd.string("subject")?;
+    let correlation_id = rd.string("correlation_id")?;
+    let detail = rd.string("detail")?;
     let hash = rd.array::<32>("hash")?;
     if !rd.0.is_empty() {
         return Err(AuditError::TrailingBytes(rd.0.len()));
     }
     Ok(AuditRecord {
-        chain,
-        seq,
+        chain: at.chain,
+        seq: at.seq,
         at_ms,
         actor,
         action,
         subject,
         correlation_id,
         detail,
-        prev,
+        prev: at.prev,
         hash,
     })
 }
@@ -175,12 +156,9 @@ impl<'a> Reader<'a> {
         Err(AuditError::BadLength(field))
     }
 
-    fn string(&mut self, field: &'static str, compact: bool) -> Result<String, AuditError> {
-        let len = if compact {
-            self.varint(field)?
-        } else {
-            u64::from_le_bytes(self.array(field)?)
-        };
+    /// A string: its LEB128 length, then that many bytes of UTF-8.
+    fn string(&mut self, field: &'static str) -> Result<String, AuditError> {
+        let len = self.varint(field)?;
         let bytes = self.take(len, field)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| AuditError::NotUtf8(field))
     }

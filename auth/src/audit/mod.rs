@@ -19,9 +19,9 @@
 //!
 //! # Storage and JSON
 //!
-//! [`encode`]/[`decode`] store a compact form that leaves out what the record's place
-//! gives (chain, seq, prev) and is read back with that place (see [`codec`]). With serde (for JSON exports) `prev` and `hash` are 64-character
-//! lowercase hex strings.
+//! [`encode`]/[`decode`] store a compact form that leaves out what the record's place gives
+//! (chain, seq, prev) and is read back with that place (see [`codec`]). With serde (for JSON
+//! exports) `prev` and `hash` are 64-character lowercase hex strings.
 
 mod codec;
 mod verify;
