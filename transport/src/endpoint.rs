@@ -7,6 +7,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -28,7 +29,8 @@ pub struct TransportOptions {
     /// handshake with an absent server waits. Zero disables (not recommended).
     pub idle_timeout: Duration,
     /// `SO_RCVBUF`/`SO_SNDBUF` for sockets made by [`bind_reuseport`]; `None` keeps the
-    /// system default. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
+    /// system default. The kernel caps it at `net.core.rmem_max`/`wmem_max`; the first
+    /// socket it caps in a process logs one info line saying so.
     pub udp_buffer_bytes: Option<usize>,
     /// Ask the peer to delay its ACKs up to this long, or until more than 16 packets arrived
     /// (QUIC ACK-frequency extension), so a server does not answer every small heartbeat with
@@ -136,6 +138,58 @@ impl TransportOptions {
     }
 }
 
+/// Whether [`bind_reuseport`] has already said that the kernel capped its buffers: the
+/// sentence is the same for every shard's socket, so it is said once per process.
+static BUFFER_NOTICE_GIVEN: AtomicBool = AtomicBool::new(false);
+
+/// The buffer size a socket was granted, from what `getsockopt` reports: Linux doubles the
+/// size it grants (the extra is its bookkeeping) and reports the doubled figure.
+fn granted(reported: usize) -> usize {
+    if cfg!(target_os = "linux") {
+        reported / 2
+    } else {
+        reported
+    }
+}
+
+/// The UDP buffer size asked for and what the kernel granted each direction.
+struct BufferCaps {
+    requested: usize,
+    recv: Option<usize>,
+    send: Option<usize>,
+}
+
+impl BufferCaps {
+    /// One plain sentence when the kernel granted less than asked, naming the sysctl that
+    /// caps it; `None` when nothing was capped.
+    fn notice(&self) -> Option<String> {
+        let capped = |got: Option<usize>| got.filter(|g| *g < self.requested);
+        let (recv, send) = (capped(self.recv), capped(self.send));
+        let (size, sysctl) = match (recv, send) {
+            (None, None) => return None,
+            (Some(r), None) => (r, "net.core.rmem_max"),
+            (None, Some(s)) => (s, "net.core.wmem_max"),
+            (Some(r), Some(s)) => (r.min(s), "net.core.rmem_max and net.core.wmem_max"),
+        };
+        Some(format!(
+            "UDP socket buffers are capped at {} by {sysctl}, below the {} asked for; run `hodei-tuning` for advice",
+            size_text(size),
+            size_text(self.requested)
+        ))
+    }
+}
+
+/// `16 MiB`, `208 KiB`, or bytes when smaller than a KiB.
+fn size_text(bytes: usize) -> String {
+    if bytes >= 1 << 20 && bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else if bytes >= 1 << 10 {
+        format!("{} KiB", bytes >> 10)
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
 /// A nonblocking UDP socket bound to `addr` with `SO_REUSEPORT`, so several shards can bind
 /// the same port, and with the buffer sizes of `opts.udp_buffer_bytes` if set.
 ///
@@ -157,15 +211,16 @@ pub fn bind_reuseport(addr: SocketAddr, opts: &TransportOptions) -> std::io::Res
         socket
             .set_send_buffer_size(bytes)
             .map_err(|e| context("setting SO_SNDBUF on", e))?;
-        // The kernel silently caps the size (and reports double what it grants).
-        if let Ok(got) = socket.recv_buffer_size()
-            && got < bytes
+        // The kernel caps the sizes silently: say so once per process, not per socket.
+        let capped = BufferCaps {
+            requested: bytes,
+            recv: socket.recv_buffer_size().ok().map(granted),
+            send: socket.send_buffer_size().ok().map(granted),
+        };
+        if let Some(notice) = capped.notice()
+            && !BUFFER_NOTICE_GIVEN.swap(true, Ordering::Relaxed)
         {
-            tracing::warn!(
-                requested = bytes,
-                granted = got,
-                "SO_RCVBUF capped by net.core.rmem_max"
-            );
+            tracing::info!("{notice}");
         }
     }
     socket
@@ -281,5 +336,64 @@ fn classify(addr: SocketAddr, e: quinn::ConnectionError) -> TransportError {
             addr,
             reason: other.to_string(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{BufferCaps, TransportOptions, bind_reuseport, size_text};
+
+    #[test]
+    fn sizes_read_as_an_operator_writes_them() {
+        assert_eq!(size_text(16 << 20), "16 MiB");
+        assert_eq!(size_text(212_992), "208 KiB");
+        assert_eq!(size_text(512), "512 bytes");
+    }
+
+    #[test]
+    fn the_notice_names_only_the_sysctls_that_capped() {
+        let caps = |recv, send| BufferCaps {
+            requested: 16 << 20,
+            recv,
+            send,
+        };
+        assert_eq!(caps(Some(16 << 20), Some(16 << 20)).notice(), None);
+        assert_eq!(caps(None, None).notice(), None);
+        assert_eq!(
+            caps(Some(212_992), Some(16 << 20)).notice().as_deref(),
+            Some(
+                "UDP socket buffers are capped at 208 KiB by net.core.rmem_max, below the 16 MiB asked for; run `hodei-tuning` for advice"
+            )
+        );
+        let both = caps(Some(4 << 20), Some(212_992))
+            .notice()
+            .unwrap_or_default();
+        assert!(
+            both.contains("at 208 KiB by net.core.rmem_max and net.core.wmem_max"),
+            "{both}"
+        );
+    }
+
+    /// A size under the kernel's caps is granted as asked (no notice), so the halving of what
+    /// Linux reports is right; 64 KiB is below every distribution's default cap.
+    #[test]
+    fn a_buffer_below_the_cap_is_granted_as_asked() -> std::io::Result<()> {
+        let opts = TransportOptions {
+            udp_buffer_bytes: Some(64 << 10),
+            ..TransportOptions::default()
+        };
+        let socket = socket2::Socket::from(bind_reuseport(
+            "127.0.0.1:0".parse().map_err(std::io::Error::other)?,
+            &opts,
+        )?);
+        let caps = BufferCaps {
+            requested: 64 << 10,
+            recv: Some(super::granted(socket.recv_buffer_size()?)),
+            send: Some(super::granted(socket.send_buffer_size()?)),
+        };
+        assert_eq!(caps.recv, Some(64 << 10));
+        assert_eq!(caps.send, Some(64 << 10));
+        assert_eq!(caps.notice(), None);
+        Ok(())
     }
 }

@@ -13,8 +13,9 @@
 //!   messages of [`hodei_core::wire`] over QUIC streams; nothing a peer sends can panic them.
 //! - [`datagram`]: one such message in a QUIC datagram (agents' heartbeats).
 //!
-//! The crate is runtime-light: it needs a tokio runtime only where quinn does (endpoints), and
-//! holds no global state.
+//! The crate is runtime-light: it needs a tokio runtime only where quinn does (endpoints). Its
+//! only global state is a flag that keeps the notice about kernel-capped UDP buffers to one
+//! line per process.
 
 pub mod datagram;
 pub mod endpoint;
