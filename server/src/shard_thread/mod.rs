@@ -15,58 +15,25 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hodei_core::event::{Event, EventKind, Subject};
-use hodei_core::ids::JobId;
 use hodei_core::time::wall_now;
-use hodei_core::wire::{FromAgent, ToAgent, ToServer};
-use hodei_shards::{ConnId, Effects, Reply, ReqId, Shard, ShardMsg, StoreOp};
+use hodei_core::wire::{FromAgent, ToServer};
+use hodei_shards::{ConnId, Effects, Reply, ReqId, Shard, StoreOp};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
+
+mod input;
+
+mod release;
+
+use release::{has_writes, log_event, note_events, release, writes_to};
+pub use input::{AgentMsg, AgentOpen, AgentOut, ClientRequest, Input};
 
 use super::audit::ShardAudit;
 use super::control::Control;
-use super::store::Store;
+use super::store::{Committer, Store};
 
 /// A commit this slow is logged (with its size).
 const SLOW_COMMIT: Duration = Duration::from_millis(50);
-
-/// Inputs of a shard's loop, from its own tasks and from other shards.
-#[derive(Debug)]
-pub enum Input {
-    /// A new agent connection, who it is (the actor in the audit log) and the channel to
-    /// its writer.
-    AgentOpen(ConnId, String, UnboundedSender<AgentOut>),
-    /// A message from an agent, and when its connection's task decoded it.
-    Agent(ConnId, FromAgent, std::time::Instant),
-    /// An agent connection ended.
-    AgentClosed(ConnId),
-    /// A client request, who made it (the token's name), and where its replies go.
-    Client(ReqId, ToServer, String, UnboundedSender<(Reply, bool)>),
-    /// Messages from another shard, in order.
-    Shard(Vec<ShardMsg>),
-    /// An agent identity was revoked: close its connections now.
-    Revoke(String),
-    /// Stop: close endpoints, flush, exit.
-    Shutdown,
-}
-
-/// What an agent connection's writer task is told. The message is boxed: an unbounded
-/// channel allocates its first block of 32 slots when created, and with the message inline
-/// (360 bytes) that was 11.5 KiB held by every idle agent connection; boxed (8 bytes a
-/// slot), it is about 300 bytes, for one small allocation per message sent.
-#[derive(Debug)]
-pub enum AgentOut {
-    Msg(Box<ToAgent>),
-    Close,
-}
-
-/// A batch being committed, and the messages that wait for it.
-struct InFlight {
-    commit: tokio::task::JoinHandle<Result<()>>,
-    /// Its writes (shared with the commit): read to tell whether a read depends on them.
-    ops: Arc<Vec<StoreOp>>,
-    msgs: Effects,
-}
 
 /// Everything a shard thread needs, built by the server before the threads start.
 pub struct ShardSetup {
@@ -149,21 +116,20 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     // and a batch is committed only after the one before it, so nothing leaves before what
     // it depends on is on disk, and under load batches grow instead of queueing fsyncs.
     let mut pending = Effects::default();
-    let mut in_flight: Option<InFlight> = None;
     // With `--commit-interval`, a batch waits until then to start its commit, so that under
     // sustained load there are fewer, larger commits.
-    let mut next_commit = tokio::time::Instant::now();
+    let mut committer: Committer<Effects> = Committer::new(store, commit_interval);
     let mut running = true;
-    while running || in_flight.is_some() || !pending.is_empty() {
+    while running || committer.busy() || !pending.is_empty() {
         let sleep_until = shard.poll_timeout().map(|t| {
             let delta = t.saturating_sub(wall_now());
             tokio::time::Instant::now() + Duration::from_micros(delta)
         });
         // A batch held back by the interval (below) is committed when it is over, even if
         // no input comes.
-        let commit_at = (running && in_flight.is_none() && !pending.is_empty()).then(|| {
+        let commit_at = (running && !committer.busy() && !pending.is_empty()).then(|| {
             if has_writes(&pending, &audit) {
-                next_commit
+                committer.next_start()
             } else {
                 tokio::time::Instant::now()
             }
@@ -178,14 +144,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     None => std::future::pending().await,
                 }
             }, if running => {}
-            r = async {
-                match in_flight.as_mut() {
-                    Some(f) => (&mut f.commit).await,
-                    None => std::future::pending().await,
-                }
-            } => committed = Some(r),
+            r = committer.finished() => committed = Some(r),
             // Shutting down with nothing in flight: commit what is left (below).
-            () = std::future::ready(()), if !running && in_flight.is_none() => {}
+            () = std::future::ready(()), if !running && !committer.busy() => {}
             () = async {
                 match commit_at {
                     Some(t) => tokio::time::sleep_until(t).await,
@@ -194,37 +155,33 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             } => {}
         }
         if let Some(r) = committed {
-            let Some(done) = in_flight.take() else {
-                continue;
-            };
-            let ok = match r {
-                Ok(Ok(())) => {
-                    for op in done.ops.iter() {
-                        if let StoreOp::PutEvent(e) = op {
-                            log_event(e);
-                        }
-                    }
-                    true
-                }
-                Ok(Err(e)) => {
+            let done = match r {
+                Ok(done) => done,
+                Err(e) => {
                     error!(
                         shard = index,
                         "{e:#}; stopping the shard: nothing of this batch was acknowledged"
                     );
-                    false
-                }
-                Err(e) => {
-                    error!(
-                        shard = index,
-                        "store commit task failed: {e}; stopping the shard"
-                    );
-                    false
+                    running = false;
+                    pending = Effects::default();
+                    continue;
                 }
             };
-            if !ok {
-                running = false;
-                pending = Effects::default();
-                continue;
+            // Everything the batch answers waited for this: a slow disk shows here first.
+            control.stats.commit(done.took);
+            if done.took >= SLOW_COMMIT {
+                warn!(
+                    shard = index,
+                    ms = done.took.as_millis(),
+                    ops = done.ops.len(),
+                    audit = done.audit,
+                    "slow store commit"
+                );
+            }
+            for op in done.ops.iter() {
+                if let StoreOp::PutEvent(e) = op {
+                    log_event(e);
+                }
             }
             release(
                 done.msgs,
@@ -255,17 +212,17 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         for input in inputs {
             let mark = fx.persists.len();
             let actor = match &input {
-                Input::AgentOpen(conn, who, w) => {
-                    writers.insert(*conn, w.clone());
-                    agents.insert(*conn, Rc::from(who.as_str()));
+                Input::AgentOpen(open) => {
+                    writers.insert(open.conn, open.writer.clone());
+                    agents.insert(open.conn, Rc::from(open.actor.as_str()));
                     continue;
                 }
-                Input::Agent(conn, ..) | Input::AgentClosed(conn) => agents
+                Input::Agent(AgentMsg { conn, .. }) | Input::AgentClosed(conn) => agents
                     .get(conn)
                     .map_or_else(|| Rc::from("agent"), Rc::clone),
-                Input::Client(_, body, who, _) => {
-                    audit.call(now / 1000, who, body);
-                    Rc::from(who.as_str())
+                Input::Client(c) => {
+                    audit.call(now / 1000, &c.actor, &c.body);
+                    Rc::from(c.actor.as_str())
                 }
                 Input::Revoke(identity) => {
                     for (conn, who) in &agents {
@@ -281,7 +238,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             };
             match input {
                 Input::AgentOpen(..) | Input::Revoke(_) => {}
-                Input::Agent(conn, msg, decoded) => {
+                Input::Agent(AgentMsg { conn, msg, decoded }) => {
                     let heartbeat = matches!(msg, FromAgent::Heartbeat { .. });
                     shard.handle_agent(now, conn, msg, &mut fx);
                     if heartbeat {
@@ -293,7 +250,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     agents.remove(&conn);
                     shard.handle_agent_closed(now, conn, &mut fx);
                 }
-                Input::Client(req, body, _, reply) => {
+                Input::Client(ClientRequest {
+                    req, body, reply, ..
+                }) => {
                     clients.insert(req, reply);
                     let read = match &body {
                         ToServer::GetJob { job } => Some(*job),
@@ -310,7 +269,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                         let unwritten = [&fx.persists, &pending.persists]
                             .into_iter()
                             .flat_map(|ops| ops.iter())
-                            .chain(in_flight.iter().flat_map(|f| f.ops.iter()));
+                            .chain(committer.unwritten());
                         if !writes_to(unwritten, job) {
                             let now_fx = Effects {
                                 reply: fx.reply.split_off(mark),
@@ -337,7 +296,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             note_events(&mut audit, &fx, mark, "server");
         }
         pending.append(&mut fx);
-        if in_flight.is_some() || pending.is_empty() {
+        if committer.busy() || pending.is_empty() {
             continue;
         }
         if !has_writes(&pending, &audit) {
@@ -350,38 +309,19 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             }
             continue;
         }
-        let now = tokio::time::Instant::now();
-        if running && now < next_commit {
+        if running && tokio::time::Instant::now() < committer.next_start() {
             // Too soon after the last commit started: `commit_at` wakes the loop for it.
             continue;
         }
-        next_commit = now + commit_interval;
         let mut msgs = std::mem::take(&mut pending);
-        let ops = Arc::new(std::mem::take(&mut msgs.persists));
+        let ops = std::mem::take(&mut msgs.persists);
         let records = std::mem::take(&mut audit.pending);
-        let store = store.clone();
-        let control = Arc::clone(&control);
-        in_flight = Some(InFlight {
-            ops: Arc::clone(&ops),
-            commit: tokio::task::spawn_blocking(move || {
-                let t = std::time::Instant::now();
-                let r = store.commit(&ops, &records);
-                // Everything the batch answers waits for this: a slow disk shows here first.
-                let took = t.elapsed();
-                control.stats.commit(took);
-                if took >= SLOW_COMMIT {
-                    warn!(
-                        shard = index,
-                        ms = took.as_millis(),
-                        ops = ops.len(),
-                        audit = records.len(),
-                        "slow store commit"
-                    );
-                }
-                r
-            }),
-            msgs,
-        });
+        if committer.start(ops, records, msgs).is_err() {
+            error!(
+                shard = index,
+                "a batch was started while another was in flight"
+            );
+        }
     }
     info!(shard = index, "shard stopping: closing connections");
     for w in writers.values() {
@@ -399,162 +339,3 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     Ok(())
 }
 
-fn release(
-    turn: Effects,
-    writers: &HashMap<ConnId, UnboundedSender<AgentOut>>,
-    clients: &mut HashMap<ReqId, UnboundedSender<(Reply, bool)>>,
-    peers: &[UnboundedSender<Input>],
-    gone: &mut Vec<ReqId>,
-    control: &Control,
-) {
-    for (conn, mut msg) in turn.agent {
-        if let Some(w) = writers.get(&conn) {
-            // Secret values join an assignment only here, as it leaves for its agent.
-            if let ToAgent::Assign { spec, secrets, .. } = &mut msg
-                && !spec.secrets.is_empty()
-            {
-                *secrets = control.secret_values(&spec.secrets);
-            }
-            let _ = w.send(AgentOut::Msg(Box::new(msg)));
-        }
-    }
-    for conn in turn.close {
-        if let Some(w) = writers.get(&conn) {
-            let _ = w.send(AgentOut::Close);
-        }
-    }
-    // One channel message per destination shard per turn: cross-core wake-ups are costly.
-    let mut per_shard: HashMap<usize, Vec<ShardMsg>> = HashMap::new();
-    for (to, msg) in turn.shard {
-        per_shard.entry(to).or_default().push(msg);
-    }
-    for (to, msgs) in per_shard {
-        if let Some(p) = peers.get(to) {
-            let _ = p.send(Input::Shard(msgs));
-        }
-    }
-    for (req, reply, last) in turn.reply {
-        if let Some(c) = clients.get(&req)
-            && c.send((reply, last)).is_err()
-        {
-            gone.push(req);
-        }
-        if last {
-            clients.remove(&req);
-        }
-    }
-}
-
-/// Whether a batch has anything to commit: store writes or audit records.
-fn has_writes(pending: &Effects, audit: &ShardAudit) -> bool {
-    !pending.persists.is_empty() || !audit.pending.is_empty()
-}
-
-/// Whether any of `ops` writes to `job` (its record, its output or its events). The early
-/// answer to `GetJob` relies on every change the shard makes to a job's stored record
-/// going out with a write of it; a field changed in memory alone (`not_before` cleared
-/// when a retry's backoff ends) is one the shard rebuilds from the stored record anyway.
-fn writes_to<'a>(mut ops: impl Iterator<Item = &'a StoreOp>, job: JobId) -> bool {
-    ops.any(|op| op.job() == Some(job))
-}
-
-/// Audit records for the events the shard stored from `fx.persists[from..]`.
-fn note_events(audit: &mut ShardAudit, fx: &Effects, from: usize, actor: &str) {
-    for op in fx.persists.get(from..).unwrap_or_default() {
-        if let StoreOp::PutEvent(e) = op {
-            audit.event(actor, e);
-        }
-    }
-}
-
-/// One log line per durable event; a job's lines carry its correlation id.
-fn log_event(e: &Event) {
-    let reason = e.reason.as_deref().unwrap_or("");
-    match (&e.subject, &e.kind) {
-        (
-            Subject::Job(job),
-            EventKind::Job {
-                state,
-                attempt,
-                worker,
-            },
-        ) => {
-            let worker = worker.map(|w| w.to_string()).unwrap_or_default();
-            debug!(%job, cid = %e.correlation_id, %state, attempt = attempt.0, %worker, reason, "job state");
-        }
-        (Subject::Job(job), EventKind::StaleReport { attempt, worker }) => {
-            info!(%job, cid = %e.correlation_id, attempt = attempt.0, %worker, "stale report ignored (fenced)");
-        }
-        (Subject::Worker(worker), EventKind::Worker { state }) => {
-            info!(%worker, %state, reason, "worker state")
-        }
-        _ => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use hodei_core::ids::{Attempt, WorkerId};
-    use hodei_core::job::JobRecord;
-    use hodei_core::spec::JobSpec;
-    use hodei_core::state::{JobState, WorkerState};
-
-    use super::*;
-
-    fn event(subject: Subject, kind: EventKind) -> StoreOp {
-        StoreOp::PutEvent(Event {
-            shard: 0,
-            seq: 1,
-            at: 0,
-            subject,
-            correlation_id: String::new(),
-            kind,
-            reason: None,
-        })
-    }
-
-    /// A read waits for the commit exactly when one of the job's own writes (record, output
-    /// or event) is not on disk yet; other jobs' and workers' writes do not hold it.
-    #[test]
-    fn a_read_waits_only_for_writes_to_its_job() {
-        let job = JobId::new(0, 1, 7);
-        let other = JobId::new(0, 1, 8);
-        let worker = WorkerId::new(0, 1, 1);
-        let unrelated = [
-            StoreOp::PutJob(JobRecord::new(other, JobSpec::exec("true", &[]), 0)),
-            event(
-                Subject::Worker(worker),
-                EventKind::Worker {
-                    state: WorkerState::Ready,
-                },
-            ),
-            StoreOp::PutOutput {
-                job: other,
-                attempt: Attempt(1),
-                offset: 0,
-                chunks: Vec::new(),
-            },
-        ];
-        assert!(!writes_to(unrelated.iter(), job));
-        let own = [
-            StoreOp::PutJob(JobRecord::new(job, JobSpec::exec("true", &[]), 0)),
-            StoreOp::PutOutput {
-                job,
-                attempt: Attempt(1),
-                offset: 0,
-                chunks: Vec::new(),
-            },
-            event(
-                Subject::Job(job),
-                EventKind::Job {
-                    state: JobState::Running,
-                    attempt: Attempt(1),
-                    worker: Some(worker),
-                },
-            ),
-        ];
-        for op in &own {
-            assert!(writes_to(unrelated.iter().chain([op]), job), "{op:?}");
-        }
-    }
-}
