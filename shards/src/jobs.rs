@@ -1,27 +1,27 @@
-//! The owner's side of a job: client requests, reports from workers, final states.
+//! The owner's side of a job: client requests (routed to the shard that owns what they are
+//! about, or fanned out to every shard), and the answers its final state owes.
 
-use std::cmp::Reverse;
-
-use hodei_core::ids::{Attempt, JobId, WorkerId};
+use hodei_core::ids::JobId;
 use hodei_core::job::JobRecord;
-use hodei_core::spec::{JobSpec, RetryOn};
+use hodei_core::spec::JobSpec;
 use hodei_core::state::JobState;
 use hodei_core::time::Micros;
 use hodei_core::wire::{ErrorKind, FromServer, ToAgent, ToServer};
 
-use crate::comm::{Comm, Reply, Report, ReqId, ShardMsg, StoreOp};
+use crate::comm::{Comm, Reply, ReqId, ShardMsg, StoreOp};
+use crate::job_table::{Job, JobTable};
 use crate::lifecycle::key_shard;
-use crate::shard::{Gather, Job, Shard, Timer};
+use crate::shard::Shard;
 
 fn error(kind: ErrorKind, message: String) -> Reply {
     Reply::Msg(FromServer::Error { kind, message })
 }
 
-fn not_found(job: JobId) -> Reply {
+pub(crate) fn not_found(job: JobId) -> Reply {
     error(ErrorKind::NotFound, format!("job {job} does not exist"))
 }
 
-fn job_reply(rec: &JobRecord) -> Reply {
+pub(crate) fn job_reply(rec: &JobRecord) -> Reply {
     Reply::Msg(FromServer::Job(Box::new(rec.clone())))
 }
 
@@ -82,12 +82,11 @@ impl Shard {
     /// The driver found a client's reply channel closed (it disconnected): forget its
     /// event subscriptions on every shard. (Log followers and waiters end with their job.)
     pub fn handle_client_gone(&mut self, req: ReqId, comm: &mut impl Comm) {
-        if self.event_streams.remove(&req).is_none() {
+        if !self.subs.close_event_stream(req) {
             return;
         }
         let origin = self.cfg.index;
-        self.event_followers
-            .retain(|(o, r, _)| (*o, *r) != (origin, req));
+        self.subs.unfollow_events(origin, req);
         for s in (0..self.cfg.shards).filter(|s| *s != origin) {
             comm.send_shard(s, ShardMsg::ClientGone { origin, req });
         }
@@ -96,19 +95,10 @@ impl Shard {
     /// Requests every shard answers a part of.
     fn fan_out(&mut self, now: Micros, req: ReqId, body: ToServer, comm: &mut impl Comm) {
         match &body {
-            ToServer::Events { .. } => {
-                self.event_streams.insert(req, self.cfg.shards);
-            }
+            ToServer::Events { .. } => self.subs.open_event_stream(req, self.cfg.shards),
             _ => {
                 let is_workers = matches!(body, ToServer::ListWorkers);
-                self.gathers.insert(
-                    req,
-                    Gather {
-                        missing: self.cfg.shards,
-                        is_workers,
-                        ..Gather::default()
-                    },
-                );
+                self.subs.open_listing(req, self.cfg.shards, is_workers);
             }
         }
         for s in (0..self.cfg.shards).filter(|s| *s != self.cfg.index) {
@@ -155,9 +145,9 @@ impl Shard {
                 .policy
                 .idempotency_key
                 .as_ref()
-                .and_then(|k| self.idem.get(k))
+                .and_then(|k| self.jobs.by_key(k))
             {
-                ids.push(*existing);
+                ids.push(existing);
                 continue;
             }
             let id = self.create(spec, None, comm);
@@ -175,9 +165,9 @@ impl Shard {
         if open {
             // Counted before any answer: a job already final (an idempotent resubmit) is
             // answered at once and counts down like the others.
-            self.wait_groups.insert((origin, req), waiting.len());
+            self.subs.open_wait_group(origin, req, waiting.len());
             for id in waiting {
-                match self.jobs.get_mut(&id) {
+                match self.jobs.get_mut(id) {
                     Some(j) if !j.rec.state.is_final() => j.waiters.push((origin, req)),
                     Some(j) => {
                         let reply = job_reply(&j.rec);
@@ -197,26 +187,18 @@ impl Shard {
         retry_of: Option<JobId>,
         comm: &mut impl Comm,
     ) -> JobId {
-        let id = self.mint_job();
+        let id = self.jobs.mint(self.index_u8(), self.cfg.epoch);
         if spec.policy.correlation_id.is_empty() {
             spec.policy.correlation_id = format!("{:016x}", id.0 ^ self.now.rotate_left(17));
         }
         if let Some(k) = &spec.policy.idempotency_key {
-            self.idem.insert(k.clone(), id);
+            self.jobs.remember_key(k.clone(), id);
         }
         let mut rec = JobRecord::new(id, spec, self.now);
         rec.retry_of = retry_of;
         comm.persist(StoreOp::PutJob(rec.clone()));
         let prio = rec.spec.priority;
-        self.jobs.insert(
-            id,
-            Box::new(Job {
-                rec,
-                claim_deadline: None,
-                waiters: Vec::new(),
-                followers: Vec::new(),
-            }),
-        );
+        self.jobs.insert(Job::new(rec));
         self.enqueue(id, prio);
         self.arm_job_timers(id);
         self.job_event(id, retry_of.map(|j| format!("retry of {j}")), comm);
@@ -233,34 +215,9 @@ impl Shard {
         comm: &mut impl Comm,
     ) {
         if origin == self.cfg.index {
-            self.forward_reply(req, reply, last, comm);
+            self.subs.forward_reply(req, reply, last, comm);
         } else {
             comm.send_shard(origin, ShardMsg::Reply { req, reply, last });
-        }
-    }
-
-    /// At the client's shard: a fanned-out stream ends when every shard's part has.
-    pub(crate) fn forward_reply(
-        &mut self,
-        req: ReqId,
-        reply: Reply,
-        last: bool,
-        comm: &mut impl Comm,
-    ) {
-        let Some(left) = self.event_streams.get_mut(&req) else {
-            comm.reply(req, reply, last);
-            return;
-        };
-        let is_end = matches!(reply, Reply::Msg(FromServer::LogEnd));
-        if !is_end {
-            comm.reply(req, reply, false);
-        }
-        if last {
-            *left = left.saturating_sub(1);
-            if *left == 0 {
-                self.event_streams.remove(&req);
-                comm.reply(req, Reply::Msg(FromServer::LogEnd), true);
-            }
         }
     }
 
@@ -287,12 +244,11 @@ impl Shard {
                 self.on_part(origin, req, jobs, Vec::new(), comm);
             }
             ToServer::ListWorkers => {
-                let workers = self.worker_infos();
+                let workers = self.workers.infos();
                 self.on_part(origin, req, Vec::new(), workers, comm);
             }
             ToServer::Events { since, job, follow } => {
-                #[allow(clippy::cast_possible_truncation)]
-                let shard = self.cfg.index as u8;
+                let shard = self.index_u8();
                 let after = since.get(self.cfg.index).copied().unwrap_or(0);
                 let stored = Reply::StoredEvents {
                     shard,
@@ -302,19 +258,19 @@ impl Shard {
                 };
                 self.reply_to(origin, req, stored, !follow, comm);
                 if follow {
-                    self.event_followers.push((origin, req, job));
+                    self.subs.follow_events(origin, req, job);
                 }
             }
             ToServer::GetJob { job } => {
                 let reply = self
                     .jobs
-                    .get(&job)
+                    .get(job)
                     .map_or_else(|| not_found(job), |j| job_reply(&j.rec));
                 self.reply_to(origin, req, reply, true, comm);
             }
             ToServer::Cancel { job } => self.cancel(origin, req, job, comm),
             ToServer::Retry { job } => {
-                let Some(j) = self.jobs.get(&job) else {
+                let Some(j) = self.jobs.get(job) else {
                     self.reply_to(origin, req, not_found(job), true, comm);
                     return;
                 };
@@ -358,7 +314,7 @@ impl Shard {
                 self.reply_to(origin, req, error(ErrorKind::Invalid, msg), true, comm);
             }
             ToServer::Logs { job, follow } => {
-                let Some(j) = self.jobs.get_mut(&job) else {
+                let Some(j) = self.jobs.get_mut(job) else {
                     self.reply_to(origin, req, not_found(job), true, comm);
                     return;
                 };
@@ -376,7 +332,7 @@ impl Shard {
                     self.reply_to(origin, req, Reply::Msg(FromServer::LogEnd), true, comm);
                 }
             }
-            ToServer::Wait { job } => match self.jobs.get_mut(&job) {
+            ToServer::Wait { job } => match self.jobs.get_mut(job) {
                 None => self.reply_to(origin, req, not_found(job), true, comm),
                 Some(j) if j.rec.state.is_final() => {
                     let reply = job_reply(&j.rec);
@@ -400,53 +356,37 @@ impl Shard {
             comm.send_shard(origin, ShardMsg::Part { req, jobs, workers });
             return;
         }
-        let Some(g) = self.gathers.get_mut(&req) else {
-            return;
-        };
-        g.missing = g.missing.saturating_sub(1);
-        g.jobs.extend(jobs);
-        g.workers.extend(workers);
-        if g.missing > 0 {
-            return;
+        if let Some(msg) = self.subs.add_part(req, jobs, workers) {
+            comm.reply(req, Reply::Msg(msg), true);
         }
-        let Some(mut g) = self.gathers.remove(&req) else {
-            return;
-        };
-        let msg = if g.is_workers {
-            g.workers.sort_by_key(|w| w.id);
-            FromServer::Workers(g.workers)
-        } else {
-            g.jobs.sort_by_key(|j| (j.created_at, j.id));
-            FromServer::Jobs(g.jobs)
-        };
-        comm.reply(req, Reply::Msg(msg), true);
     }
 
     fn cancel(&mut self, origin: usize, req: ReqId, id: JobId, comm: &mut impl Comm) {
         let now = self.now;
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.get_mut(id) else {
             self.reply_to(origin, req, not_found(id), true, comm);
             return;
         };
         let before = job.rec.state;
         if !before.is_final() && before.can_transition_to(JobState::Cancelled) {
-            let waiting_retry = job.rec.not_before.take().is_some();
+            let queued = JobTable::is_queued(&job.rec);
+            job.rec.not_before = None;
             job.rec.state = JobState::Cancelled;
             job.rec.finished_at = Some(now);
             job.rec.error = Some("cancelled by request".to_owned());
             job.claim_deadline = None;
             comm.persist(StoreOp::PutJob(job.rec.clone()));
-            if before == JobState::Pending && !waiting_retry {
-                self.pending = self.pending.saturating_sub(1);
+            let (worker, attempt) = (job.rec.worker, job.rec.attempt);
+            if queued {
+                self.jobs.dequeued();
             }
-            if let (true, Some(w)) = (before.is_on_worker(), job.rec.worker) {
-                let attempt = job.rec.attempt;
+            if let (true, Some(w)) = (before.is_on_worker(), worker) {
                 self.send_worker(w, ToAgent::Cancel { job: id, attempt }, comm);
             }
             self.job_event(id, Some("cancelled by request".to_owned()), comm);
             self.finished(id, comm);
         }
-        if let Some(j) = self.jobs.get(&id) {
+        if let Some(j) = self.jobs.get(id) {
             let reply = job_reply(&j.rec);
             self.reply_to(origin, req, reply, true, comm);
         }
@@ -454,7 +394,7 @@ impl Shard {
 
     /// Tells waiters and followers that a job reached its final state.
     pub(crate) fn finished(&mut self, id: JobId, comm: &mut impl Comm) {
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
         let waiters = std::mem::take(&mut job.waiters);
@@ -471,220 +411,7 @@ impl Shard {
     /// Answers one waiter: a `Wait` ends with its job; a wait group (`SubmitWait`) with the
     /// last of its jobs.
     fn answer_waiter(&mut self, origin: usize, req: ReqId, reply: Reply, comm: &mut impl Comm) {
-        let last = match self.wait_groups.get_mut(&(origin, req)) {
-            None => true,
-            Some(left) => {
-                *left = left.saturating_sub(1);
-                *left == 0
-            }
-        };
-        if last {
-            self.wait_groups.remove(&(origin, req));
-        }
+        let last = self.subs.waiter_answered(origin, req);
         self.reply_to(origin, req, reply, last, comm);
-    }
-
-    /// Sends to an agent through the shard that owns its worker.
-    pub(crate) fn send_worker(&mut self, worker: WorkerId, msg: ToAgent, comm: &mut impl Comm) {
-        let owner = worker.owner(self.cfg.shards);
-        if owner == self.cfg.index {
-            self.deliver(worker, msg, comm);
-        } else {
-            comm.send_shard(owner, ShardMsg::ToWorker { worker, msg });
-        }
-    }
-
-    /// Routes a report about an attempt to the job's owner.
-    pub(crate) fn report(
-        &mut self,
-        worker: WorkerId,
-        job: JobId,
-        attempt: Attempt,
-        report: Report,
-        comm: &mut impl Comm,
-    ) {
-        let owner = job.owner(self.cfg.shards);
-        if owner == self.cfg.index {
-            self.on_report(worker, job, attempt, report, comm);
-        } else {
-            comm.send_shard(
-                owner,
-                ShardMsg::Report {
-                    worker,
-                    job,
-                    attempt,
-                    report,
-                },
-            );
-        }
-    }
-
-    /// Moves a job to `Running` (its agent started it).
-    fn mark_running(&mut self, id: JobId, at: Micros, comm: &mut impl Comm) {
-        let Some(job) = self.jobs.get_mut(&id) else {
-            return;
-        };
-        if !job.rec.state.can_transition_to(JobState::Running) {
-            return;
-        }
-        // Started: an exemption from the assign timeout has no use any more.
-        self.accepted.remove(&(id, job.rec.attempt));
-        job.rec.state = JobState::Running;
-        job.rec.started_at = Some(at);
-        job.rec.ran = true;
-        comm.persist(StoreOp::PutJob(job.rec.clone()));
-        self.job_event(id, None, comm);
-    }
-
-    /// Owner: apply what a worker says about an attempt, if it is the current one.
-    pub(crate) fn on_report(
-        &mut self,
-        worker: WorkerId,
-        id: JobId,
-        attempt: Attempt,
-        report: Report,
-        comm: &mut impl Comm,
-    ) {
-        let Some(job) = self.jobs.get_mut(&id) else {
-            // Unknown job (should not happen): make the agent drop it.
-            self.send_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
-            return;
-        };
-        let current = job.rec.attempt == attempt && job.rec.worker == Some(worker);
-        if !current {
-            // A stale attempt: fenced. Recorded as an event, never applied.
-            if !matches!(report, Report::Lost { .. }) {
-                self.stale_event(id, attempt, worker, comm);
-                self.send_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
-            }
-            return;
-        }
-        let state = job.rec.state;
-        match report {
-            Report::Claim => {
-                if state.is_on_worker() {
-                    job.claim_deadline = None;
-                    let output_end = job.rec.output_end;
-                    self.send_worker(
-                        worker,
-                        ToAgent::Resume {
-                            job: id,
-                            attempt,
-                            output_end,
-                        },
-                        comm,
-                    );
-                } else if state.is_final() {
-                    // Its result is already durable (or it was cancelled meanwhile): the
-                    // agent stops it if still running and forgets it.
-                    self.send_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
-                } else {
-                    self.send_worker(worker, ToAgent::Abandon { job: id, attempt }, comm);
-                }
-            }
-            Report::Started { at } => self.mark_running(id, at, comm),
-            Report::Accepted => {
-                if state == JobState::Assigned {
-                    self.accepted.insert((id, attempt));
-                }
-            }
-            Report::Output { offset, chunks } => {
-                let len: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
-                let end = offset + len;
-                // Only contiguous output is stored; a batch already stored is acknowledged
-                // again, a gap waits for the agent to resend from `output_end`.
-                if offset == job.rec.output_end && len > 0 {
-                    job.rec.output_end = end;
-                    comm.persist(StoreOp::PutOutput {
-                        job: id,
-                        attempt,
-                        offset,
-                        chunks: chunks.clone(),
-                    });
-                    let followers = job.followers.clone();
-                    for (origin, req) in followers {
-                        self.reply_to(
-                            origin,
-                            req,
-                            Reply::Msg(FromServer::Log(chunks.clone())),
-                            false,
-                            comm,
-                        );
-                    }
-                }
-                let Some(job) = self.jobs.get(&id) else {
-                    return;
-                };
-                let output_end = job.rec.output_end;
-                if end <= output_end {
-                    self.send_worker(
-                        worker,
-                        ToAgent::OutputAck {
-                            job: id,
-                            attempt,
-                            output_end,
-                        },
-                        comm,
-                    );
-                }
-            }
-            Report::Finished { outcome, at } => {
-                if state.is_final() {
-                    self.send_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
-                    return;
-                }
-                if state == JobState::Assigned
-                    && !matches!(
-                        outcome,
-                        hodei_core::job::Outcome::SpawnFailed(_)
-                            | hodei_core::job::Outcome::Drained
-                    )
-                {
-                    // Its Started was lost with a connection: it did run.
-                    self.mark_running(id, at, comm);
-                }
-                let Some(job) = self.jobs.get_mut(&id) else {
-                    return;
-                };
-                job.rec.exit_code = outcome.exit_code();
-                job.claim_deadline = None;
-                let next = outcome.state();
-                match outcome.retry_class() {
-                    Some(class) => {
-                        let reason = outcome.error().unwrap_or_default();
-                        self.attempt_over(id, class, next, reason, comm);
-                    }
-                    None if job.rec.state.can_transition_to(next) => {
-                        job.rec.state = next;
-                        job.rec.error = outcome.error();
-                        job.rec.finished_at = Some(at);
-                        comm.persist(StoreOp::PutJob(job.rec.clone()));
-                        self.job_event(id, outcome.error(), comm);
-                        self.finished(id, comm);
-                    }
-                    None => {}
-                }
-                self.send_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
-                self.schedule(comm);
-            }
-            Report::Lost { reason } => {
-                if state.is_on_worker() {
-                    self.attempt_over(
-                        id,
-                        RetryOn::LOST,
-                        JobState::Failed,
-                        format!("lost: {reason}"),
-                        comm,
-                    );
-                    self.schedule(comm);
-                }
-            }
-        }
-    }
-
-    /// Owner: arms the acknowledgement deadline of a fresh assignment.
-    pub(crate) fn arm_ack(&mut self, id: JobId, attempt: Attempt) {
-        let at = self.now + self.cfg.assign_timeout;
-        self.timers.push(Reverse((at, Timer::Ack(id, attempt))));
     }
 }

@@ -14,10 +14,16 @@
 
 mod comm;
 mod holdings;
+mod job_table;
 mod jobs;
 mod lifecycle;
+mod reports;
 mod sched;
 mod shard;
+mod stealing;
+mod subscriptions;
+mod timers;
+mod worker_table;
 mod workers;
 
 pub use comm::{Comm, ConnId, Effects, Grant, Offer, Reply, Report, ReqId, ShardMsg, StoreOp};

@@ -2,8 +2,6 @@
 //! every intermediate state (assignment not acknowledged, queue timeout, retry wait), and
 //! the events every job and worker state change produces.
 
-use std::cmp::Reverse;
-
 use hodei_core::event::{Event, EventKind, Subject};
 use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::spec::RetryOn;
@@ -11,7 +9,9 @@ use hodei_core::state::{JobState, WorkerState};
 use hodei_core::wire::{FromServer, ToAgent};
 
 use crate::comm::{Comm, Reply, StoreOp};
-use crate::shard::{Shard, Timer};
+use crate::job_table::JobTable;
+use crate::shard::Shard;
+use crate::timers::Timer;
 
 /// The shard that owns an idempotency key (of `shards`): every submit with that key is routed there, so
 /// deduplication needs no shared map.
@@ -31,7 +31,7 @@ pub fn key_shard(key: &str, shards: usize) -> usize {
 impl Shard {
     /// Records a job's current state as an event (persisted in this turn's batch).
     pub(crate) fn job_event(&mut self, id: JobId, reason: Option<String>, comm: &mut impl Comm) {
-        let Some(job) = self.jobs.get(&id) else {
+        let Some(job) = self.jobs.get(id) else {
             return;
         };
         let kind = EventKind::Job {
@@ -70,7 +70,7 @@ impl Shard {
     ) {
         let cid = self
             .jobs
-            .get(&id)
+            .get(id)
             .map(|j| j.rec.spec.policy.correlation_id.clone())
             .unwrap_or_default();
         let reason = Some(format!(
@@ -94,9 +94,8 @@ impl Shard {
         comm: &mut impl Comm,
     ) {
         self.event_seq += 1;
-        #[allow(clippy::cast_possible_truncation)]
         let ev = Event {
-            shard: self.cfg.index as u8,
+            shard: self.index_u8(),
             seq: self.event_seq,
             at: self.now,
             subject,
@@ -104,12 +103,7 @@ impl Shard {
             kind,
             reason,
         };
-        let followers: Vec<_> = self
-            .event_followers
-            .iter()
-            .filter(|(_, _, job)| job.is_none_or(|j| ev.subject == Subject::Job(j)))
-            .map(|(o, r, _)| (*o, *r))
-            .collect();
+        let followers: Vec<_> = self.subs.followers_of(&ev).collect();
         for (origin, req) in followers {
             self.reply_to(
                 origin,
@@ -147,12 +141,9 @@ impl Shard {
         comm: &mut impl Comm,
     ) {
         let now = self.now;
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.end_attempt(id) else {
             return;
         };
-        // The attempt is over: no exemption of it may outlive it (its `Ack` timer may have
-        // fired already).
-        self.accepted.remove(&(id, job.rec.attempt));
         let policy = &job.rec.spec.policy;
         let retry = policy.retry_on.contains(class) && job.rec.attempt.0 <= policy.retries;
         if retry && job.rec.state.can_transition_to(JobState::Pending) {
@@ -168,7 +159,7 @@ impl Shard {
             ));
             job.claim_deadline = None;
             comm.persist(StoreOp::PutJob(job.rec.clone()));
-            self.timers.push(Reverse((at, Timer::Retry(id))));
+            self.timers.arm(at, Timer::Retry(id));
             self.job_event(id, Some(reason), comm);
         } else if job.rec.state.can_transition_to(final_state) {
             let attempts = job.rec.attempt.0;
@@ -195,7 +186,7 @@ impl Shard {
     /// Timer: a retry's backoff is over.
     pub(crate) fn on_retry_due(&mut self, id: JobId, comm: &mut impl Comm) {
         let now = self.now;
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
         if job.rec.state != JobState::Pending || job.rec.not_before.is_none_or(|t| t > now) {
@@ -211,8 +202,8 @@ impl Shard {
     pub(crate) fn on_ack_due(&mut self, id: JobId, attempt: Attempt, comm: &mut impl Comm) {
         // Accepted into the agent's prefetch queue: it starts when a slot there frees, and
         // the worker's heartbeats and disconnect timers cover the agent meanwhile.
-        let accepted = self.accepted.remove(&(id, attempt));
-        let Some(job) = self.jobs.get(&id) else {
+        let accepted = self.jobs.forget_accepted(id, attempt);
+        let Some(job) = self.jobs.get(id) else {
             return;
         };
         if accepted || job.rec.state != JobState::Assigned || job.rec.attempt != attempt {
@@ -239,7 +230,7 @@ impl Shard {
     /// Timer: a job that never started reached its queue timeout.
     pub(crate) fn on_queue_due(&mut self, id: JobId, comm: &mut impl Comm) {
         let now = self.now;
-        let Some(job) = self.jobs.get_mut(&id) else {
+        let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
         let Some(limit) = job.rec.spec.policy.queue_timeout_ms else {
@@ -253,6 +244,7 @@ impl Shard {
             return;
         }
         let (attempt, worker) = (job.rec.attempt, job.rec.worker);
+        let queued = JobTable::is_queued(&job.rec);
         job.rec.state = JobState::TimedOut;
         job.rec.finished_at = Some(now);
         job.rec.worker = None;
@@ -262,8 +254,8 @@ impl Shard {
         );
         job.rec.error = Some(reason.clone());
         comm.persist(StoreOp::PutJob(job.rec.clone()));
-        if state == JobState::Pending && job.rec.not_before.is_none() {
-            self.pending = self.pending.saturating_sub(1);
+        if queued {
+            self.jobs.dequeued();
         }
         if let (JobState::Assigned, Some(w)) = (state, worker) {
             self.send_worker(w, ToAgent::Abandon { job: id, attempt }, comm);
@@ -274,7 +266,7 @@ impl Shard {
 
     /// Arms the deadlines a new or restored job needs.
     pub(crate) fn arm_job_timers(&mut self, id: JobId) {
-        let Some(job) = self.jobs.get(&id) else {
+        let Some(job) = self.jobs.get(id) else {
             return;
         };
         if let (Some(limit), false, false) = (
@@ -282,13 +274,11 @@ impl Shard {
             job.rec.ran,
             job.rec.state.is_final(),
         ) {
-            self.timers.push(Reverse((
-                job.rec.created_at + limit * 1_000,
-                Timer::Queue(id),
-            )));
+            self.timers
+                .arm(job.rec.created_at + limit * 1_000, Timer::Queue(id));
         }
         if let (JobState::Pending, Some(at)) = (job.rec.state, job.rec.not_before) {
-            self.timers.push(Reverse((at, Timer::Retry(id))));
+            self.timers.arm(at, Timer::Retry(id));
         }
     }
 }

@@ -1,17 +1,16 @@
 //! The worker's side: agent connections, registration and re-attachment, heartbeats,
 //! disconnects and lost workers.
 
-use std::cmp::Reverse;
-
 use hodei_core::ids::WorkerId;
-use hodei_core::job::WorkerInfo;
 use hodei_core::spec::RetryOn;
 use hodei_core::state::{JobState, WorkerState};
 use hodei_core::time::Micros;
 use hodei_core::wire::{ErrorKind, FromAgent, FromServer, Hello, ToAgent};
 
 use crate::comm::{Comm, ConnId, Reply, Report};
-use crate::shard::{Shard, Timer, Worker};
+use crate::shard::Shard;
+use crate::timers::Timer;
+use crate::worker_table::Worker;
 
 impl Shard {
     /// A message on an agent connection.
@@ -27,12 +26,12 @@ impl Shard {
             self.on_hello(now, conn, hello, comm);
             return;
         }
-        let Some(&wid) = self.conns.get(&conn) else {
+        let Some(wid) = self.workers.by_conn(conn) else {
             // Anything before a Hello is a protocol violation.
             comm.close_agent(conn);
             return;
         };
-        let Some(w) = self.workers.get_mut(&wid) else {
+        let Some(w) = self.workers.get_mut(wid) else {
             return;
         };
         w.last_seen = now;
@@ -64,9 +63,8 @@ impl Shard {
                 outcome,
                 at,
             } => {
-                if w.release(job, attempt) {
-                    self.refresh_worker(wid);
-                    self.capacity_grew();
+                if self.workers.release(wid, job, attempt) {
+                    self.stealing.capacity_grew();
                 }
                 self.report(wid, job, attempt, Report::Finished { outcome, at }, comm);
                 self.schedule(comm);
@@ -75,7 +73,7 @@ impl Shard {
     }
 
     fn on_hello(&mut self, now: Micros, conn: ConnId, hello: Hello, comm: &mut impl Comm) {
-        if self.conns.contains_key(&conn) {
+        if self.workers.by_conn(conn).is_some() {
             comm.close_agent(conn); // a second Hello on one connection
             return;
         }
@@ -97,35 +95,15 @@ impl Shard {
         }
         let id = match hello.worker {
             Some(id) => id,
-            None => loop {
-                let id = self.mint_worker();
-                if !self.workers.contains_key(&id) {
-                    break id;
-                }
-            },
+            None => self.workers.mint(self.index_u8(), self.cfg.epoch),
         };
         // A reconnect replaces the old connection, if the old one is still open.
-        let previous = self.workers.remove(&id);
-        let mut w = Worker {
-            id,
-            conn: Some(conn),
-            state: WorkerState::Connecting,
-            hostname: hello.hostname,
-            free_slots: hello.resources.slots,
-            free_cpus: hello.resources.cpus,
-            free_mem: hello.resources.memory,
-            res: hello.resources,
-            held: crate::holdings::Holdings::default(),
-            last_seen: now,
-            disconnected_at: None,
-            last_assigned: 0,
-            free_key: None,
-            offered: (0, 0, 0),
-        };
+        let previous = self.workers.remove(id);
+        let mut w = Worker::new(id, conn, hello.hostname, hello.resources, now);
         let mut forgotten = Vec::new();
         if let Some(prev) = previous {
             if let Some(old) = prev.conn {
-                self.conns.remove(&old);
+                self.workers.unlink(old);
                 comm.close_agent(old);
             }
             // Attempts we assigned that the agent no longer holds never ran or were lost.
@@ -149,13 +127,10 @@ impl Shard {
             WorkerState::Busy
         };
         let state = w.state;
-        self.workers.insert(id, w);
-        self.conns.insert(conn, id);
+        self.workers.insert(w, conn);
         self.worker_event(id, state, Some("registered".to_owned()), comm);
-        self.timers.push(Reverse((
-            now + self.cfg.heartbeat_timeout,
-            Timer::Worker(id),
-        )));
+        self.timers
+            .arm(now + self.cfg.heartbeat_timeout, Timer::Worker(id));
         comm.send_agent(
             conn,
             ToAgent::Welcome {
@@ -171,44 +146,41 @@ impl Shard {
         for h in hello.held {
             self.report(id, h.job, h.attempt, Report::Claim, comm);
         }
-        self.refresh_worker(id);
-        self.capacity_grew();
+        self.workers.refresh(id);
+        self.stealing.capacity_grew();
         self.schedule(comm);
     }
 
     /// An agent connection closed (or was closed).
     pub fn handle_agent_closed(&mut self, now: Micros, conn: ConnId, comm: &mut impl Comm) {
         self.now = now;
-        let Some(id) = self.conns.remove(&conn) else {
+        let Some(id) = self.workers.unlink(conn) else {
             return;
         };
         self.disconnect(now, id, comm);
     }
 
     fn disconnect(&mut self, now: Micros, id: WorkerId, comm: &mut impl Comm) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        if let Some(c) = w.conn.take() {
-            self.conns.remove(&c);
+        if let Some(c) = self.workers.take_conn(id) {
             comm.close_agent(c);
         }
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
         if w.state.can_transition_to(WorkerState::Disconnected) {
             w.state = WorkerState::Disconnected;
             w.disconnected_at = Some(now);
-            self.timers.push(Reverse((
-                now + self.cfg.disconnect_grace,
-                Timer::Worker(id),
-            )));
+            self.timers
+                .arm(now + self.cfg.disconnect_grace, Timer::Worker(id));
             let reason = Some("connection lost or silent".to_owned());
             self.worker_event(id, WorkerState::Disconnected, reason, comm);
         }
-        self.refresh_worker(id);
+        self.workers.refresh(id);
     }
 
     /// A worker's grace ran out: requeue its attempts.
     fn lose(&mut self, id: WorkerId, comm: &mut impl Comm) {
-        let Some(w) = self.workers.get_mut(&id) else {
+        let Some(w) = self.workers.get_mut(id) else {
             return;
         };
         if !w.state.can_transition_to(WorkerState::Lost) {
@@ -227,7 +199,7 @@ impl Shard {
 
     /// Worker shard: pass a message from a job's owner to the agent.
     pub(crate) fn deliver(&mut self, worker: WorkerId, msg: ToAgent, comm: &mut impl Comm) {
-        let Some(w) = self.workers.get_mut(&worker) else {
+        let Some(w) = self.workers.get(worker) else {
             return;
         };
         // Both end the agent's hold on the attempt without a further report.
@@ -243,46 +215,23 @@ impl Shard {
             comm.send_agent(conn, msg);
         }
         if let Some((job, attempt)) = ends
-            && w.release(job, attempt)
+            && self.workers.release(worker, job, attempt)
         {
-            self.refresh_worker(worker);
-            self.capacity_grew();
+            self.stealing.capacity_grew();
             self.schedule(comm);
         }
-    }
-
-    pub(crate) fn worker_infos(&self) -> Vec<WorkerInfo> {
-        self.workers
-            .values()
-            .map(|w| WorkerInfo {
-                id: w.id,
-                hostname: w.hostname.clone(),
-                state: w.state,
-                slots: w.res.slots,
-                #[allow(clippy::cast_possible_truncation)]
-                running: w.held.len() as u32,
-                cpus: w.res.cpus,
-                memory: w.res.memory,
-                labels: w.res.labels.clone(),
-                last_seen: w.last_seen,
-            })
-            .collect()
     }
 
     /// Fires due timers.
     pub fn handle_timeout(&mut self, now: Micros, comm: &mut impl Comm) {
         self.now = now;
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        while let Some(timer) = self.timers.pop_due(now) {
             match timer {
                 Timer::Worker(id) => self.check_worker(now, id, comm),
                 Timer::Claim(job) => {
                     let expired = self
                         .jobs
-                        .get(&job)
+                        .get(job)
                         .is_some_and(|j| j.claim_deadline.is_some_and(|d| d <= now));
                     if expired {
                         let reason =
@@ -299,7 +248,7 @@ impl Shard {
     }
 
     fn check_worker(&mut self, now: Micros, id: WorkerId, comm: &mut impl Comm) {
-        let Some(w) = self.workers.get(&id) else {
+        let Some(w) = self.workers.get(id) else {
             return;
         };
         match (w.conn, w.disconnected_at) {
@@ -308,7 +257,7 @@ impl Shard {
                 if due <= now {
                     self.disconnect(now, id, comm);
                 } else {
-                    self.timers.push(Reverse((due, Timer::Worker(id))));
+                    self.timers.arm(due, Timer::Worker(id));
                 }
             }
             (None, Some(since)) if since + self.cfg.disconnect_grace <= now => self.lose(id, comm),
@@ -327,14 +276,14 @@ impl Shard {
         reason: Option<String>,
         comm: &mut impl Comm,
     ) {
-        let Some(w) = self.workers.get_mut(&id) else {
+        let Some(w) = self.workers.get_mut(id) else {
             return;
         };
         if w.state == state || !w.state.can_transition_to(state) {
             return;
         }
         w.state = state;
-        self.refresh_worker(id);
+        self.workers.refresh(id);
         self.worker_event(id, state, reason, comm);
     }
 
@@ -347,7 +296,7 @@ impl Shard {
             Some("agent drained and left".to_owned()),
             comm,
         );
-        let Some(w) = self.workers.get_mut(&id) else {
+        let Some(w) = self.workers.get_mut(id) else {
             return;
         };
         let held = w.held.take_all();
@@ -364,7 +313,7 @@ impl Shard {
         timeout_ms: u64,
         comm: &mut impl Comm,
     ) -> Reply {
-        let Some(w) = self.workers.get(&id) else {
+        let Some(w) = self.workers.get(id) else {
             return Reply::Msg(FromServer::Error {
                 kind: ErrorKind::NotFound,
                 message: format!("worker {id} does not exist"),
@@ -380,11 +329,6 @@ impl Shard {
         comm.send_agent(conn, ToAgent::Drain { timeout_ms });
         let reason = format!("drain requested, {timeout_ms} ms grace");
         self.set_worker_state(id, WorkerState::Draining, Some(reason), comm);
-        Reply::Msg(FromServer::Workers(
-            self.worker_infos()
-                .into_iter()
-                .filter(|w| w.id == id)
-                .collect(),
-        ))
+        Reply::Msg(FromServer::Workers(self.workers.info(id)))
     }
 }

@@ -1,0 +1,365 @@
+//! [`WorkerTable`]: the workers a shard owns, their connections, and the free set the
+//! scheduler picks from.
+//!
+//! The rules it keeps:
+//! - A worker's free capacity is derived, never adjusted in place ([`Worker::recompute`]).
+//! - The free set holds exactly the workers that take jobs (`Ready`, connected) with a free
+//!   slot, each under the key in its `free_key`, ordered so that the first fitting worker is
+//!   the least loaded one and, among equals, the one idle longest. The methods that change
+//!   capacity here keep it in step; a handler that changes a worker's state or connection
+//!   through [`WorkerTable::get_mut`] calls [`WorkerTable::refresh`] after.
+//! - A connection maps to at most one worker, and a worker's `conn` is that connection.
+
+use std::cmp::Reverse;
+use std::collections::BTreeSet;
+
+use hodei_core::ids::{Attempt, JobId, WorkerId};
+use hodei_core::job::WorkerInfo;
+use hodei_core::spec::JobSpec;
+use hodei_core::state::WorkerState;
+use hodei_core::time::Micros;
+use hodei_core::wire::{HeldJob, Resources};
+
+use crate::comm::{ConnId, Grant, Offer};
+use crate::holdings::Holdings;
+use crate::sched::fits;
+use crate::shard::HashMap;
+
+/// A worker this shard owns.
+#[derive(Debug)]
+pub(crate) struct Worker {
+    pub(crate) id: WorkerId,
+    pub(crate) conn: Option<ConnId>,
+    pub(crate) state: WorkerState,
+    pub(crate) hostname: String,
+    pub(crate) res: Resources,
+    pub(crate) free_slots: u32,
+    pub(crate) free_cpus: u32,
+    pub(crate) free_mem: u64,
+    /// Attempts it holds, with what they reserved.
+    pub(crate) held: Holdings,
+    pub(crate) last_seen: Micros,
+    pub(crate) disconnected_at: Option<Micros>,
+    /// When it was last given a job (a shard-local counter), to rotate among equals.
+    pub(crate) last_assigned: u64,
+    /// Its key in the free set, while it is there.
+    pub(crate) free_key: Option<FreeKey>,
+    /// Capacity offered to an outstanding steal request (slots, CPUs, memory).
+    pub(crate) offered: (u32, u32, u64),
+}
+
+/// Order of the free set: most free slots first, then idle longest, then id. The first
+/// worker that fits a job is the least loaded one, found in O(log n) for a job without
+/// special requirements.
+pub(crate) type FreeKey = (Reverse<u32>, u64, WorkerId);
+
+impl Worker {
+    /// A worker that just said Hello, holding nothing yet.
+    pub(crate) fn new(
+        id: WorkerId,
+        conn: ConnId,
+        hostname: String,
+        res: Resources,
+        now: Micros,
+    ) -> Self {
+        Self {
+            id,
+            conn: Some(conn),
+            state: WorkerState::Connecting,
+            hostname,
+            free_slots: res.slots,
+            free_cpus: res.cpus,
+            free_mem: res.memory,
+            res,
+            held: Holdings::default(),
+            last_seen: now,
+            disconnected_at: None,
+            last_assigned: 0,
+            free_key: None,
+            offered: (0, 0, 0),
+        }
+    }
+
+    pub(crate) fn fits(&self, spec: &JobSpec) -> bool {
+        fits(
+            spec,
+            self.free_slots,
+            self.free_cpus,
+            self.free_mem,
+            &self.res.labels,
+        )
+    }
+
+    pub(crate) fn reserve(&mut self, held: HeldJob) {
+        self.held.insert(held);
+        self.recompute();
+    }
+
+    /// Releases an attempt's reservation; false if it did not hold that attempt.
+    pub(crate) fn release(&mut self, job: JobId, attempt: Attempt) -> bool {
+        match self.held.get(&job) {
+            Some(h) if h.attempt == attempt => {
+                self.held.remove(&job);
+                self.recompute();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Free capacity is derived, never adjusted in place: what the agent offers, minus the
+    /// attempts it holds, minus what is offered to an outstanding steal. (Adding back what
+    /// was taken double-counts after a re-registration with more held attempts than slots.)
+    pub(crate) fn recompute(&mut self) {
+        // Past what the types hold, a worker is full anyway.
+        let held = u32::try_from(self.held.len()).unwrap_or(u32::MAX);
+        let cpus = u32::try_from(self.held.cpus()).unwrap_or(u32::MAX);
+        let mem = u64::try_from(self.held.memory()).unwrap_or(u64::MAX);
+        let (os, oc, om) = self.offered;
+        self.free_slots = self.res.slots.saturating_sub(held).saturating_sub(os);
+        self.free_cpus = self.res.cpus.saturating_sub(cpus).saturating_sub(oc);
+        self.free_mem = self.res.memory.saturating_sub(mem).saturating_sub(om);
+    }
+
+    fn info(&self) -> WorkerInfo {
+        WorkerInfo {
+            id: self.id,
+            hostname: self.hostname.clone(),
+            state: self.state,
+            slots: self.res.slots,
+            #[allow(clippy::cast_possible_truncation)]
+            running: self.held.len() as u32,
+            cpus: self.res.cpus,
+            memory: self.res.memory,
+            labels: self.res.labels.clone(),
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerTable {
+    workers: HashMap<WorkerId, Worker>,
+    conns: HashMap<ConnId, WorkerId>,
+    /// Ready workers with a free slot: the only candidates for scheduling.
+    free: BTreeSet<FreeKey>,
+    next_seq: u64,
+    /// Counts assignments, for [`Worker::last_assigned`].
+    assign_seq: u64,
+}
+
+impl WorkerTable {
+    /// A fresh id for a worker of shard `shard`, not used by any worker here.
+    pub(crate) fn mint(&mut self, shard: u8, epoch: u32) -> WorkerId {
+        loop {
+            self.next_seq += 1;
+            let id = WorkerId::new(shard, epoch, self.next_seq);
+            if !self.workers.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    pub(crate) fn get(&self, id: WorkerId) -> Option<&Worker> {
+        self.workers.get(&id)
+    }
+
+    pub(crate) fn get_mut(&mut self, id: WorkerId) -> Option<&mut Worker> {
+        self.workers.get_mut(&id)
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.values()
+    }
+
+    /// The worker registered on a connection.
+    pub(crate) fn by_conn(&self, conn: ConnId) -> Option<WorkerId> {
+        self.conns.get(&conn).copied()
+    }
+
+    /// Adds a worker registered on `conn`, replacing any worker with its id.
+    pub(crate) fn insert(&mut self, w: Worker, conn: ConnId) {
+        let id = w.id;
+        self.workers.insert(id, w);
+        self.conns.insert(conn, id);
+    }
+
+    /// Takes a worker out (a reconnect replaces it).
+    pub(crate) fn remove(&mut self, id: WorkerId) -> Option<Worker> {
+        self.workers.remove(&id)
+    }
+
+    /// Forgets a connection; the worker it belonged to, if any.
+    pub(crate) fn unlink(&mut self, conn: ConnId) -> Option<WorkerId> {
+        self.conns.remove(&conn)
+    }
+
+    /// Takes a worker's connection away from it (to close it); `None` if it had none.
+    pub(crate) fn take_conn(&mut self, id: WorkerId) -> Option<ConnId> {
+        let c = self.workers.get_mut(&id)?.conn.take()?;
+        self.conns.remove(&c);
+        Some(c)
+    }
+
+    /// Keeps the free set and Ready/Busy in step with a worker's state and capacity.
+    pub(crate) fn refresh(&mut self, id: WorkerId) {
+        if let Some(w) = self.workers.get_mut(&id) {
+            Self::refresh_entry(&mut self.free, id, w);
+        }
+    }
+
+    fn refresh_entry(free: &mut BTreeSet<FreeKey>, id: WorkerId, w: &mut Worker) {
+        let target = match w.state {
+            WorkerState::Ready | WorkerState::Busy if w.free_slots == 0 => WorkerState::Busy,
+            WorkerState::Ready | WorkerState::Busy => WorkerState::Ready,
+            other => other,
+        };
+        if target != w.state && w.state.can_transition_to(target) {
+            w.state = target;
+        }
+        if let Some(old) = w.free_key.take() {
+            free.remove(&old);
+        }
+        if w.state.accepts_jobs() && w.free_slots > 0 && w.conn.is_some() {
+            let key = (Reverse(w.free_slots), w.last_assigned, id);
+            w.free_key = Some(key);
+            free.insert(key);
+        }
+    }
+
+    /// Releases an attempt a worker held; false if it did not hold it.
+    pub(crate) fn release(&mut self, id: WorkerId, job: JobId, attempt: Attempt) -> bool {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return false;
+        };
+        if !w.release(job, attempt) {
+            return false;
+        }
+        Self::refresh_entry(&mut self.free, id, w);
+        true
+    }
+
+    /// Reserves a granted attempt on its worker, if that worker still takes it; the
+    /// connection to send the assignment on.
+    pub(crate) fn take_grant(&mut self, g: &Grant) -> Option<ConnId> {
+        let w = self.workers.get_mut(&g.worker)?;
+        let conn = w.conn?;
+        if !w.state.accepts_jobs() || !w.fits(&g.spec) {
+            return None;
+        }
+        self.assign_seq += 1;
+        w.last_assigned = self.assign_seq;
+        w.reserve(HeldJob {
+            job: g.job,
+            attempt: g.attempt,
+            cpus: g.spec.cpus,
+            memory: g.spec.memory,
+        });
+        Self::refresh_entry(&mut self.free, g.worker, w);
+        Some(conn)
+    }
+
+    pub(crate) fn free_is_empty(&self) -> bool {
+        self.free.is_empty()
+    }
+
+    /// The least loaded free worker that fits `spec`; among equals, the one idle longest.
+    pub(crate) fn first_fit(&self, spec: &JobSpec) -> Option<WorkerId> {
+        self.free
+            .iter()
+            .map(|(_, _, w)| *w)
+            .find(|w| self.workers.get(w).is_some_and(|w| w.fits(spec)))
+    }
+
+    /// The free workers, in the free set's order.
+    pub(crate) fn free(&self) -> impl Iterator<Item = &Worker> {
+        self.free.iter().filter_map(|(_, _, w)| self.workers.get(w))
+    }
+
+    /// Empties the free set into offers for a steal request, reserving the capacity offered
+    /// so that local scheduling does not use it meanwhile.
+    pub(crate) fn offer_all(&mut self) -> Vec<Offer> {
+        let mut offers = Vec::new();
+        for (_, _, id) in std::mem::take(&mut self.free) {
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.free_key = None;
+                offers.push(Offer {
+                    worker: id,
+                    slots: w.free_slots,
+                    cpus: w.free_cpus,
+                    memory: w.free_mem,
+                    labels: w.res.labels.clone(),
+                });
+                w.offered = (w.free_slots, w.free_cpus, w.free_mem);
+                w.recompute();
+            }
+        }
+        offers
+    }
+
+    /// The steal request was answered: the offered capacity is free again (what was granted
+    /// is reserved by the grants themselves).
+    pub(crate) fn take_back(&mut self, offers: Vec<Offer>) {
+        for o in offers {
+            if let Some(w) = self.workers.get_mut(&o.worker) {
+                w.offered = (0, 0, 0);
+                w.recompute();
+                Self::refresh_entry(&mut self.free, o.worker, w);
+            }
+        }
+    }
+
+    /// What `ListWorkers` shows of every worker.
+    pub(crate) fn infos(&self) -> Vec<WorkerInfo> {
+        self.workers.values().map(Worker::info).collect()
+    }
+
+    /// What `ListWorkers` shows of one worker.
+    pub(crate) fn info(&self, id: WorkerId) -> Vec<WorkerInfo> {
+        self.workers
+            .get(&id)
+            .map(Worker::info)
+            .into_iter()
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hodei_core::ids::{Attempt, JobId, WorkerId};
+    use hodei_core::wire::{HeldJob, Resources};
+
+    use super::{ConnId, Worker};
+
+    /// Free capacity is what the agent offers minus what its attempts hold, floored at zero:
+    /// reservations an agent reports beyond its resources (or beyond what a `u32` sum holds)
+    /// leave it full, never wrapped around to look free.
+    #[test]
+    fn huge_holdings_leave_a_worker_full_and_releases_restore_it() {
+        let res = Resources {
+            slots: 4,
+            cpus: 8,
+            memory: 1 << 30,
+            labels: Vec::new(),
+        };
+        let mut w = Worker::new(WorkerId::new(0, 1, 1), ConnId(1), "h".to_owned(), res, 0);
+        for job in 0..3 {
+            w.reserve(HeldJob {
+                job: JobId::new(0, 1, job),
+                attempt: Attempt(1),
+                cpus: u32::MAX,
+                memory: u64::MAX,
+            });
+        }
+        assert_eq!((w.free_slots, w.free_cpus, w.free_mem), (1, 0, 0));
+        for job in 0..3 {
+            assert!(w.release(JobId::new(0, 1, job), Attempt(1)));
+        }
+        assert!(
+            !w.release(JobId::new(0, 1, 0), Attempt(1)),
+            "released twice"
+        );
+        assert_eq!((w.free_slots, w.free_cpus, w.free_mem), (4, 8, 1 << 30));
+    }
+}
