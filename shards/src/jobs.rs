@@ -28,6 +28,7 @@ pub(crate) fn job_reply(rec: &JobRecord) -> Reply {
 impl Shard {
     /// A request from a client connected to this shard.
     pub fn handle_client(&mut self, now: Micros, req: ReqId, body: ToServer, comm: &mut impl Comm) {
+        self.begin_call();
         self.now = now;
         let here = self.cfg.index;
         let owner = match &body {
@@ -77,11 +78,14 @@ impl Shard {
                 },
             );
         }
+        // (The answers that return early above, refusals and fan-outs, schedule nothing.)
+        self.end_call(comm);
     }
 
     /// The driver found a client's reply channel closed (it disconnected): forget its
     /// event subscriptions on every shard. (Log followers and waiters end with their job.)
     pub fn handle_client_gone(&mut self, req: ReqId, comm: &mut impl Comm) {
+        self.begin_call();
         if !self.subs.close_event_stream(req) {
             return;
         }
@@ -177,7 +181,7 @@ impl Shard {
                 }
             }
         }
-        self.schedule(comm);
+        self.want_schedule();
     }
 
     /// Mints, stores and queues a new job.
@@ -292,7 +296,7 @@ impl Shard {
                     true,
                     comm,
                 );
-                self.schedule(comm);
+                self.want_schedule();
             }
             ToServer::DrainWorker { worker, timeout_ms } => {
                 let reply = self.drain_worker(worker, timeout_ms, comm);

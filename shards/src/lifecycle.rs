@@ -184,7 +184,7 @@ impl Shard {
     }
 
     /// Timer: a retry's backoff is over.
-    pub(crate) fn on_retry_due(&mut self, id: JobId, comm: &mut impl Comm) {
+    pub(crate) fn on_retry_due(&mut self, id: JobId) {
         let now = self.now;
         let Some(job) = self.jobs.get_mut(id) else {
             return;
@@ -195,7 +195,7 @@ impl Shard {
         job.rec.not_before = None;
         let prio = job.rec.spec.priority;
         self.enqueue(id, prio);
-        self.schedule(comm);
+        self.want_schedule();
     }
 
     /// Timer: the agent did not acknowledge (start) an assignment in time.
@@ -224,7 +224,7 @@ impl Shard {
             wait,
             comm,
         );
-        self.schedule(comm);
+        self.want_schedule();
     }
 
     /// Timer: a job that never started reached its queue timeout.

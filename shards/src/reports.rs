@@ -185,7 +185,7 @@ impl Shard {
                     None => {}
                 }
                 self.send_worker(worker, ToAgent::FinishedAck { job: id, attempt }, comm);
-                self.schedule(comm);
+                self.want_schedule();
             }
             Report::Lost { reason } => {
                 if state.is_on_worker() {
@@ -196,7 +196,7 @@ impl Shard {
                         format!("lost: {reason}"),
                         comm,
                     );
-                    self.schedule(comm);
+                    self.want_schedule();
                 }
             }
         }

@@ -1,8 +1,8 @@
 //! Local scheduling: placing pending jobs on this shard's free workers.
 //!
-//! Dispatch is event-driven: [`Shard::schedule`] runs after every event that adds a job or
-//! frees capacity, never on a timer. What it cannot place here is offered to the other
-//! shards (see `stealing.rs`).
+//! Dispatch is event-driven: [`Shard::schedule`] runs at the end of every call that queued a
+//! job or freed capacity (see [`Shard::want_schedule`]), never by polling. What it cannot
+//! place here is offered to the other shards (see `stealing.rs`).
 
 use hodei_core::ids::{JobId, WorkerId};
 use hodei_core::spec::JobSpec;

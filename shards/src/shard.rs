@@ -65,10 +65,16 @@ impl ShardConfig {
 
 /// One shard: its jobs, its queue, its workers. See the crate docs.
 ///
-/// The state is split by the rules each part keeps: [`JobTable`], [`WorkerTable`],
-/// [`Timers`], [`Stealing`] and [`Subscriptions`]. The handlers (`jobs.rs`, `reports.rs`,
+/// The state is split by the rules each part keeps: `JobTable`, `WorkerTable`, `Timers`,
+/// `Stealing` and `Subscriptions`. The handlers (`jobs.rs`, `reports.rs`,
 /// `workers.rs`, `lifecycle.rs`, `sched.rs`, `stealing.rs`) move jobs and workers through
 /// their state machines across those parts.
+///
+/// Scheduling is asked for, not run, by whatever queues a job or frees capacity
+/// (`Shard::want_schedule`); each `handle_*` call runs it once, after everything else it
+/// did. So one pass places everything a call made placeable (all the timers due at once,
+/// every attempt a reconnecting agent dropped), and the messages that free a slot always
+/// leave before the `Assign` that reuses it.
 #[derive(Debug)]
 pub struct Shard {
     pub(crate) cfg: ShardConfig,
@@ -81,6 +87,8 @@ pub struct Shard {
     pub(crate) subs: Subscriptions,
     /// Last event number of this shard.
     pub(crate) event_seq: u64,
+    /// The call being handled asked for a scheduling pass.
+    sched_wanted: bool,
 }
 
 impl Shard {
@@ -103,6 +111,7 @@ impl Shard {
             timers: Timers::default(),
             subs: Subscriptions::default(),
             event_seq,
+            sched_wanted: false,
         };
         let jobs = jobs.into_iter();
         shard.jobs.reserve(jobs.size_hint().0);
@@ -137,7 +146,33 @@ impl Shard {
     /// Call once after [`Shard::new`]: schedules restored jobs and tells the other shards
     /// about the ones left queued.
     pub fn handle_start(&mut self, comm: &mut impl Comm) {
-        self.schedule(comm);
+        self.begin_call();
+        self.want_schedule();
+        self.end_call(comm);
+    }
+
+    /// Asks for a scheduling pass at the end of the call being handled: a job was queued or
+    /// capacity freed.
+    pub(crate) fn want_schedule(&mut self) {
+        self.sched_wanted = true;
+    }
+
+    /// Every `handle_*` call that may ask for scheduling ends here: the pass it asked for
+    /// runs now. A pass can ask again (a grant its worker no longer takes is reported lost),
+    /// hence the loop; a pass that changes nothing asks for nothing.
+    pub(crate) fn end_call(&mut self, comm: &mut impl Comm) {
+        while std::mem::take(&mut self.sched_wanted) {
+            self.schedule(comm);
+        }
+    }
+
+    /// Every `handle_*` call starts here: a call that asked for scheduling and returned
+    /// without running it would leave a job queued beside a free worker.
+    pub(crate) fn begin_call(&self) {
+        debug_assert!(
+            !self.sched_wanted,
+            "a handle_* call returned before end_call"
+        );
     }
 
     /// This shard's index.
@@ -205,6 +240,7 @@ impl Shard {
 
     /// A message from another shard.
     pub fn handle_shard(&mut self, now: Micros, msg: ShardMsg, comm: &mut impl Comm) {
+        self.begin_call();
         match msg {
             ShardMsg::Request { origin, req, body } => {
                 self.on_request(now, origin, req, body, comm)
@@ -230,5 +266,6 @@ impl Shard {
             ShardMsg::ToWorker { worker, msg } => self.deliver(worker, msg, comm),
             ShardMsg::ClientGone { origin, req } => self.subs.unfollow_events(origin, req),
         }
+        self.end_call(comm);
     }
 }

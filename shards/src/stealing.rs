@@ -187,6 +187,6 @@ impl Shard {
         for g in grants {
             self.start_grant(g, comm);
         }
-        self.schedule(comm);
+        self.want_schedule();
     }
 }

@@ -21,7 +21,13 @@ impl Shard {
         msg: FromAgent,
         comm: &mut impl Comm,
     ) {
+        self.begin_call();
         self.now = now;
+        self.on_agent(now, conn, msg, comm);
+        self.end_call(comm);
+    }
+
+    fn on_agent(&mut self, now: Micros, conn: ConnId, msg: FromAgent, comm: &mut impl Comm) {
         if let FromAgent::Hello(hello) = msg {
             self.on_hello(now, conn, hello, comm);
             return;
@@ -67,7 +73,7 @@ impl Shard {
                     self.stealing.capacity_grew();
                 }
                 self.report(wid, job, attempt, Report::Finished { outcome, at }, comm);
-                self.schedule(comm);
+                self.want_schedule();
             }
         }
     }
@@ -148,16 +154,17 @@ impl Shard {
         }
         self.workers.refresh(id);
         self.stealing.capacity_grew();
-        self.schedule(comm);
+        self.want_schedule();
     }
 
     /// An agent connection closed (or was closed).
     pub fn handle_agent_closed(&mut self, now: Micros, conn: ConnId, comm: &mut impl Comm) {
+        self.begin_call();
         self.now = now;
-        let Some(id) = self.workers.unlink(conn) else {
-            return;
-        };
-        self.disconnect(now, id, comm);
+        if let Some(id) = self.workers.unlink(conn) {
+            self.disconnect(now, id, comm);
+        }
+        self.end_call(comm);
     }
 
     fn disconnect(&mut self, now: Micros, id: WorkerId, comm: &mut impl Comm) {
@@ -218,12 +225,13 @@ impl Shard {
             && self.workers.release(worker, job, attempt)
         {
             self.stealing.capacity_grew();
-            self.schedule(comm);
+            self.want_schedule();
         }
     }
 
-    /// Fires due timers.
+    /// Fires due timers. Timers armed meanwhile that are due too fire in the same call.
     pub fn handle_timeout(&mut self, now: Micros, comm: &mut impl Comm) {
+        self.begin_call();
         self.now = now;
         while let Some(timer) = self.timers.pop_due(now) {
             match timer {
@@ -237,14 +245,15 @@ impl Shard {
                         let reason =
                             "lost: no agent re-attached it after the server restarted".to_owned();
                         self.attempt_over(job, RetryOn::LOST, JobState::Failed, reason, comm);
-                        self.schedule(comm);
+                        self.want_schedule();
                     }
                 }
-                Timer::Retry(job) => self.on_retry_due(job, comm),
+                Timer::Retry(job) => self.on_retry_due(job),
                 Timer::Ack(job, attempt) => self.on_ack_due(job, attempt, comm),
                 Timer::Queue(job) => self.on_queue_due(job, comm),
             }
         }
+        self.end_call(comm);
     }
 
     fn check_worker(&mut self, now: Micros, id: WorkerId, comm: &mut impl Comm) {
