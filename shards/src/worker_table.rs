@@ -185,9 +185,13 @@ impl WorkerTable {
         self.conns.insert(conn, id);
     }
 
-    /// Takes a worker out (a reconnect replaces it).
+    /// Takes a worker out (a reconnect replaces it), and out of the free set.
     pub(crate) fn remove(&mut self, id: WorkerId) -> Option<Worker> {
-        self.workers.remove(&id)
+        let mut w = self.workers.remove(&id)?;
+        if let Some(key) = w.free_key.take() {
+            self.free.remove(&key);
+        }
+        Some(w)
     }
 
     /// Forgets a connection; the worker it belonged to, if any.
@@ -328,9 +332,47 @@ impl WorkerTable {
 #[cfg(test)]
 mod tests {
     use hodei_core::ids::{Attempt, JobId, WorkerId};
+    use hodei_core::spec::JobSpec;
+    use hodei_core::state::WorkerState;
     use hodei_core::wire::{HeldJob, Resources};
 
-    use super::{ConnId, Worker};
+    use super::{ConnId, Grant, Worker, WorkerTable};
+
+    fn ready(t: &mut WorkerTable, id: WorkerId, conn: ConnId) {
+        let res = Resources {
+            slots: 2,
+            cpus: 4,
+            memory: 1 << 30,
+            labels: Vec::new(),
+        };
+        let mut w = Worker::new(id, conn, "h".to_owned(), res, 0);
+        w.state = WorkerState::Ready;
+        t.insert(w, conn);
+        t.refresh(id);
+    }
+
+    /// A worker replaced by its own reconnect takes its place in the free set with it: the
+    /// set never lists a worker twice, nor keeps one that is gone.
+    #[test]
+    fn a_replaced_worker_leaves_the_free_set() {
+        let mut t = WorkerTable::default();
+        let id = t.mint(0, 1);
+        ready(&mut t, id, ConnId(1));
+        // A grant moves it in the free set (one slot fewer, assigned last).
+        let g = Grant {
+            job: JobId::new(0, 1, 1),
+            attempt: Attempt(1),
+            worker: id,
+            spec: JobSpec::exec("/bin/true", &[]),
+        };
+        assert_eq!(t.take_grant(&g), Some(ConnId(1)));
+        assert!(t.remove(id).is_some());
+        ready(&mut t, id, ConnId(2));
+        assert_eq!(t.free().count(), 1, "listed twice");
+        assert_eq!(t.take_conn(id), Some(ConnId(2)));
+        t.refresh(id);
+        assert_eq!(t.free().count(), 0, "a disconnected worker is still free");
+    }
 
     /// Free capacity is what the agent offers minus what its attempts hold, floored at zero:
     /// reservations an agent reports beyond its resources (or beyond what a `u32` sum holds)
