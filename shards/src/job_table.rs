@@ -105,8 +105,8 @@ impl JobTable {
         self.jobs.values().map(Box::as_ref)
     }
 
-    /// Is this job queued (see the module docs)? True of a job about to be enqueued or to
-    /// leave the queue, before its state changes.
+    /// Is this job queued (see the module docs)? Asked before the state change that takes a
+    /// job out of the queue, to know whether [`JobTable::dequeued`] applies.
     pub(crate) fn is_queued(rec: &JobRecord) -> bool {
         rec.state == JobState::Pending && rec.not_before.is_none()
     }
