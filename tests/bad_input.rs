@@ -282,10 +282,10 @@ fn floods_from_one_source_are_bounded() {
             };
             for _ in 0..8 {
                 let (mut send, recv) = conn.open_bi().await.unwrap();
-                // Version 2, 4 MiB announced, 16 bytes sent.
-                send.write_all(b"\x02\x00\x00\x00\x40\x00partial-partial!")
-                    .await
-                    .unwrap();
+                // This build's version, 4 MiB announced, 16 bytes sent.
+                let mut partial = hodei_core::wire::PROTOCOL_VERSION.to_le_bytes().to_vec();
+                partial.extend_from_slice(b"\x00\x00\x40\x00partial-partial!");
+                send.write_all(&partial).await.unwrap();
                 streams.push((send, recv));
             }
             held.push(conn);

@@ -21,26 +21,7 @@ pub enum Role {
     Agent,
 }
 
-/// One thing a request may need to be allowed to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Permission {
-    /// Get, list, wait for and read the logs of jobs.
-    Read,
-    /// Submit jobs.
-    Submit,
-    /// Cancel jobs.
-    Cancel,
-    /// Drain, disable or remove workers; reset the server's own figures (`hodei stats`).
-    ManageWorkers,
-    /// Create, replace and delete secrets.
-    ManageSecrets,
-    /// Create, list and revoke API tokens.
-    ManageTokens,
-    /// Read and verify the audit log.
-    ReadAudit,
-    /// Register as an agent and receive jobs.
-    Join,
-}
+pub use hodei_core::request::Permission;
 
 impl Role {
     /// Every role, in the order of their documentation.
@@ -71,20 +52,6 @@ impl Role {
             Role::Agent => "agent",
         }
     }
-}
-
-impl Permission {
-    /// Every permission.
-    pub const ALL: [Permission; 8] = [
-        Permission::Read,
-        Permission::Submit,
-        Permission::Cancel,
-        Permission::ManageWorkers,
-        Permission::ManageSecrets,
-        Permission::ManageTokens,
-        Permission::ReadAudit,
-        Permission::Join,
-    ];
 }
 
 impl fmt::Display for Role {

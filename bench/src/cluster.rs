@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use hodei_core::ids::JobId;
 use hodei_core::job::JobRecord;
 use hodei_core::spec::JobSpec;
-use hodei_core::wire::{ALPN_CLIENT, FromServer, Request, ToServer};
+use hodei_core::wire::{ALPN_CLIENT, ControlRequest, FromServer, JobRequest, Request, ToServer};
 use hodei_transport::{FrameReader, FrameWriter, TransportOptions};
 use nix::sys::signal::Signal;
 
@@ -150,13 +150,13 @@ impl Cluster {
     /// A join token for `n` agents.
     async fn join_token(&self, n: usize) -> Result<String> {
         let client = self.client().await?;
-        let body = ToServer::CreateToken {
+        let body = ControlRequest::CreateToken {
             role: "agent".to_owned(),
             name: "bench-agents".to_owned(),
             ttl_ms: Some(3_600_000),
             uses: Some(u32::try_from(n).unwrap_or(u32::MAX)),
         };
-        for m in client.request(&body).await? {
+        for m in client.request(body).await? {
             if let FromServer::Token { token, .. } = m {
                 return Ok(token);
             }
@@ -288,7 +288,7 @@ impl Client {
         let mut ids = None;
         let mut acked = std::time::Instant::now();
         let mut jobs = Vec::with_capacity(n);
-        self.stream(&ToServer::SubmitWait { specs }, |m| match m {
+        self.stream(JobRequest::SubmitWait { specs }, |m| match m {
             FromServer::Submitted { ids: got } => {
                 acked = std::time::Instant::now();
                 ids = Some(got);
@@ -308,19 +308,19 @@ impl Client {
         Ok(Waited { ids, acked, jobs })
     }
 
-    pub async fn request(&self, body: &ToServer) -> Result<Vec<FromServer>> {
+    pub async fn request(&self, body: impl Into<ToServer>) -> Result<Vec<FromServer>> {
         let mut out = Vec::new();
         self.stream(body, |m| out.push(m)).await?;
         Ok(out)
     }
 
     /// Sends a request and hands each reply to `f` until the server ends the stream.
-    async fn stream(&self, body: &ToServer, mut f: impl FnMut(FromServer)) -> Result<()> {
+    async fn stream(&self, body: impl Into<ToServer>, mut f: impl FnMut(FromServer)) -> Result<()> {
         let (send, recv) = self.conn.open_bi().await?;
         let mut w = FrameWriter::new(send);
         w.send(&Request {
             token: self.token.clone(),
-            body: body.clone(),
+            body: body.into(),
         })
         .await?;
         w.finish()?;
@@ -335,7 +335,7 @@ impl Client {
     }
 
     pub async fn submit(&self, specs: Vec<JobSpec>) -> Result<Vec<JobId>> {
-        for m in self.request(&ToServer::Submit { specs }).await? {
+        for m in self.request(JobRequest::Submit { specs }).await? {
             if let FromServer::Submitted { ids } = m {
                 return Ok(ids);
             }
@@ -351,7 +351,7 @@ impl Client {
                 .map(|id| {
                     let (c, job) = (std::rc::Rc::clone(self), *id);
                     tokio::task::spawn_local(
-                        async move { c.request(&ToServer::Wait { job }).await },
+                        async move { c.request(JobRequest::Wait { job }).await },
                     )
                 })
                 .collect();
@@ -364,7 +364,7 @@ impl Client {
 
     pub async fn jobs(&self) -> Result<Vec<JobRecord>> {
         let mut out = Vec::new();
-        for m in self.request(&ToServer::ListJobs { state: None }).await? {
+        for m in self.request(JobRequest::ListJobs { state: None }).await? {
             if let FromServer::Jobs(js) = m {
                 out.extend(js);
             }
@@ -374,7 +374,7 @@ impl Client {
 
     pub async fn workers(&self) -> Result<usize> {
         let mut n = 0;
-        for m in self.request(&ToServer::ListWorkers).await? {
+        for m in self.request(JobRequest::ListWorkers).await? {
             if let FromServer::Workers(ws) = m {
                 n += ws
                     .iter()

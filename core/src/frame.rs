@@ -261,7 +261,7 @@ mod tests {
 
         #[test]
         fn submit_round_trips(specs in proptest::collection::vec(spec_strategy(), 0..5)) {
-            let msg = ToServer::Submit { specs };
+            let msg = ToServer::Job(crate::wire::JobRequest::Submit { specs });
             let frame = msg.to_frame().map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(ToServer::decode(&frame[HEADER_LEN..]), Ok(msg));
         }

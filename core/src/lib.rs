@@ -8,7 +8,8 @@
 //!   `can_transition_to`.
 //! - [`job`]: the job record the server keeps and stores, and its outcome.
 //! - [`event`]: numbered, persisted events of every job and worker state change.
-//! - [`wire`]: the versioned rkyv messages, one enum per direction.
+//! - [`wire`]: the versioned rkyv messages, one enum per direction; [`request`]: the client
+//!   requests, split into job and control requests, each with its permission and routing.
 //! - [`frame`]: length framing of those messages, validated before use.
 //! - [`log_block`]: consecutive log entries (events, audit records) stored as one value;
 //!   [`leb128`] is the integer form of compact events and blocks.
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod job;
 pub mod leb128;
 pub mod log_block;
+pub mod request;
 pub mod spec;
 pub mod state;
 pub mod time;

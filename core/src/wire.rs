@@ -6,15 +6,16 @@
 //! - client (CLI/API) → server: [`ToServer`]; server → client: [`FromServer`]. One stream per
 //!   request.
 
+pub use crate::request::{ControlRequest, JobRequest, Route, ToServer};
+
 use crate::event::Event;
 use crate::ids::{Attempt, JobId, WorkerId};
 use crate::job::{JobRecord, Outcome, WorkerInfo};
 use crate::spec::JobSpec;
-use crate::state::JobState;
 use crate::time::Micros;
 
 /// Bumped on any incompatible change of these enums; a frame of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// ALPN protocol id of agent connections ([`FromAgent`]/[`ToAgent`]).
 pub const ALPN_AGENT: &[u8] = b"hodei-agent/1";
@@ -238,161 +239,6 @@ pub enum ToAgent {
         /// Expiry, ms since the epoch.
         expires_at_ms: u64,
     },
-}
-
-/// Client → server. One request per stream.
-#[derive(Clone, Debug, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-pub enum ToServer {
-    /// Submit jobs; answered once all are durable.
-    Submit {
-        /// The jobs.
-        specs: Vec<JobSpec>,
-    },
-    /// One job.
-    GetJob {
-        /// Job.
-        job: JobId,
-    },
-    /// Jobs, optionally of one state.
-    ListJobs {
-        /// Filter.
-        state: Option<JobState>,
-    },
-    /// Cancel a job (idempotent).
-    Cancel {
-        /// Job.
-        job: JobId,
-    },
-    /// A job's stored output; with `follow`, then live output until it ends.
-    Logs {
-        /// Job.
-        job: JobId,
-        /// Keep streaming.
-        follow: bool,
-    },
-    /// Answer once the job is final.
-    Wait {
-        /// Job.
-        job: JobId,
-    },
-    /// Workers.
-    ListWorkers,
-    /// Submit a finished job again, as a new job.
-    Retry {
-        /// The finished job.
-        job: JobId,
-    },
-    /// Drain a worker (its agent finishes its jobs, then leaves).
-    DrainWorker {
-        /// Worker.
-        worker: WorkerId,
-        /// Grace for its running jobs.
-        timeout_ms: u64,
-    },
-    /// Events after a cursor (last seq seen per shard, index = shard), optionally of one
-    /// job; with `follow`, then live events until the client goes away.
-    Events {
-        /// Last seq seen per shard.
-        since: Vec<u64>,
-        /// Only this job's events.
-        job: Option<JobId>,
-        /// Keep streaming.
-        follow: bool,
-    },
-    /// Create an API or join token (admin).
-    CreateToken {
-        /// Role name.
-        role: String,
-        /// Who it is for.
-        name: String,
-        /// Lifetime.
-        ttl_ms: Option<u64>,
-        /// How many times it may be used (join tokens).
-        uses: Option<u32>,
-    },
-    /// List tokens (admin).
-    ListTokens,
-    /// Revoke a token by id (admin).
-    RevokeToken {
-        /// Its id (16 hex digits).
-        id: String,
-    },
-    /// Set a secret (admin).
-    SetSecret {
-        /// Its name.
-        name: String,
-        /// Its value.
-        value: SecretBytes,
-    },
-    /// List secrets, names only (admin).
-    ListSecrets,
-    /// Remove a secret (admin).
-    RemoveSecret {
-        /// Its name.
-        name: String,
-    },
-    /// Audit records, filtered (admin).
-    Audit {
-        /// Only records about this job.
-        job: Option<JobId>,
-        /// Only records of this actor.
-        actor: Option<String>,
-        /// Only records at or after this time (ms since the epoch).
-        since_ms: Option<u64>,
-    },
-    /// Check every audit chain (admin).
-    AuditVerify,
-    /// Join as an agent (with a join token): the server signs a client certificate for this
-    /// raw P-256 public key (65 bytes, uncompressed).
-    Join {
-        /// The agent's public key.
-        public_key: Vec<u8>,
-    },
-    /// Cut a worker's agent off at once: its certificates are revoked and its connections
-    /// closed (admin).
-    RevokeWorker {
-        /// Worker.
-        worker: WorkerId,
-    },
-    /// Issue the server a new certificate and present it from now on (admin).
-    RotateServerCert,
-    /// Submit jobs and wait for them on the same stream: `Submitted` once all are durable,
-    /// then one `Job` per job as it reaches a final state (in the order they end), the
-    /// stream ending with the last. One request instead of one `Wait` per job. (A variant of
-    /// its own, last, so the encoding of every other request is unchanged.)
-    SubmitWait {
-        /// The jobs.
-        specs: Vec<JobSpec>,
-    },
-    /// The server's own figures since the last reset (heartbeat handling time, store
-    /// commit time); with `reset`, they start afresh after this answer.
-    Stats {
-        /// Start the figures afresh.
-        reset: bool,
-    },
-}
-
-impl ToServer {
-    /// True for requests the server's control plane answers (tokens, secrets, audit), not
-    /// a shard.
-    #[must_use]
-    pub const fn is_control(&self) -> bool {
-        matches!(
-            self,
-            Self::CreateToken { .. }
-                | Self::ListTokens
-                | Self::RevokeToken { .. }
-                | Self::SetSecret { .. }
-                | Self::ListSecrets
-                | Self::RemoveSecret { .. }
-                | Self::Audit { .. }
-                | Self::AuditVerify
-                | Self::Join { .. }
-                | Self::RevokeWorker { .. }
-                | Self::RotateServerCert
-                | Self::Stats { .. }
-        )
-    }
 }
 
 /// A secret value in a request; its Debug never shows the bytes.

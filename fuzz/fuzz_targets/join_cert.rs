@@ -1,5 +1,5 @@
 //! A certificate request as the server receives it: the raw public key of a `Join` request
-//! (`hodei_core::wire::ToServer::Join`, whose framing the `request` target covers), through
+//! (`hodei_core::wire::ControlRequest::Join`, whose framing the `request` target covers), through
 //! `hodei_transport::check_agent_key` and, if the shape is accepted, the CA's real signing
 //! (`Authority::issue_agent`), as `src/server/control.rs` does for a valid join token.
 //!

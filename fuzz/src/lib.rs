@@ -8,8 +8,8 @@ use hodei_core::job::{JobRecord, Outcome, WorkerInfo};
 use hodei_core::spec::{Command, JobSpec, Policy, RetryOn, SecretDelivery};
 use hodei_core::state::{JobState, WorkerState};
 use hodei_core::wire::{
-    Chunk, ErrorKind, FromAgent, FromServer, HeldJob, Hello, Request, Resources, SecretBytes,
-    SecretInfo, SecretValue, Stream, ToAgent, ToServer, TokenInfo,
+    Chunk, ControlRequest, ErrorKind, FromAgent, FromServer, HeldJob, Hello, JobRequest, Request,
+    Resources, SecretBytes, SecretInfo, SecretValue, Stream, ToAgent, ToServer, TokenInfo,
 };
 
 /// The key `auth_seal_open` opens with, and the seed corpus was sealed with. A test key: it
@@ -52,14 +52,14 @@ pub fn check_spec(spec: &JobSpec) {
 /// secret value it carries.
 pub fn check_to_server(body: &ToServer) {
     match body {
-        ToServer::Submit { specs } | ToServer::SubmitWait { specs } => {
+        ToServer::Job(JobRequest::Submit { specs } | JobRequest::SubmitWait { specs }) => {
             specs.iter().for_each(check_spec);
         }
-        ToServer::SetSecret { name, value } => {
-            let blank = ToServer::SetSecret {
+        ToServer::Control(ControlRequest::SetSecret { name, value }) => {
+            let blank = ToServer::Control(ControlRequest::SetSecret {
                 name: name.clone(),
                 value: SecretBytes(vec![0; value.0.len()]),
-            };
+            });
             assert_eq!(
                 format!("{body:?}"),
                 format!("{blank:?}"),
@@ -68,7 +68,10 @@ pub fn check_to_server(body: &ToServer) {
         }
         _ => {}
     }
-    let _ = body.is_control();
+    let _ = body.permission();
+    if let ToServer::Job(job) = body {
+        let _ = (job.route(), job.audit());
+    }
 }
 
 /// What an agent does with a server message: validate an assigned spec, and check that the
@@ -421,91 +424,119 @@ pub fn to_server_samples() -> Vec<(&'static str, ToServer)> {
     vec![
         (
             "submit",
-            ToServer::Submit {
+            ToServer::from(JobRequest::Submit {
                 specs: vec![full_spec(), script_spec(), JobSpec::exec("true", &[])],
-            },
+            }),
         ),
         (
             "submit-invalid",
-            ToServer::Submit {
+            ToServer::from(JobRequest::Submit {
                 specs: invalid_specs(),
-            },
+            }),
         ),
-        ("submit-empty", ToServer::Submit { specs: vec![] }),
+        (
+            "submit-empty",
+            ToServer::from(JobRequest::Submit { specs: vec![] }),
+        ),
         (
             "submit-wait",
-            ToServer::SubmitWait {
+            ToServer::from(JobRequest::SubmitWait {
                 specs: vec![JobSpec::exec("true", &[]), script_spec()],
-            },
+            }),
         ),
-        ("get-job", ToServer::GetJob { job }),
-        ("list-jobs", ToServer::ListJobs { state: None }),
+        ("get-job", ToServer::from(JobRequest::GetJob { job })),
+        (
+            "list-jobs",
+            ToServer::from(JobRequest::ListJobs { state: None }),
+        ),
         (
             "list-jobs-running",
-            ToServer::ListJobs {
+            ToServer::from(JobRequest::ListJobs {
                 state: Some(JobState::Running),
-            },
+            }),
         ),
-        ("cancel", ToServer::Cancel { job }),
-        ("logs", ToServer::Logs { job, follow: true }),
-        ("wait", ToServer::Wait { job }),
-        ("list-workers", ToServer::ListWorkers),
-        ("stats", ToServer::Stats { reset: true }),
-        ("retry", ToServer::Retry { job }),
+        ("cancel", ToServer::from(JobRequest::Cancel { job })),
+        (
+            "logs",
+            ToServer::from(JobRequest::Logs { job, follow: true }),
+        ),
+        ("wait", ToServer::from(JobRequest::Wait { job })),
+        ("list-workers", ToServer::from(JobRequest::ListWorkers)),
+        (
+            "stats",
+            ToServer::from(ControlRequest::Stats { reset: true }),
+        ),
+        ("retry", ToServer::from(JobRequest::Retry { job })),
         (
             "drain-worker",
-            ToServer::DrainWorker {
+            ToServer::from(JobRequest::DrainWorker {
                 worker: WorkerId::new(0, 1, 2),
                 timeout_ms: 10_000,
-            },
+            }),
         ),
         (
             "events",
-            ToServer::Events {
+            ToServer::from(JobRequest::Events {
                 since: vec![15, 22, 0, 7],
                 job: Some(job),
                 follow: true,
-            },
+            }),
         ),
         (
             "create-token",
-            ToServer::CreateToken {
+            ToServer::from(ControlRequest::CreateToken {
                 role: "submitter".into(),
                 name: "ci".into(),
                 ttl_ms: Some(86_400_000),
                 uses: Some(1),
-            },
+            }),
         ),
-        ("list-tokens", ToServer::ListTokens),
+        ("list-tokens", ToServer::from(ControlRequest::ListTokens)),
         (
             "revoke-token",
-            ToServer::RevokeToken {
+            ToServer::from(ControlRequest::RevokeToken {
                 id: "0123456789abcdef".into(),
-            },
+            }),
         ),
         (
             "set-secret",
-            ToServer::SetSecret {
+            ToServer::from(ControlRequest::SetSecret {
                 name: "db_pass".into(),
                 value: SecretBytes(b"hunter2".to_vec()),
-            },
+            }),
         ),
-        ("list-secrets", ToServer::ListSecrets),
+        ("list-secrets", ToServer::from(ControlRequest::ListSecrets)),
         (
             "remove-secret",
-            ToServer::RemoveSecret {
+            ToServer::from(ControlRequest::RemoveSecret {
                 name: "db_pass".into(),
-            },
+            }),
         ),
         (
             "audit",
-            ToServer::Audit {
+            ToServer::from(ControlRequest::Audit {
                 job: Some(job),
                 actor: Some("ci".into()),
                 since_ms: Some(1_700_000_000_000),
-            },
+            }),
         ),
-        ("audit-verify", ToServer::AuditVerify),
+        (
+            "join",
+            ToServer::from(ControlRequest::Join {
+                public_key: vec![4; 65],
+            }),
+        ),
+        (
+            "revoke-worker",
+            ToServer::from(ControlRequest::RevokeWorker {
+                worker: WorkerId::new(1, 1, 1),
+            }),
+        ),
+        (
+            "rotate-server-cert",
+            ToServer::from(ControlRequest::RotateServerCert),
+        ),
+        ("audit-verify", ToServer::from(ControlRequest::AuditVerify)),
     ]
 }
 
@@ -530,7 +561,7 @@ pub fn request_samples() -> Vec<(&'static str, Request)> {
             "no-token",
             Request {
                 token: String::new(),
-                body: ToServer::ListWorkers,
+                body: JobRequest::ListWorkers.into(),
             },
         )])
         .collect()

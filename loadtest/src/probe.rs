@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use hodei_core::ids::JobId;
-use hodei_core::wire::{ErrorKind, FromServer, ToServer};
+use hodei_core::wire::{ErrorKind, FromServer, JobRequest};
 use hodei_transport::{FrameReader, FrameWriter, SERVER_NAME};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -110,7 +110,7 @@ impl Probe {
 async fn ask(conn: &quinn::Connection, job: JobId) -> Result<(), String> {
     let (send, recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
     let mut w = FrameWriter::new(send);
-    w.send(&crate::token::request(ToServer::GetJob { job }))
+    w.send(&crate::token::request(JobRequest::GetJob { job }))
         .await
         .map_err(|e| e.to_string())?;
     w.finish().map_err(|e| e.to_string())?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use hodei_core::spec::JobSpec;
 use hodei_core::time::wall_now;
-use hodei_core::wire::{FromServer, ToServer};
+use hodei_core::wire::{FromServer, JobRequest};
 use hodei_transport::{FrameReader, FrameWriter};
 use tokio::sync::watch;
 
@@ -182,7 +182,7 @@ async fn run(
 async fn submit(conn: &quinn::Connection, spec: &JobSpec) -> Result<u64> {
     let (send, recv) = conn.open_bi().await?;
     let mut w = FrameWriter::new(send);
-    w.send(&crate::token::request(ToServer::Submit {
+    w.send(&crate::token::request(JobRequest::Submit {
         specs: vec![spec.clone()],
     }))
     .await?;

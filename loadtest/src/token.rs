@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hodei_core::wire::{FromServer, Request, ToServer};
+use hodei_core::wire::{ControlRequest, FromServer, Request, ToServer};
 
 static TOKEN: OnceLock<String> = OnceLock::new();
 
@@ -28,10 +28,10 @@ pub fn load(ca: &Path) -> Result<()> {
 }
 
 /// `body` with the token.
-pub fn request(body: ToServer) -> Request {
+pub fn request(body: impl Into<ToServer>) -> Request {
     Request {
         token: TOKEN.get().cloned().unwrap_or_default(),
-        body,
+        body: body.into(),
     }
 }
 
@@ -43,7 +43,7 @@ pub fn join(server: SocketAddr, ca: &Path) -> Result<hodei_transport::ClientIden
     use hodei_transport::TransportOptions;
     let (key_pem, public_key) = hodei_transport::new_agent_key()?;
     let cfg = hodei_transport::client_config(ca, ALPN_CLIENT, &TransportOptions::default())?;
-    match one_request(server, cfg, ToServer::Join { public_key })? {
+    match one_request(server, cfg, ControlRequest::Join { public_key })? {
         Some(FromServer::Joined { cert_pem, .. }) => {
             Ok(hodei_transport::ClientIdentity { cert_pem, key_pem })
         }
@@ -62,8 +62,9 @@ const ONE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn one_request(
     server: SocketAddr,
     cfg: quinn::ClientConfig,
-    body: ToServer,
+    body: impl Into<ToServer>,
 ) -> Result<Option<FromServer>> {
+    let body = body.into();
     use hodei_transport::{FrameReader, FrameWriter};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

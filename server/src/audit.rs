@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use hodei_auth::audit::{self, AuditChain, AuditKey, AuditRecord};
 use hodei_core::event::{Event, EventKind, Subject};
 use hodei_core::ids::JobId;
-use hodei_core::wire::ToServer;
+use hodei_core::wire::JobRequest;
 
 use super::store::Store;
 
@@ -37,35 +37,20 @@ impl ShardAudit {
         })
     }
 
-    /// A mutating client call, before its effects.
-    pub fn call(&mut self, at_ms: u64, actor: &str, body: &ToServer) {
-        let (action, subject, detail) = match body {
-            ToServer::Submit { specs } | ToServer::SubmitWait { specs } => (
-                "call.submit",
-                String::new(),
-                format!("{} job(s)", specs.len()),
-            ),
-            ToServer::Cancel { job } => ("call.cancel", job.to_string(), String::new()),
-            ToServer::Retry { job } => ("call.retry", job.to_string(), String::new()),
-            ToServer::DrainWorker { worker, timeout_ms } => (
-                "call.drain",
-                worker.to_string(),
-                format!("timeout_ms={timeout_ms}"),
-            ),
-            _ => return,
+    /// A mutating client call, before its effects (the record is the request's own,
+    /// [`JobRequest::audit`]).
+    pub fn call(&mut self, at_ms: u64, actor: &str, body: &JobRequest) {
+        let Some(call) = body.audit() else {
+            return;
         };
-        let cid = match body {
-            ToServer::Submit { specs } | ToServer::SubmitWait { specs } if specs.len() == 1 => {
-                specs
-                    .first()
-                    .map(|s| s.policy.correlation_id.clone())
-                    .unwrap_or_default()
-            }
-            _ => String::new(),
-        };
-        let r = self
-            .chain
-            .append(at_ms, actor, action, subject, cid, detail);
+        let r = self.chain.append(
+            at_ms,
+            actor,
+            call.action,
+            call.subject,
+            call.correlation_id,
+            call.detail,
+        );
         self.pending.push(r);
     }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use hdrhistogram::Histogram;
 use hodei_core::spec::JobSpec;
-use hodei_core::wire::{FromAgent, Hello, Resources, ToAgent, ToServer};
+use hodei_core::wire::{FromAgent, Hello, JobRequest, Resources, ToAgent};
 use hodei_shards::{Comm, ConnId, Reply, ReqId, Shard, ShardConfig, ShardMsg, StoreOp};
 
 /// Counts effects instead of keeping them, so the bench measures the shard.
@@ -89,7 +89,7 @@ fn main() {
         let t = Instant::now();
         for i in 0..100u64 {
             now += 1;
-            let body = ToServer::Submit {
+            let body = JobRequest::Submit {
                 specs: vec![JobSpec::exec("/bin/true", &[])],
             };
             shard.handle_client(now, ReqId(round * 100 + i), black_box(body), &mut c);

@@ -5,7 +5,7 @@ use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::{JobRecord, Outcome, WorkerInfo};
 use hodei_core::spec::JobSpec;
 use hodei_core::time::Micros;
-use hodei_core::wire::{Chunk, FromServer, ToAgent, ToServer};
+use hodei_core::wire::{Chunk, FromServer, JobRequest, ToAgent};
 
 /// An agent connection, numbered by the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -153,7 +153,7 @@ pub enum ShardMsg {
         /// Its request number there.
         req: ReqId,
         /// The request.
-        body: ToServer,
+        body: JobRequest,
     },
     /// An answer to a forwarded request.
     Reply {

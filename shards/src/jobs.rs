@@ -6,7 +6,7 @@ use hodei_core::job::JobRecord;
 use hodei_core::spec::JobSpec;
 use hodei_core::state::JobState;
 use hodei_core::time::Micros;
-use hodei_core::wire::{ErrorKind, FromServer, ToAgent, ToServer};
+use hodei_core::wire::{ErrorKind, FromServer, JobRequest, Route, ToAgent};
 
 use crate::comm::{Comm, Reply, ReqId, ShardMsg, StoreOp};
 use crate::job_table::{Job, JobTable};
@@ -27,44 +27,29 @@ pub(crate) fn job_reply(rec: &JobRecord) -> Reply {
 
 impl Shard {
     /// A request from a client connected to this shard.
-    pub fn handle_client(&mut self, now: Micros, req: ReqId, body: ToServer, comm: &mut impl Comm) {
+    pub fn handle_client(
+        &mut self,
+        now: Micros,
+        req: ReqId,
+        body: JobRequest,
+        comm: &mut impl Comm,
+    ) {
         self.begin_call();
         self.now = now;
         let here = self.cfg.index;
-        let owner = match &body {
-            ToServer::Submit { specs } | ToServer::SubmitWait { specs } => {
-                let keys: Vec<&String> = specs
-                    .iter()
-                    .filter_map(|s| s.policy.idempotency_key.as_ref())
-                    .collect();
-                match (keys.first(), specs.len()) {
-                    (None, _) => here,
-                    (Some(k), 1) => key_shard(k, self.cfg.shards),
-                    (Some(_), _) => {
-                        let msg = "an idempotency key can only be given on a single-job submit"
-                            .to_owned();
-                        comm.reply(req, error(ErrorKind::Invalid, msg), true);
-                        return;
-                    }
-                }
-            }
-            ToServer::ListJobs { .. } | ToServer::ListWorkers | ToServer::Events { .. } => {
+        let owner = match body.route() {
+            Route::Here => here,
+            Route::Job(job) => job.owner(self.cfg.shards),
+            Route::Worker(worker) => worker.owner(self.cfg.shards),
+            Route::Key(key) => key_shard(key, self.cfg.shards),
+            Route::AllShards => {
                 self.fan_out(now, req, body, comm);
                 return;
             }
-            ToServer::GetJob { job }
-            | ToServer::Cancel { job }
-            | ToServer::Logs { job, .. }
-            | ToServer::Wait { job }
-            | ToServer::Retry { job } => job.owner(self.cfg.shards),
-            ToServer::DrainWorker { worker, .. } => worker.owner(self.cfg.shards),
-            // The server's control plane answers these; a shard never should.
-            b if b.is_control() => {
-                let msg = "not a shard request".to_owned();
-                comm.reply(req, error(ErrorKind::Invalid, msg), true);
+            Route::Invalid(why) => {
+                comm.reply(req, error(ErrorKind::Invalid, why.to_owned()), true);
                 return;
             }
-            _ => here,
         };
         if owner == here {
             self.on_request(now, here, req, body, comm);
@@ -97,11 +82,11 @@ impl Shard {
     }
 
     /// Requests every shard answers a part of.
-    fn fan_out(&mut self, now: Micros, req: ReqId, body: ToServer, comm: &mut impl Comm) {
+    fn fan_out(&mut self, now: Micros, req: ReqId, body: JobRequest, comm: &mut impl Comm) {
         match &body {
-            ToServer::Events { .. } => self.subs.open_event_stream(req, self.cfg.shards),
+            JobRequest::Events { .. } => self.subs.open_event_stream(req, self.cfg.shards),
             _ => {
-                let is_workers = matches!(body, ToServer::ListWorkers);
+                let is_workers = matches!(body, JobRequest::ListWorkers);
                 self.subs.open_listing(req, self.cfg.shards, is_workers);
             }
         }
@@ -231,14 +216,14 @@ impl Shard {
         now: Micros,
         origin: usize,
         req: ReqId,
-        body: ToServer,
+        body: JobRequest,
         comm: &mut impl Comm,
     ) {
         self.now = now;
         match body {
-            ToServer::Submit { specs } => self.submit(origin, req, specs, false, comm),
-            ToServer::SubmitWait { specs } => self.submit(origin, req, specs, true, comm),
-            ToServer::ListJobs { state } => {
+            JobRequest::Submit { specs } => self.submit(origin, req, specs, false, comm),
+            JobRequest::SubmitWait { specs } => self.submit(origin, req, specs, true, comm),
+            JobRequest::ListJobs { state } => {
                 let jobs = self
                     .jobs
                     .values()
@@ -247,11 +232,11 @@ impl Shard {
                     .collect();
                 self.on_part(origin, req, jobs, Vec::new(), comm);
             }
-            ToServer::ListWorkers => {
+            JobRequest::ListWorkers => {
                 let workers = self.workers.infos();
                 self.on_part(origin, req, Vec::new(), workers, comm);
             }
-            ToServer::Events { since, job, follow } => {
+            JobRequest::Events { since, job, follow } => {
                 let shard = self.index_u8();
                 let after = since.get(self.cfg.index).copied().unwrap_or(0);
                 let stored = Reply::StoredEvents {
@@ -265,15 +250,15 @@ impl Shard {
                     self.subs.follow_events(origin, req, job);
                 }
             }
-            ToServer::GetJob { job } => {
+            JobRequest::GetJob { job } => {
                 let reply = self
                     .jobs
                     .get(job)
                     .map_or_else(|| not_found(job), |j| job_reply(&j.rec));
                 self.reply_to(origin, req, reply, true, comm);
             }
-            ToServer::Cancel { job } => self.cancel(origin, req, job, comm),
-            ToServer::Retry { job } => {
+            JobRequest::Cancel { job } => self.cancel(origin, req, job, comm),
+            JobRequest::Retry { job } => {
                 let Some(j) = self.jobs.get(job) else {
                     self.reply_to(origin, req, not_found(job), true, comm);
                     return;
@@ -298,26 +283,11 @@ impl Shard {
                 );
                 self.want_schedule();
             }
-            ToServer::DrainWorker { worker, timeout_ms } => {
+            JobRequest::DrainWorker { worker, timeout_ms } => {
                 let reply = self.drain_worker(worker, timeout_ms, comm);
                 self.reply_to(origin, req, reply, true, comm);
             }
-            ToServer::CreateToken { .. }
-            | ToServer::ListTokens
-            | ToServer::RevokeToken { .. }
-            | ToServer::SetSecret { .. }
-            | ToServer::ListSecrets
-            | ToServer::RemoveSecret { .. }
-            | ToServer::Audit { .. }
-            | ToServer::AuditVerify
-            | ToServer::Join { .. }
-            | ToServer::RevokeWorker { .. }
-            | ToServer::RotateServerCert
-            | ToServer::Stats { .. } => {
-                let msg = "not a shard request".to_owned();
-                self.reply_to(origin, req, error(ErrorKind::Invalid, msg), true, comm);
-            }
-            ToServer::Logs { job, follow } => {
+            JobRequest::Logs { job, follow } => {
                 let Some(j) = self.jobs.get_mut(job) else {
                     self.reply_to(origin, req, not_found(job), true, comm);
                     return;
@@ -336,7 +306,7 @@ impl Shard {
                     self.reply_to(origin, req, Reply::Msg(FromServer::LogEnd), true, comm);
                 }
             }
-            ToServer::Wait { job } => match self.jobs.get_mut(job) {
+            JobRequest::Wait { job } => match self.jobs.get_mut(job) {
                 None => self.reply_to(origin, req, not_found(job), true, comm),
                 Some(j) if j.rec.state.is_final() => {
                     let reply = job_reply(&j.rec);

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use hodei_core::ids::JobId;
-use hodei_core::wire::{FromServer, SecretBytes, ToServer};
+use hodei_core::wire::{ControlRequest, FromServer, SecretBytes};
 
 use super::Target;
 
@@ -96,13 +96,13 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> Result<u8> {
             uses,
         } => {
             let name = name.unwrap_or_else(|| role.clone());
-            let body = ToServer::CreateToken {
+            let body = ControlRequest::CreateToken {
                 role,
                 name,
                 ttl_ms: ttl.map(ms),
                 uses,
             };
-            for m in client.request(&body).await? {
+            for m in client.request(body).await? {
                 if let FromServer::Token { id, token } = m {
                     eprintln!("token {id} created; it is shown only now:");
                     println!("{token}");
@@ -110,7 +110,7 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> Result<u8> {
             }
         }
         TokenCmd::List { json } => {
-            for m in client.request(&ToServer::ListTokens).await? {
+            for m in client.request(ControlRequest::ListTokens).await? {
                 let FromServer::Tokens(tokens) = m else {
                     continue;
                 };
@@ -149,12 +149,12 @@ pub async fn token(cmd: TokenCmd, target: &Target) -> Result<u8> {
             }
         }
         TokenCmd::RotateServerCert => {
-            client.request(&ToServer::RotateServerCert).await?;
+            client.request(ControlRequest::RotateServerCert).await?;
             eprintln!("server certificate rotated; new connections see the new one");
         }
         TokenCmd::Revoke { id } => {
             client
-                .request(&ToServer::RevokeToken { id: id.clone() })
+                .request(ControlRequest::RevokeToken { id: id.clone() })
                 .await?;
             eprintln!("token {id} revoked");
         }
@@ -188,16 +188,16 @@ pub async fn secret(cmd: SecretCmd, target: &Target) -> Result<u8> {
                 bail!("empty secret value: pipe it on stdin or pass --file");
             }
             let client = target.connect().await?;
-            let body = ToServer::SetSecret {
+            let body = ControlRequest::SetSecret {
                 name: name.clone(),
                 value: SecretBytes(value),
             };
-            client.request(&body).await?;
+            client.request(body).await?;
             eprintln!("secret {name} set");
         }
         SecretCmd::List { json } => {
             let client = target.connect().await?;
-            for m in client.request(&ToServer::ListSecrets).await? {
+            for m in client.request(ControlRequest::ListSecrets).await? {
                 let FromServer::Secrets(list) = m else {
                     continue;
                 };
@@ -217,7 +217,7 @@ pub async fn secret(cmd: SecretCmd, target: &Target) -> Result<u8> {
         SecretCmd::Rm { name } => {
             let client = target.connect().await?;
             client
-                .request(&ToServer::RemoveSecret { name: name.clone() })
+                .request(ControlRequest::RemoveSecret { name: name.clone() })
                 .await?;
             eprintln!("secret {name} removed");
         }
@@ -228,7 +228,7 @@ pub async fn secret(cmd: SecretCmd, target: &Target) -> Result<u8> {
 pub async fn audit(args: AuditArgs, target: &Target) -> Result<u8> {
     let client = target.connect().await?;
     if let Some(AuditCmd::Verify) = args.cmd {
-        for m in client.request(&ToServer::AuditVerify).await? {
+        for m in client.request(ControlRequest::AuditVerify).await? {
             if let FromServer::AuditVerified { records, chains } = m {
                 println!("audit log intact: {records} records in {chains} chains");
             }
@@ -238,13 +238,13 @@ pub async fn audit(args: AuditArgs, target: &Target) -> Result<u8> {
     let since_ms = args
         .since
         .map(|d| (hodei_core::time::wall_now() / 1000).saturating_sub(ms(d)));
-    let body = ToServer::Audit {
+    let body = ControlRequest::Audit {
         job: args.job,
         actor: args.actor,
         since_ms,
     };
     client
-        .stream(&body, |m| {
+        .stream(body, |m| {
             if let FromServer::AuditRecords(lines) = m {
                 for l in lines {
                     if args.json {

@@ -48,7 +48,7 @@ impl Client {
     /// returns false. A server error becomes an `Err`.
     pub async fn stream(
         &self,
-        body: &ToServer,
+        body: impl Into<ToServer>,
         mut f: impl FnMut(FromServer) -> Result<bool>,
     ) -> Result<()> {
         let (send, recv) = self
@@ -59,7 +59,7 @@ impl Client {
         let mut w = FrameWriter::new(send);
         w.send(&Request {
             token: self.token.clone(),
-            body: body.clone(),
+            body: body.into(),
         })
         .await?;
         w.finish()?;
@@ -82,7 +82,7 @@ impl Client {
     }
 
     /// Sends a request and collects every reply.
-    pub async fn request(&self, body: &ToServer) -> Result<Vec<FromServer>> {
+    pub async fn request(&self, body: impl Into<ToServer>) -> Result<Vec<FromServer>> {
         let mut out = Vec::new();
         self.stream(body, |m| {
             out.push(m);

@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::Args;
 use hodei_core::event::{Cursor, Event, EventKind, Subject};
 use hodei_core::ids::JobId;
-use hodei_core::wire::{FromServer, ToServer};
+use hodei_core::wire::{FromServer, JobRequest};
 
 use super::Target;
 use super::view;
@@ -86,13 +86,13 @@ pub async fn run(args: EventsArgs, target: &Target) -> Result<u8> {
 async fn stream(args: &EventsArgs, target: &Target, cursor: &mut Cursor) -> Result<()> {
     let client = target.connect().await?;
     let since = (0..256).map(|s| cursor.get(s)).collect();
-    let body = ToServer::Events {
+    let body = JobRequest::Events {
         since,
         job: args.job,
         follow: args.follow,
     };
     client
-        .stream(&body, |m| {
+        .stream(body, |m| {
             if let FromServer::Events(evs) = m {
                 for e in evs {
                     // A shard's stored part and its live part can overlap by a few events.

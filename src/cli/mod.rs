@@ -19,7 +19,7 @@ use hodei_core::spec::{
     Command, JobSpec, Policy, RetryOn, SecretDelivery, parse_key_value, parse_size,
 };
 use hodei_core::state::JobState;
-use hodei_core::wire::{FromServer, Stream, ToServer};
+use hodei_core::wire::{ControlRequest, FromServer, JobRequest, Stream};
 
 use client::Client;
 
@@ -312,7 +312,7 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
             let spec = (*args).spec()?;
             if wait {
                 let replies = client
-                    .request(&ToServer::SubmitWait { specs: vec![spec] })
+                    .request(JobRequest::SubmitWait { specs: vec![spec] })
                     .await?;
                 let job = one_job(replies)?;
                 if json {
@@ -323,18 +323,18 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
                 return Ok(final_code(&job));
             }
             let replies = client
-                .request(&ToServer::Submit { specs: vec![spec] })
+                .request(JobRequest::Submit { specs: vec![spec] })
                 .await?;
             let id = first_submitted(replies).context("the server did not acknowledge the job")?;
             if json {
-                let job = one_job(client.request(&ToServer::GetJob { job: id }).await?)?;
+                let job = one_job(client.request(JobRequest::GetJob { job: id }).await?)?;
                 print_json(&view::job_json(&job))?;
             } else {
                 println!("{id}");
             }
         }
         JobCmd::Get { id, json } => {
-            let job = one_job(client.request(&ToServer::GetJob { job: id }).await?)?;
+            let job = one_job(client.request(JobRequest::GetJob { job: id }).await?)?;
             if json {
                 print_json(&view::job_json(&job))?;
             } else {
@@ -346,7 +346,7 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
         }
         JobCmd::List { state, json } => {
             let mut jobs = Vec::new();
-            for m in client.request(&ToServer::ListJobs { state }).await? {
+            for m in client.request(JobRequest::ListJobs { state }).await? {
                 if let FromServer::Jobs(js) = m {
                     jobs.extend(js);
                 }
@@ -363,14 +363,14 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
             }
         }
         JobCmd::Cancel { id } => {
-            let job = one_job(client.request(&ToServer::Cancel { job: id }).await?)?;
+            let job = one_job(client.request(JobRequest::Cancel { job: id }).await?)?;
             println!("{} {}", job.id, job.state);
         }
         JobCmd::Logs { id, follow } => {
             let mut out = std::io::stdout().lock();
             let mut err = std::io::stderr().lock();
             client
-                .stream(&ToServer::Logs { job: id, follow }, |m| {
+                .stream(JobRequest::Logs { job: id, follow }, |m| {
                     match m {
                         FromServer::Log(chunks) => {
                             for c in chunks {
@@ -389,7 +389,7 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
                 .await?;
         }
         JobCmd::Retry { id } => {
-            let replies = client.request(&ToServer::Retry { job: id }).await?;
+            let replies = client.request(JobRequest::Retry { job: id }).await?;
             let new =
                 first_submitted(replies).context("the server did not acknowledge the retry")?;
             println!("{new}");
@@ -402,7 +402,7 @@ pub async fn job(cmd: JobCmd, target: &Target) -> Result<u8> {
 async fn wait(client: &Client, ids: Vec<JobId>, timeout: Option<Duration>) -> Result<u8> {
     let waits = ids
         .iter()
-        .map(|id| async move { one_job(client.request(&ToServer::Wait { job: *id }).await?) });
+        .map(|id| async move { one_job(client.request(JobRequest::Wait { job: *id }).await?) });
     let all = futures_join_all(waits);
     let results = match timeout {
         Some(t) => match tokio::time::timeout(t, all).await {
@@ -475,7 +475,7 @@ pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
         WorkerCmd::Drain { id, timeout } => {
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             for m in client
-                .request(&ToServer::DrainWorker {
+                .request(JobRequest::DrainWorker {
                     worker: id,
                     timeout_ms,
                 })
@@ -491,7 +491,7 @@ pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
         }
         WorkerCmd::Revoke { id } => {
             client
-                .request(&ToServer::RevokeWorker { worker: id })
+                .request(ControlRequest::RevokeWorker { worker: id })
                 .await?;
             eprintln!(
                 "worker {id} revoked: its agent's certificates no longer work and its connections are closed"
@@ -500,7 +500,7 @@ pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
         }
     };
     let mut workers = Vec::new();
-    for m in client.request(&ToServer::ListWorkers).await? {
+    for m in client.request(JobRequest::ListWorkers).await? {
         if let FromServer::Workers(ws) = m {
             workers.extend(ws);
         }
@@ -528,7 +528,7 @@ pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
 pub async fn stats(reset: bool, json: bool, target: &Target) -> Result<u8> {
     let client = target.connect().await?;
     let mut figures = Vec::new();
-    for m in client.request(&ToServer::Stats { reset }).await? {
+    for m in client.request(ControlRequest::Stats { reset }).await? {
         if let FromServer::Stats(f) = m {
             figures.extend(f);
         }

@@ -230,7 +230,7 @@ impl Server {
 
     /// Joins as an agent from the test itself (for raw QUIC tests): the client identity.
     pub fn join_identity(&self) -> hodei_transport::ClientIdentity {
-        use hodei_core::wire::{ALPN_CLIENT, FromServer, Request, ToServer};
+        use hodei_core::wire::{ALPN_CLIENT, ControlRequest, FromServer, Request};
         let token = self.join_token();
         block_on(async {
             let (key_pem, public_key) = hodei_transport::new_agent_key().unwrap();
@@ -240,7 +240,7 @@ impl Server {
             let mut w = hodei_transport::FrameWriter::new(send);
             w.send(&Request {
                 token,
-                body: ToServer::Join { public_key },
+                body: ControlRequest::Join { public_key }.into(),
             })
             .await
             .unwrap();

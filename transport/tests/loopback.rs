@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hodei_core::frame::{FrameError, Wire};
 use hodei_core::spec::JobSpec;
-use hodei_core::wire::{FromAgent, ToServer};
+use hodei_core::wire::{FromAgent, JobRequest, ToServer};
 use hodei_transport::{
     FrameReader, FrameWriter, MAX_UDP_PAYLOAD, TransportError, TransportOptions, bind_reuseport,
     client_config, client_endpoint, connect, ensure_server_tls, server_config, server_endpoint,
@@ -127,9 +127,9 @@ async fn reuseport_endpoints_carry_framed_messages() -> TestResult {
         running: 3,
         load: 142,
     };
-    let submit = ToServer::Submit {
+    let submit = ToServer::Job(JobRequest::Submit {
         specs: vec![JobSpec::exec("echo", &["hello", "world"])],
-    };
+    });
 
     // Several connections from different ports, so both shards are likely to serve some;
     // every one must work whichever shard the kernel picks.

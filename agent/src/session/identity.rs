@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use hodei_core::time::wall_now;
-use hodei_core::wire::{ALPN_CLIENT, FromServer, Request, ToServer};
+use hodei_core::wire::{ALPN_CLIENT, ControlRequest, FromServer, Request};
 use hodei_transport::{ClientIdentity, FrameReader, FrameWriter, TransportOptions};
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -188,7 +188,7 @@ async fn join(server: SocketAddr, ca: &Path, token: &str) -> Result<Identity> {
     let mut w = FrameWriter::new(send);
     w.send(&Request {
         token: token.trim().to_owned(),
-        body: ToServer::Join { public_key },
+        body: ControlRequest::Join { public_key }.into(),
     })
     .await?;
     w.finish()?;

@@ -9,14 +9,14 @@ use hodei_auth::redact::{RedactStream, Redactor};
 use hodei_core::frame::MAX_FRAME;
 use hodei_core::ids::JobId;
 use hodei_core::job::JobRecord;
-use hodei_core::wire::{Chunk, ErrorKind, FromServer, Request, Stream, ToServer};
+use hodei_core::wire::{Chunk, ErrorKind, FromServer, JobRequest, Request, Stream, ToServer};
 use hodei_shards::{Reply, ReqId};
 use hodei_transport::{FrameReader, FrameWriter};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tracing::{debug, warn};
 
 use super::next_id;
-use crate::control::{Caller, Control, permission_for};
+use crate::control::{Caller, Control};
 use crate::shard_thread::{ClientRequest, Input};
 use crate::store::Store;
 
@@ -72,7 +72,7 @@ async fn client_stream(
     let remote = conn.remote_address();
     let first = r.next::<Request>().await;
     drop(permit);
-    let Request { token, mut body } = match first {
+    let Request { token, body } = match first {
         Ok(Some(b)) => b,
         Ok(None) => return,
         Err(e) => {
@@ -95,23 +95,26 @@ async fn client_stream(
             return;
         }
     };
-    if let Err(denied) = caller.require(permission_for(&body)) {
+    if let Err(denied) = caller.require(body.permission()) {
         warn!(%remote, actor = %caller.name, "denied: {body:?}");
         let _ = w.send(&denied).await;
         let _ = w.finish();
         return;
     }
-    if body.is_control() {
-        let mut ok = true;
-        for reply in control.handle(&caller, body) {
-            ok &= w.push(&reply).is_ok();
+    let mut body = match body {
+        ToServer::Job(body) => body,
+        ToServer::Control(body) => {
+            let mut ok = true;
+            for reply in control.handle(&caller, body) {
+                ok &= w.push(&reply).is_ok();
+            }
+            if ok {
+                let _ = w.flush().await;
+            }
+            let _ = w.finish();
+            return;
         }
-        if ok {
-            let _ = w.flush().await;
-        }
-        let _ = w.finish();
-        return;
-    }
+    };
     let redactor = match gate(&mut body, &caller, &control, &tx).await {
         Ok(r) => r,
         Err(reply) => {
@@ -237,15 +240,15 @@ const fn is_plain(m: &FromServer) -> bool {
 /// touch its own jobs and not read the event stream of everyone's; a submit names secrets
 /// that exist and is stamped with its owner. For `logs`, returns the job's redactor.
 async fn gate(
-    body: &mut ToServer,
+    body: &mut JobRequest,
     caller: &Caller,
     control: &Control,
     tx: &UnboundedSender<Input>,
 ) -> Result<Option<Redactor>, FromServer> {
     let sees_all = caller.role.sees_all_jobs();
-    let is_logs = matches!(body, ToServer::Logs { .. });
+    let is_logs = matches!(body, JobRequest::Logs { .. });
     match body {
-        ToServer::Submit { specs } | ToServer::SubmitWait { specs } => {
+        JobRequest::Submit { specs } | JobRequest::SubmitWait { specs } => {
             for spec in specs.iter_mut() {
                 spec.owner.clone_from(&caller.name);
                 if let Some(name) = control.missing_secret(&spec.secrets) {
@@ -259,22 +262,20 @@ async fn gate(
             }
             Ok(None)
         }
-        ToServer::Events { .. } if !sees_all => Err(FromServer::Error {
+        JobRequest::Events { .. } if !sees_all => Err(FromServer::Error {
             kind: ErrorKind::Forbidden,
             message: format!(
                 "permission denied: role {} sees only its own jobs, and the event stream is everyone's",
                 caller.role
             ),
         }),
-        ToServer::GetJob { job }
-        | ToServer::Cancel { job }
-        | ToServer::Logs { job, .. }
-        | ToServer::Wait { job }
-        | ToServer::Retry { job } => {
+        _ => {
+            let Some(job) = body.job() else {
+                return Ok(None);
+            };
             if sees_all && !is_logs {
                 return Ok(None);
             }
-            let job = *job;
             // Someone else's job is "not found": its existence is not theirs to know.
             let rec = fetch_job(tx, job, caller).await?;
             if !sees_all && rec.spec.owner != caller.name {
@@ -289,7 +290,6 @@ async fn gate(
                 None
             })
         }
-        _ => Ok(None),
     }
 }
 
@@ -303,7 +303,7 @@ async fn fetch_job(
     let req = ReqId(next_id());
     tx.send(Input::Client(ClientRequest {
         req,
-        body: ToServer::GetJob { job },
+        body: JobRequest::GetJob { job },
         actor: caller.name.clone(),
         reply: rtx,
     }))

@@ -1,8 +1,8 @@
-//! Who is calling, once their token checked out, and what each request needs them to be
-//! allowed to do.
+//! Who is calling, once their token checked out, and the check of what they may do (what
+//! each request needs is stated with the request, `hodei_core::request`).
 
 use hodei_auth::role::{Permission, Role};
-use hodei_core::wire::{ErrorKind, FromServer, ToServer};
+use hodei_core::wire::{ErrorKind, FromServer};
 
 /// Who is calling, once their token checked out.
 #[derive(Clone, Debug)]
@@ -36,50 +36,8 @@ impl Caller {
             message: format!(
                 "permission denied: role {} lacks the {} permission",
                 self.role,
-                permission_name(p)
+                p.name()
             ),
         })
-    }
-}
-
-/// The permission a request needs.
-#[must_use]
-pub const fn permission_for(body: &ToServer) -> Permission {
-    match body {
-        ToServer::Submit { .. } | ToServer::SubmitWait { .. } => Permission::Submit,
-        ToServer::GetJob { .. }
-        | ToServer::ListJobs { .. }
-        | ToServer::Logs { .. }
-        | ToServer::Wait { .. }
-        | ToServer::ListWorkers
-        | ToServer::Events { .. }
-        | ToServer::Stats { reset: false } => Permission::Read,
-        // Restarting the figures spoils them for everyone else who reads them (a load test
-        // resets at its steady phase): the fleet operator's call, not any reader's.
-        ToServer::Stats { reset: true } => Permission::ManageWorkers,
-        ToServer::Cancel { .. } | ToServer::Retry { .. } => Permission::Cancel,
-        ToServer::DrainWorker { .. } | ToServer::RevokeWorker { .. } => Permission::ManageWorkers,
-        ToServer::Join { .. } => Permission::Join,
-        ToServer::RotateServerCert => Permission::ManageTokens,
-        ToServer::CreateToken { .. } | ToServer::ListTokens | ToServer::RevokeToken { .. } => {
-            Permission::ManageTokens
-        }
-        ToServer::SetSecret { .. } | ToServer::ListSecrets | ToServer::RemoveSecret { .. } => {
-            Permission::ManageSecrets
-        }
-        ToServer::Audit { .. } | ToServer::AuditVerify => Permission::ReadAudit,
-    }
-}
-
-const fn permission_name(p: Permission) -> &'static str {
-    match p {
-        Permission::Read => "read",
-        Permission::Submit => "submit",
-        Permission::Cancel => "cancel",
-        Permission::ManageWorkers => "manage-workers",
-        Permission::ManageSecrets => "manage-secrets",
-        Permission::ManageTokens => "manage-tokens",
-        Permission::ReadAudit => "read-audit",
-        Permission::Join => "join",
     }
 }

@@ -17,14 +17,14 @@ use hodei_auth::audit::{AuditChain, AuditKey, AuditRecord};
 use hodei_auth::role::Role;
 use hodei_auth::seal::SealKey;
 use hodei_auth::token::{self, TokenId, TokenRecord};
-use hodei_core::wire::{ErrorKind, FromServer, SecretInfo, ToServer, TokenInfo};
+use hodei_core::wire::{ControlRequest, ErrorKind, FromServer, SecretInfo, TokenInfo};
 use tracing::info;
 
 mod caller;
 mod pki;
 mod secrets;
 
-pub use caller::{Caller, permission_for};
+pub use caller::Caller;
 pub use pki::Pki;
 use secrets::Sealed;
 
@@ -199,9 +199,9 @@ impl Control {
     }
 
     /// Answers a control request (the caller's permission was checked by the connection).
-    pub fn handle(&self, caller: &Caller, body: ToServer) -> Vec<FromServer> {
+    pub fn handle(&self, caller: &Caller, body: ControlRequest) -> Vec<FromServer> {
         match body {
-            ToServer::CreateToken {
+            ControlRequest::CreateToken {
                 role,
                 name,
                 ttl_ms,
@@ -219,7 +219,7 @@ impl Control {
                     Err(e) => vec![err(ErrorKind::Invalid, format!("{e:#}"))],
                 }
             }
-            ToServer::ListTokens => {
+            ControlRequest::ListTokens => {
                 let mut v: Vec<TokenInfo> = self
                     .read_tokens()
                     .values()
@@ -236,7 +236,7 @@ impl Control {
                 v.sort_by(|a, b| a.created_at_ms.cmp(&b.created_at_ms).then(a.id.cmp(&b.id)));
                 vec![FromServer::Tokens(v)]
             }
-            ToServer::RevokeToken { id } => {
+            ControlRequest::RevokeToken { id } => {
                 let Ok(n) = u64::from_str_radix(id.trim(), 16) else {
                     return vec![err(ErrorKind::Invalid, format!("bad token id {id:?}"))];
                 };
@@ -255,8 +255,10 @@ impl Control {
                     Err(e) => vec![internal(&e)],
                 }
             }
-            ToServer::SetSecret { name, value } => vec![self.set_secret(caller, &name, &value.0)],
-            ToServer::ListSecrets => vec![FromServer::Secrets(
+            ControlRequest::SetSecret { name, value } => {
+                vec![self.set_secret(caller, &name, &value.0)]
+            }
+            ControlRequest::ListSecrets => vec![FromServer::Secrets(
                 self.read_secrets()
                     .iter()
                     .map(|(name, s)| SecretInfo {
@@ -266,7 +268,7 @@ impl Control {
                     })
                     .collect(),
             )],
-            ToServer::RemoveSecret { name } => {
+            ControlRequest::RemoveSecret { name } => {
                 if !self.read_secrets().contains_key(&name) {
                     return vec![err(ErrorKind::NotFound, format!("no secret {name:?}"))];
                 }
@@ -284,7 +286,7 @@ impl Control {
                     Err(e) => vec![internal(&e)],
                 }
             }
-            ToServer::Audit {
+            ControlRequest::Audit {
                 job,
                 actor,
                 since_ms,
@@ -296,7 +298,7 @@ impl Control {
                     .collect(),
                 Err(e) => vec![internal(&e)],
             },
-            ToServer::AuditVerify => {
+            ControlRequest::AuditVerify => {
                 vec![
                     match super::audit::verify_all(&self.store, &self.audit_key) {
                         Ok((records, chains)) => FromServer::AuditVerified { records, chains },
@@ -304,15 +306,15 @@ impl Control {
                     },
                 ]
             }
-            ToServer::Join { public_key } => vec![self.join(caller, &public_key)],
-            ToServer::RevokeWorker { worker } => vec![self.revoke_worker(caller, worker)],
-            ToServer::RotateServerCert => vec![self.rotate(caller)],
-            ToServer::Stats { reset } => vec![FromServer::Stats(self.stats.figures(reset))],
-            _ => vec![err(ErrorKind::Invalid, "not a control request")],
+            ControlRequest::Join { public_key } => vec![self.join(caller, &public_key)],
+            ControlRequest::RevokeWorker { worker } => vec![self.revoke_worker(caller, worker)],
+            ControlRequest::RotateServerCert => vec![self.rotate(caller)],
+            ControlRequest::Stats { reset } => vec![FromServer::Stats(self.stats.figures(reset))],
         }
     }
 }
 
+/// Where a server keeps its admin token.
 #[must_use]
 pub fn admin_token_path(data_dir: &Path) -> PathBuf {
     data_dir.join("admin.token")

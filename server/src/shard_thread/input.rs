@@ -1,7 +1,7 @@
 //! What a shard's loop is fed: [`Input`] from its connection tasks, the control plane and
 //! the other shards, and [`AgentOut`] to an agent connection's writer.
 
-use hodei_core::wire::{FromAgent, ToAgent, ToServer};
+use hodei_core::wire::{FromAgent, JobRequest, ToAgent};
 use hodei_shards::{ConnId, Reply, ReqId, ShardMsg};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -62,7 +62,7 @@ pub struct ClientRequest {
     /// Its number on this shard.
     pub req: ReqId,
     /// What it asks.
-    pub body: ToServer,
+    pub body: JobRequest,
     /// Who made it (the token's name): the actor in the audit log.
     pub actor: String,
     /// Where its replies go, each with whether it is the last.

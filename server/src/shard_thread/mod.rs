@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hodei_core::time::wall_now;
-use hodei_core::wire::{FromAgent, ToServer};
+use hodei_core::wire::{FromAgent, JobRequest};
 use hodei_shards::{ConnId, Effects, Reply, ReqId, Shard, StoreOp};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{error, info, warn};
@@ -25,8 +25,8 @@ mod input;
 
 mod release;
 
-use release::{has_writes, log_event, note_events, release, writes_to};
 pub use input::{AgentMsg, AgentOpen, AgentOut, ClientRequest, Input};
+use release::{has_writes, log_event, note_events, release, writes_to};
 
 use super::audit::ShardAudit;
 use super::control::Control;
@@ -255,7 +255,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 }) => {
                     clients.insert(req, reply);
                     let read = match &body {
-                        ToServer::GetJob { job } => Some(*job),
+                        JobRequest::GetJob { job } => Some(*job),
                         _ => None,
                     };
                     let mark = fx.reply.len();
@@ -338,4 +338,3 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     }
     Ok(())
 }
-

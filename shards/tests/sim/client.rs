@@ -7,7 +7,7 @@ use hodei_core::ids::{JobId, WorkerId};
 use hodei_core::job::JobRecord;
 use hodei_core::spec::{JobSpec, RetryOn};
 use hodei_core::time::ms;
-use hodei_core::wire::{FromServer, ToServer};
+use hodei_core::wire::{FromServer, JobRequest};
 use hodei_shards::{Reply, ReqId};
 use rand::Rng;
 
@@ -169,7 +169,7 @@ impl Sim {
         spec
     }
 
-    fn request(&mut self, shard: usize, body: ToServer, req: Req) {
+    fn request(&mut self, shard: usize, body: JobRequest, req: Req) {
         self.clients.next_req += 1;
         let id = ReqId(self.clients.next_req);
         self.clients.pending.insert(id, req);
@@ -192,9 +192,9 @@ impl Sim {
         // A third of the submits wait for their jobs on the same request.
         let wait = self.rng.gen_ratio(1, 3);
         let body = if wait {
-            ToServer::SubmitWait { specs }
+            JobRequest::SubmitWait { specs }
         } else {
-            ToServer::Submit { specs }
+            JobRequest::Submit { specs }
         };
         let answered = BTreeSet::new();
         self.request(
@@ -222,14 +222,14 @@ impl Sim {
         if let Some(job) = self.random_acked() {
             self.clients.cancelled.insert(job);
             let shard = self.rng.gen_range(0..self.opts.shards);
-            self.request(shard, ToServer::Cancel { job }, Req::Cancel);
+            self.request(shard, JobRequest::Cancel { job }, Req::Cancel);
         }
     }
 
     pub fn wait_random(&mut self) {
         if let Some(job) = self.random_acked() {
             let shard = self.rng.gen_range(0..self.opts.shards);
-            self.request(shard, ToServer::Wait { job }, Req::Wait);
+            self.request(shard, JobRequest::Wait { job }, Req::Wait);
         }
     }
 
@@ -245,7 +245,7 @@ impl Sim {
         let shard = self.rng.gen_range(0..self.opts.shards);
         self.request(
             shard,
-            ToServer::Retry { job },
+            JobRequest::Retry { job },
             Req::Submit {
                 n: 1,
                 key: None,
@@ -258,7 +258,7 @@ impl Sim {
     /// `hodei worker drain`.
     pub fn drain_request(&mut self, worker: WorkerId, timeout_ms: u64) {
         let shard = self.rng.gen_range(0..self.opts.shards);
-        let body = ToServer::DrainWorker { worker, timeout_ms };
+        let body = JobRequest::DrainWorker { worker, timeout_ms };
         self.request(shard, body, Req::Drain);
     }
 

@@ -7,7 +7,7 @@
 use std::collections::VecDeque;
 
 use hodei_core::time::{Micros, ms};
-use hodei_core::wire::{FromAgent, ToServer};
+use hodei_core::wire::{FromAgent, JobRequest};
 use hodei_shards::{ConnId, ReqId, Shard, ShardConfig, ShardMsg};
 use rand::Rng;
 
@@ -20,7 +20,7 @@ pub enum Input {
     Agent(ConnId, FromAgent),
     Closed(ConnId),
     Shard(ShardMsg),
-    Client(ReqId, ToServer),
+    Client(ReqId, JobRequest),
 }
 
 /// The effects of one loop turn (the driver's `Comm`).
