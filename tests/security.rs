@@ -263,8 +263,8 @@ fn audit_log_records_who_did_what_and_detects_tampering() {
 }
 
 /// Changes one letter of the actor of the first record, from the third of a chain on, that
-/// names one; returns its seq. Records are stored one per key (older builds) or in blocks of
-/// consecutive records under the first one's key (`hodei_core::log_block`).
+/// names one; returns its seq. Records are stored in blocks of consecutive records under the
+/// first one's key (`hodei_core::log_block`).
 fn tamper(store: &std::path::Path) -> u64 {
     let db = fjall::Database::builder(store).open().unwrap();
     let audit = db
@@ -279,11 +279,7 @@ fn tamper(store: &std::path::Path) -> u64 {
         .collect();
     for (k, v) in all {
         let first = u64::from_be_bytes(k[2..10].try_into().unwrap());
-        let entries = if log_block::is_block(&v) {
-            log_block::entries(&v).unwrap()
-        } else {
-            vec![&v[..]]
-        };
+        let entries = log_block::entries(&v).unwrap();
         for (i, e) in entries.iter().enumerate() {
             let seq = first + i as u64;
             let found = [&b"alice"[..], b"agent@", b"server", b"admin"]

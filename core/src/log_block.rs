@@ -9,13 +9,14 @@
 //!
 //! Layout: [`TAG`], then for each entry (at least one) its length (LEB128) and its bytes.
 //! Entry `i` has number `first + i`. What an entry holds is the log's business (a compact
-//! event, an audit record). A log may also hold single entries written before blocks
-//! existed: those never start with [`TAG`] ([`is_block`]).
+//! event, an audit record). Bytes that do not start with [`TAG`] are not a block
+//! ([`is_block`]) and are refused.
 
 use crate::leb128;
 
 /// First byte of a block. Distinct from a compact event's tag, from the first byte of an
-/// rkyv frame (the protocol version, little-endian) and from the audit record versions (1, 2).
+/// rkyv frame (the protocol version, little-endian) and from the audit record versions, so a
+/// value of any other kind is never mistaken for a block.
 pub const TAG: u8 = 0xB1;
 
 const _: () = assert!(TAG != crate::event_codec::TAG);

@@ -4,7 +4,7 @@
 //! that registered with it). It is a plain struct: the driver feeds it `handle_*(now, ..)`
 //! calls and it answers through one narrow trait, [`Comm`]: records to persist, messages to
 //! agents, to clients and to other shards. It never reads a clock and never does I/O, so the
-//! real server (`hodei server`) and the deterministic simulation (`tests/sim.rs`) run the same
+//! real server (`hodei server`) and the deterministic simulation (`tests/sim/`) run the same
 //! code.
 //!
 //! The contract with the driver: everything a handler passes to [`Comm::persist`] must be

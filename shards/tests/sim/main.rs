@@ -44,25 +44,14 @@
 //!     --test sim SCENARIO -- --nocapture
 //! ```
 
-#[path = "sim/agent.rs"]
 mod agent;
-#[path = "sim/client.rs"]
 mod client;
-#[path = "sim/invariants.rs"]
 mod invariants;
-#[path = "sim/net.rs"]
 mod net;
-#[path = "sim/opts.rs"]
 mod opts;
-#[path = "sim/regressions.rs"]
 mod regressions;
-#[path = "sim/runner.rs"]
 mod runner;
-#[path = "sim/scenarios.rs"]
 mod scenarios;
-#[path = "sim/server.rs"]
 mod server;
-#[path = "sim/store.rs"]
 mod store;
-#[path = "sim/world.rs"]
 mod world;
