@@ -1,7 +1,7 @@
-//! Stored events (`hodei_core::event::Event`) as the server reads them back from its store
-//! (the compact form, `hodei_core::event_codec`, or an older rkyv frame: `split_frame` then
-//! `Event::decode`, or a block of compact events, `hodei_core::log_block`, as in
-//! `src/server/store.rs`) and as clients receive them inside `FromServer::Events`. A compact
+//! Events (`hodei_core::event::Event`) as the server reads them back from its store (a block
+//! of compact events, `hodei_core::log_block` and `hodei_core::event_codec`, as in
+//! `server/src/store/logs.rs`; one compact event is an entry of a block) and as clients
+//! receive them inside `FromServer::Events` (an rkyv archive, here as a frame of one). A compact
 //! event must re-encode to bytes that decode to the same value, a block's entries must
 //! rebuild the same block, and a cursor advanced by a decoded event must print and parse
 //! back to itself.

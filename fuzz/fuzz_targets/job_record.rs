@@ -1,5 +1,5 @@
 //! Stored job records (`hodei_core::job::JobRecord`) as the server reads them back from its
-//! store at start-up (`split_frame` then `JobRecord::decode`, as in `src/server/store.rs`).
+//! store at start-up (`split_frame` then `JobRecord::decode`, as in `server/src/store/jobs.rs`).
 //! The stored spec is validated and rendered. A decoded record must re-encode to a frame that
 //! decodes to the same value.
 #![no_main]

@@ -1,7 +1,7 @@
 //! A certificate request as the server receives it: the raw public key of a `Join` request
 //! (`hodei_core::wire::ControlRequest::Join`, whose framing the `request` target covers), through
 //! `hodei_transport::check_agent_key` and, if the shape is accepted, the CA's real signing
-//! (`Authority::issue_agent`), as `src/server/control.rs` does for a valid join token.
+//! (`Authority::issue_agent`), as `server/src/control/pki.rs` does for a valid join token.
 //!
 //! Checks: no panic; a key the check accepts is always signed, and the certificate carries
 //! exactly that key; a key it refuses is refused by the signer too.

@@ -1,5 +1,5 @@
 //! The first frame of every client stream (`hodei_core::wire::Request`: a token and a
-//! `ToServer` body), as the server reads it (`src/server/conn.rs`): split and decoded; the body
+//! `ToServer` body), as the server reads it (`server/src/conn/client.rs`): split and decoded; the body
 //! gets the `to_server` checks (spec validation, secret-free `Debug`) and, with the `auth`
 //! feature, the token goes through `hodei_auth::token::parse` as authentication does. A decoded
 //! request must re-encode to a frame that decodes to the same value.

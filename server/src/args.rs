@@ -19,7 +19,7 @@ pub struct ServerArgs {
     /// Shards (pinned threads); default one per core.
     #[arg(long)]
     shards: Option<usize>,
-    /// Agents heartbeat this often; a connection silent for 3 intervals is dropped.
+    /// Agents heartbeat this often (see --heartbeat-timeout for when silence drops one).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
     /// An agent silent this long is treated as disconnected (default: 3 heartbeat intervals).

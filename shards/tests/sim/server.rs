@@ -1,4 +1,4 @@
-//! The server driver, as `src/server/shard_thread.rs` runs it: each shard takes what is in
+//! The server driver, as `server/src/shard_thread/` runs it: each shard takes what is in
 //! its inbox, handles it and its due timers in one loop turn, commits the turn's writes
 //! (group commit; a slow disk takes up to `slow_disk_ms`), and only then releases the turn's
 //! messages. The shard is blocked while it commits. A restart (`kill -9`) loses inboxes,
