@@ -100,14 +100,7 @@ pub(super) async fn agent_conn(
                 }
             }
             Ok(Some(msg)) => {
-                if tx
-                    .send(Input::Agent(AgentMsg {
-                        conn: id,
-                        msg,
-                        decoded: std::time::Instant::now(),
-                    }))
-                    .is_err()
-                {
+                if !forward(&tx, id, msg) {
                     break;
                 }
             }
@@ -129,6 +122,14 @@ pub(super) async fn agent_conn(
     let _ = tx.send(Input::AgentClosed(id));
 }
 
+/// Hands a decoded message to the shard's loop, stamped with when it was decoded; false once
+/// the loop is gone.
+fn forward(tx: &UnboundedSender<Input>, conn: ConnId, msg: FromAgent) -> bool {
+    let decoded = std::time::Instant::now();
+    tx.send(Input::Agent(AgentMsg { conn, msg, decoded }))
+        .is_ok()
+}
+
 /// An agent's heartbeats sent as datagrams (`hodei_transport::datagram`), until the
 /// connection ends. Their own task, so that a heartbeat does not poll the stream's reader.
 /// Anything but a heartbeat in a datagram is a protocol error and closes the connection. The
@@ -137,14 +138,7 @@ async fn agent_datagrams(conn: quinn::Connection, id: ConnId, tx: UnboundedSende
     while let Ok(datagram) = conn.read_datagram().await {
         let why = match hodei_transport::decode_datagram::<FromAgent>(&datagram) {
             Ok(msg @ FromAgent::Heartbeat { .. }) => {
-                if tx
-                    .send(Input::Agent(AgentMsg {
-                        conn: id,
-                        msg,
-                        decoded: std::time::Instant::now(),
-                    }))
-                    .is_err()
-                {
+                if !forward(&tx, id, msg) {
                     return;
                 }
                 continue;
