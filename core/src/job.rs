@@ -58,10 +58,11 @@ impl Outcome {
         }
     }
 
-    /// A reason for anything but a clean exit.
+    /// A reason for anything but a clean exit, at most [`MAX_ERROR`] bytes (an agent's
+    /// spawn error is its text, and whatever a job's record holds is stored with it).
     #[must_use]
     pub fn error(&self) -> Option<String> {
-        match self {
+        let mut e = match self {
             Self::Exited(0) => None,
             Self::Exited(c) => Some(format!("exited with code {c}")),
             Self::Signaled(s) => Some(format!("killed by signal {s}")),
@@ -69,8 +70,29 @@ impl Outcome {
             Self::Cancelled => Some("cancelled".to_owned()),
             Self::Drained => Some("killed when its agent was drained".to_owned()),
             Self::SpawnFailed(e) => Some(format!("could not start: {e}")),
+        };
+        if let Some(e) = e.as_mut() {
+            truncate_error(e);
         }
+        e
     }
+}
+
+/// Longest error text kept with a job.
+pub const MAX_ERROR: usize = 4096;
+
+/// Cuts `e` to at most [`MAX_ERROR`] bytes, at a character boundary, marking the cut.
+pub fn truncate_error(e: &mut String) {
+    const MARK: &str = " [...]";
+    if e.len() <= MAX_ERROR {
+        return;
+    }
+    let mut end = MAX_ERROR - MARK.len();
+    while !e.is_char_boundary(end) {
+        end -= 1;
+    }
+    e.truncate(end);
+    e.push_str(MARK);
 }
 
 /// A job as the server knows it. Stored whole on every state change.

@@ -253,6 +253,7 @@ impl JobSpec {
     /// # Errors
     /// The first problem found.
     pub fn validate(&self) -> Result<(), SpecError> {
+        self.check_sizes()?;
         match &self.command {
             Command::Exec { program, args } => {
                 if program.trim().is_empty() {
@@ -270,9 +271,6 @@ impl JobSpec {
                     return Err(SpecError::NulByte("script"));
                 }
             }
-        }
-        if self.name.len() > MAX_NAME {
-            return Err(SpecError::TooLong("name", MAX_NAME));
         }
         for (k, v) in &self.env {
             let valid = !k.is_empty()
@@ -335,6 +333,78 @@ impl JobSpec {
     }
 }
 
+/// The size limits of a spec, field by field. Together they keep a job's stored record (its
+/// spec, plus at most [`crate::job::MAX_ERROR`] of error text and fixed-size fields) far below
+/// the frame limit ([`crate::frame::MAX_FRAME`], which the store's records share), so a spec
+/// accepted at submit can always be stored, assigned and read back. The command line and
+/// environment together also stay below Linux's `ARG_MAX` (2 MiB).
+pub mod limits {
+    /// The program, the working directory, and each label key and value.
+    pub const MAX_PATH: usize = 4096;
+    /// Arguments of a command.
+    pub const MAX_ARGS: usize = 4096;
+    /// Program and arguments together, in bytes.
+    pub const MAX_COMMAND_BYTES: usize = 1 << 20;
+    /// A script's body.
+    pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
+    /// Environment variables.
+    pub const MAX_ENV: usize = 4096;
+    /// Environment names and values together, in bytes.
+    pub const MAX_ENV_BYTES: usize = 512 << 10;
+    /// Labels a job asks for.
+    pub const MAX_LABELS: usize = 64;
+}
+
+use limits::{
+    MAX_ARGS, MAX_COMMAND_BYTES, MAX_ENV, MAX_ENV_BYTES, MAX_LABELS, MAX_PATH, MAX_SCRIPT_BYTES,
+};
+
+impl JobSpec {
+    /// Refuses a spec with a field over its limit ([`limits`]), naming the field.
+    fn check_sizes(&self) -> Result<(), SpecError> {
+        let too_long = |field, max, len: usize| {
+            if len > max {
+                Err(SpecError::TooLong(field, max))
+            } else {
+                Ok(())
+            }
+        };
+        let too_many = |field, max, n: usize| {
+            if n > max {
+                Err(SpecError::TooMany(field, max))
+            } else {
+                Ok(())
+            }
+        };
+        match &self.command {
+            Command::Exec { program, args } => {
+                too_long("program", MAX_PATH, program.len())?;
+                too_many("arguments", MAX_ARGS, args.len())?;
+                let bytes = args
+                    .iter()
+                    .fold(program.len(), |n, a| n.saturating_add(a.len()));
+                too_long("command line", MAX_COMMAND_BYTES, bytes)?;
+            }
+            Command::Script { body } => too_long("script", MAX_SCRIPT_BYTES, body.len())?,
+        }
+        too_long("name", MAX_NAME, self.name.len())?;
+        too_many("environment variables", MAX_ENV, self.env.len())?;
+        let env = self.env.iter().fold(0usize, |n, (k, v)| {
+            n.saturating_add(k.len()).saturating_add(v.len())
+        });
+        too_long("environment", MAX_ENV_BYTES, env)?;
+        too_many("labels", MAX_LABELS, self.labels.len())?;
+        for (k, v) in &self.labels {
+            too_long("label", MAX_PATH, k.len().max(v.len()))?;
+        }
+        too_long(
+            "working directory",
+            MAX_PATH,
+            self.workdir.as_ref().map_or(0, String::len),
+        )
+    }
+}
+
 const MAX_NAME: usize = 256;
 const MAX_SECRETS: usize = 64;
 /// Timeouts and backoffs are bounded (a year), so deadlines never overflow a clock.
@@ -364,6 +434,9 @@ pub enum SpecError {
     /// A field is longer than allowed.
     #[error("the {0} is longer than {1} bytes")]
     TooLong(&'static str, usize),
+    /// A list has more entries than allowed.
+    #[error("a job can have at most {1} {0}")]
+    TooMany(&'static str, usize),
     /// An environment variable name is not `[A-Za-z_][A-Za-z0-9_]*`.
     #[error("invalid environment variable name {0:?}")]
     BadEnvName(String),
@@ -427,6 +500,107 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A spec with every field at its limit.
+    fn largest() -> JobSpec {
+        let arg = "a".repeat(MAX_COMMAND_BYTES / MAX_ARGS - 1);
+        let args: Vec<&str> = vec![arg.as_str(); MAX_ARGS];
+        let mut s = JobSpec::exec("p", &args);
+        let value = "v".repeat(MAX_ENV_BYTES / MAX_ENV - 8);
+        s.env = (0..MAX_ENV)
+            .map(|i| (format!("V{i:06}"), value.clone()))
+            .collect();
+        s.labels = (0..MAX_LABELS)
+            .map(|i| (format!("{i:0>4096}"), "x".repeat(MAX_PATH)))
+            .collect();
+        s.workdir = Some("w".repeat(MAX_PATH));
+        s.name = "n".repeat(MAX_NAME);
+        s.secrets = (0..MAX_SECRETS).map(|i| format!("S{i:063}")).collect();
+        s
+    }
+
+    /// Every limit holds at its value and refuses one more, naming the field; a spec at
+    /// every limit, stored with the longest error, still fits in a frame.
+    #[test]
+    fn every_field_has_a_limit_and_the_largest_spec_is_storable() {
+        use crate::frame::{MAX_FRAME, Wire};
+        let big = largest();
+        assert_eq!(big.validate(), Ok(()));
+        let refused = |f: &dyn Fn(&mut JobSpec)| {
+            let mut s = big.clone();
+            f(&mut s);
+            s.validate().err().map(|e| e.to_string())
+        };
+        type Change<'a> = &'a dyn Fn(&mut JobSpec);
+        let cases: [(Change, &str); 9] = [
+            (
+                &|s| {
+                    s.command = Command::Exec {
+                        program: "p".repeat(MAX_PATH + 1),
+                        args: vec![],
+                    }
+                },
+                "program",
+            ),
+            (
+                &|s| {
+                    if let Command::Exec { args, .. } = &mut s.command {
+                        args.push(String::new())
+                    }
+                },
+                "arguments",
+            ),
+            (
+                &|s| {
+                    if let Command::Exec { args, .. } = &mut s.command {
+                        args[0].push_str(&"a".repeat(MAX_ARGS))
+                    }
+                },
+                "command line",
+            ),
+            (
+                &|s| {
+                    s.command = Command::Script {
+                        body: "x".repeat(MAX_SCRIPT_BYTES + 1),
+                    }
+                },
+                "script",
+            ),
+            (
+                &|s| s.env.push(("X".into(), String::new())),
+                "environment variables",
+            ),
+            (
+                &|s| s.env[0].1.push_str(&"v".repeat(MAX_ENV * 8)),
+                "environment",
+            ),
+            (&|s| s.labels.push(("k".into(), "v".into())), "labels"),
+            (&|s| s.labels[0].1.push('x'), "label"),
+            (
+                &|s| s.workdir = Some("w".repeat(MAX_PATH + 1)),
+                "working directory",
+            ),
+        ];
+        for (change, field) in cases {
+            let err = refused(change);
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(field)),
+                "{field}: {err:?}"
+            );
+        }
+        let mut rec = crate::job::JobRecord::new(crate::ids::JobId::new(0, 1, 1), big, 0);
+        rec.error = crate::job::Outcome::SpawnFailed("e".repeat(10 << 20)).error();
+        assert!(
+            rec.error
+                .as_ref()
+                .is_some_and(|e| e.len() <= crate::job::MAX_ERROR)
+        );
+        let mut frame = Vec::new();
+        rec.encode_into(&mut frame)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(frame.len() < MAX_FRAME / 2, "{} bytes", frame.len());
+    }
 
     #[test]
     fn sizes() {

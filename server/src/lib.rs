@@ -228,12 +228,19 @@ impl Running {
                 }
             }
         }
-        self.store.persist()?;
-        if first_err.is_none() {
+        let flushed = self.store.persist();
+        let Some(failure) = first_err else {
+            flushed?;
             self.store.mark_clean()?;
+            info!("store flushed; server stopped");
+            return Ok(());
+        };
+        // A shard that stopped by itself is the reason to report; the store is not marked
+        // clean, so the next start checks its journals as after a crash.
+        if let Err(e) = flushed {
+            tracing::error!("{e:#}");
         }
-        info!("store flushed; server stopped");
-        first_err.map_or(Ok(()), Err)
+        Err(failure)
     }
 
     /// True if a shard thread has stopped by itself (a fatal store error).

@@ -120,6 +120,8 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     // sustained load there are fewer, larger commits.
     let mut committer: Committer<Effects> = Committer::new(store, commit_interval);
     let mut running = true;
+    // Why the shard stopped by itself, if it did.
+    let mut failure: Option<anyhow::Error> = None;
     while running || committer.busy() || !pending.is_empty() {
         let sleep_until = shard.poll_timeout().map(|t| {
             let delta = t.saturating_sub(wall_now());
@@ -164,6 +166,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     );
                     running = false;
                     pending = Effects::default();
+                    // The thread's result says so: the server then exits non-zero and does
+                    // not mark the store as cleanly stopped.
+                    failure.get_or_insert(e.context(format!("shard {index} stopped")));
                     continue;
                 }
             };
@@ -336,5 +341,5 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     if deadline.await.is_err() {
         warn!(shard = index, "connections did not close within 2 s");
     }
-    Ok(())
+    failure.map_or(Ok(()), Err)
 }
