@@ -22,6 +22,8 @@ mod sched;
 mod shard;
 mod stealing;
 mod subscriptions;
+#[cfg(test)]
+mod tests;
 mod timers;
 mod worker_table;
 mod workers;

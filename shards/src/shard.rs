@@ -241,6 +241,8 @@ impl Shard {
     /// A message from another shard.
     pub fn handle_shard(&mut self, now: Micros, msg: ShardMsg, comm: &mut impl Comm) {
         self.begin_call();
+        // Reports, steal requests and replies arm deadlines and stamp events with it.
+        self.now = now;
         match msg {
             ShardMsg::Request { origin, req, body } => {
                 self.on_request(now, origin, req, body, comm)
