@@ -6,7 +6,9 @@
 //! drains (finishes its jobs, reports, says goodbye) on SIGTERM/SIGINT or when told to.
 //!
 //! - [`runner`]: one job attempt as a process group: spawn, timeout, cancel, output batches
-//!   and the on-disk spool that outlives a disconnect.
+//!   and the on-disk spool that outlives a disconnect; and the guard, a process of its own
+//!   that kills every job's group when the agent dies, and whose journal lets the next run
+//!   kill what a crash of both left (`runner/guard.rs`).
 //! - [`session`]: the connection loop and the protocol with the server.
 //! - [`resources`]: what this host offers.
 //!
@@ -86,12 +88,34 @@ pub fn init_logging() {
 /// # Errors
 /// Bad flags (unreadable CA, unresolvable server address) and fatal registration refusals.
 pub fn run(args: AgentArgs) -> Result<()> {
+    if let Some(journal) = std::env::var_os(runner::GUARD_ENV) {
+        // Started by an agent as its guard (`runner::Guard`): this process runs no job.
+        return runner::serve_guard(std::path::Path::new(&journal)).context("the job guard failed");
+    }
+    std::fs::create_dir_all(&args.work_dir)
+        .with_context(|| format!("cannot create work dir {}", args.work_dir.display()))?;
+    // Before the runtime and its threads exist, and before any job: it also kills what an
+    // earlier run of this agent left running.
+    let guard = if args.noop {
+        None
+    } else {
+        let dir = std::fs::canonicalize(&args.work_dir).unwrap_or_else(|_| args.work_dir.clone());
+        match runner::Guard::start(&dir) {
+            Ok(g) => Some(std::sync::Arc::new(g)),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot start the job guard; jobs will outlive a crash of this agent: {e}"
+                );
+                None
+            }
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the agent runtime")?;
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, session::run(args))
+    local.block_on(&rt, session::run(args, guard))
 }
 
 #[cfg(test)]

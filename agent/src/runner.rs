@@ -16,6 +16,10 @@
 //!   pump stops reading, the pipes fill and the job blocks on write: output slows the
 //!   producer, it is never dropped.
 //!
+//! The agent's guard ([`guard`]), a process of its own started with the agent, is told each
+//! group at its spawn and at its final kill, and SIGKILLs the groups left when the agent dies;
+//! its journal lets the next run of the agent kill what a crash of both left.
+//!
 //! Events of one attempt are always `Started`, `Output`*, `Finished`, with `Finished` last.
 //! The spool lets the agent resend output from any offset after a reconnect ([`read_spool`]);
 //! [`forget`] removes it once the server has acknowledged the result.
@@ -27,6 +31,7 @@
 //! `Finished` is sent, on every path (exit, timeout, cancel, spawn failure). Offsets and the
 //! spool are in redacted bytes: no secret value is ever spooled or sent.
 
+mod guard;
 mod process;
 mod pump;
 mod secrets;
@@ -45,6 +50,7 @@ use hodei_core::time::{Micros, wall_now};
 use hodei_core::wire::Chunk;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+pub use guard::{GUARD_ENV, Guard, serve as serve_guard};
 pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
 pub use spool::read_spool;
 pub use workdirs::Workdirs;
@@ -73,6 +79,9 @@ pub struct RunnerOptions {
     /// arrival order, and reports [`RunEventKind::Queued`] if that takes a while. `None`:
     /// every attempt runs at once.
     pub slots: Option<Arc<Semaphore>>,
+    /// The guard that kills the jobs' groups if the agent dies ([`guard`]); `None` runs
+    /// without one (jobs then outlive a crash of the agent).
+    pub guard: Option<Arc<Guard>>,
 }
 
 impl Default for RunnerOptions {
@@ -85,6 +94,7 @@ impl Default for RunnerOptions {
             kill_grace: Duration::from_secs(2),
             workdirs: Arc::default(),
             slots: None,
+            guard: None,
         }
     }
 }
@@ -364,7 +374,13 @@ async fn run(
         timeout: spec.timeout_ms.map(Duration::from_millis),
         kill_grace: opts.kill_grace,
     };
-    let supervise = process::supervise(&mut child, &cancel, limits, exited_tx);
+    let supervise = process::supervise(
+        &mut child,
+        &cancel,
+        limits,
+        opts.guard.as_deref(),
+        exited_tx,
+    );
     let pump = pump::Pump::new(
         &opts,
         spool::SpoolWriter::new(opts.spool_path(job, attempt)),

@@ -150,7 +150,7 @@ impl Signals {
     }
 }
 
-pub async fn run(args: AgentArgs) -> Result<()> {
+pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> Result<()> {
     let server: SocketAddr = args
         .server
         .to_socket_addrs()
@@ -197,6 +197,7 @@ pub async fn run(args: AgentArgs) -> Result<()> {
         work_root,
         batch_bytes: args.output_batch_bytes.max(1),
         batch_interval: args.output_batch_interval,
+        guard,
         ..RunnerOptions::default()
     });
     // A crashed agent left its jobs' secrets directories and run directories behind; no job

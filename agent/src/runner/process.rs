@@ -23,6 +23,7 @@ use tokio::process::Child;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::guard::Guard;
 use super::secrets::{Delivery, SECRETS_DIR_ENV};
 use super::{CancelSignal, RunnerOptions};
 
@@ -94,7 +95,12 @@ pub(super) fn spawn(
         .kill_on_drop(false)
         // Its own group, so one killpg reaches every process the job starts.
         .process_group(0);
-    cmd.spawn().map_err(|e| format!("{program}: {e}"))
+    let child = cmd.spawn().map_err(|e| format!("{program}: {e}"))?;
+    if let (Some(guard), Some(pid)) = (&opts.guard, child.id().and_then(|p| i32::try_from(p).ok()))
+    {
+        guard.spawned(pid);
+    }
+    Ok(child)
 }
 
 /// `/dev/null` for a job's stdin: a duplicate of one descriptor opened once, instead of a
@@ -142,6 +148,7 @@ pub(super) async fn supervise(
     child: &mut Child,
     cancel: &CancelSignal,
     limits: Limits,
+    guard: Option<&Guard>,
     exited: oneshot::Sender<()>,
 ) -> (Outcome, Micros) {
     // The group id is the leader's pid. It cannot be reused while the leader is unreaped,
@@ -175,6 +182,10 @@ pub(super) async fn supervise(
     let at = wall_now();
     // The leader is gone; anything it left in the group dies now, so the pipes reach EOF.
     signal_group(group, Signal::SIGKILL);
+    if let (Some(guard), Some(group)) = (guard, group) {
+        // Only now: until this kill the group may still hold members the guard must reach.
+        guard.ended(group.as_raw());
+    }
     // The pump may be gone already (both pipes closed early); nothing to tell it then.
     let _ = exited.send(());
     let outcome = match (killed_for, status) {
