@@ -3,23 +3,27 @@
 //!
 //! The rules it keeps:
 //! - A job is *queued* while it is `Pending` and not waiting out a retry's backoff; exactly
-//!   the queued jobs are counted in [`JobTable::pending`] and have a live entry in the heap.
+//!   the queued jobs are counted in [`JobTable::pending`] and have a live entry in the queue.
 //!   A job that leaves that state ([`JobTable::dequeued`]) leaves its entry behind, and
-//!   [`JobTable::pop_pending`] skips it (lazy deletion: no search of the heap).
-//! - The queue pops by priority, then submission order (the sequence in the job id).
+//!   [`JobTable::next_fitting`] drops it when it comes up (lazy deletion: no search).
+//! - The queue is indexed by what jobs need (`queue.rs`): a scheduling pass takes the best
+//!   job that the capacity at hand can run, by priority, then submission order (the sequence
+//!   in the job id), in time independent of how many jobs it cannot run wait ahead of it.
 //! - An accepted assignment (exempt from its acknowledgement deadline) is forgotten when its
 //!   attempt starts or ends, so no exemption outlives its attempt.
 //! - Minted ids are never reused, not even across a restart within one epoch.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::JobRecord;
+use hodei_core::spec::JobSpec;
 use hodei_core::state::JobState;
 use hodei_core::time::Micros;
 
 use crate::comm::ReqId;
+use crate::queue::{Pass, Queue};
 use crate::shard::{HashMap, HashSet};
 
 /// A job this shard owns, with the bookkeeping that is not stored.
@@ -55,8 +59,8 @@ pub(crate) struct JobTable {
     /// Boxed: a map stores its values inline in up to twice as many buckets as entries, and a
     /// job is a few hundred bytes (measured: 1M queued jobs took 1.29 GiB unboxed).
     jobs: HashMap<JobId, Box<Job>>,
-    /// Queued jobs, plus entries of jobs that left the queue since (skipped when popped).
-    queue: BinaryHeap<QueueKey>,
+    /// Queued jobs, plus entries of jobs that left the queue since (dropped when met).
+    queue: Queue,
     /// Queued jobs.
     pending: usize,
     next_seq: u64,
@@ -69,11 +73,10 @@ pub(crate) struct JobTable {
 }
 
 impl JobTable {
-    /// Room for `n` more jobs, in the map and in the queue (growing a map of a million jobs
-    /// rehashes and moves them many times).
+    /// Room for `n` more jobs (growing a map of a million jobs rehashes and moves them many
+    /// times).
     pub(crate) fn reserve(&mut self, n: usize) {
         self.jobs.reserve(n);
-        self.queue.reserve(n);
     }
 
     /// A fresh id for a job of shard `shard`.
@@ -111,9 +114,13 @@ impl JobTable {
         rec.state == JobState::Pending && rec.not_before.is_none()
     }
 
-    /// Queues a job that just became queued.
-    pub(crate) fn enqueue(&mut self, id: JobId, priority: i32) {
-        self.queue.push((priority, Reverse(id.0), id));
+    /// Queues a job of this table that just became queued.
+    pub(crate) fn enqueue(&mut self, id: JobId) {
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
+        let spec = &job.rec.spec;
+        self.queue.push((spec.priority, Reverse(id.0), id), spec);
         self.pending += 1;
     }
 
@@ -128,22 +135,30 @@ impl JobTable {
         self.pending
     }
 
-    /// Takes the first queued job off the heap, skipping entries of jobs that left the queue.
-    /// The job is still counted as queued: it is either [`JobTable::dequeued`] (placed) or
-    /// put back with [`JobTable::put_back`] (skipped).
-    pub(crate) fn pop_pending(&mut self) -> Option<(QueueKey, &Job)> {
-        while let Some(key) = self.queue.pop() {
-            match self.jobs.get(&key.2) {
-                Some(job) if job.rec.state == JobState::Pending => return Some((key, job)),
-                _ => {} // lazily deleted (cancelled or already assigned)
+    /// The best queued job whose requirements `fits` accepts, in queue order; a pass
+    /// (`pass`, see `queue.rs`) passes over every job of a requirement class that `fits`
+    /// refused, so call it again with the same pass only while capacity has not grown. The
+    /// job's entry leaves the queue; it is still counted as queued until it is
+    /// [`JobTable::dequeued`] (assigned).
+    pub(crate) fn next_fitting(
+        &mut self,
+        pass: &mut Pass,
+        mut fits: impl FnMut(&JobSpec) -> bool,
+    ) -> Option<JobId> {
+        while let Some(head) = self.queue.peek(pass) {
+            let id = head.0.2;
+            match self.jobs.get(&id) {
+                Some(job) if Self::is_queued(&job.rec) => {
+                    if fits(&job.rec.spec) {
+                        self.queue.pop(head);
+                        return Some(id);
+                    }
+                    Queue::pass_over(pass, head);
+                }
+                _ => self.queue.pop(head), // lazily deleted (cancelled or timed out)
             }
         }
         None
-    }
-
-    /// Puts popped jobs that fit nowhere back on the heap.
-    pub(crate) fn put_back(&mut self, skipped: Vec<QueueKey>) {
-        self.queue.extend(skipped);
     }
 
     /// The job that owns an idempotency key, if one does.

@@ -186,9 +186,8 @@ impl Shard {
         let mut rec = JobRecord::new(id, spec, self.now);
         rec.retry_of = retry_of;
         comm.persist(StoreOp::PutJob(rec.clone()));
-        let prio = rec.spec.priority;
         self.jobs.insert(Job::new(rec));
-        self.enqueue(id, prio);
+        self.enqueue(id);
         self.arm_job_timers(id);
         self.job_event(id, retry_of.map(|j| format!("retry of {j}")), comm);
         id

@@ -17,6 +17,7 @@ mod holdings;
 mod job_table;
 mod jobs;
 mod lifecycle;
+mod queue;
 mod reports;
 mod sched;
 mod shard;

@@ -193,8 +193,7 @@ impl Shard {
             return;
         }
         job.rec.not_before = None;
-        let prio = job.rec.spec.priority;
-        self.enqueue(id, prio);
+        self.enqueue(id);
         self.want_schedule();
     }
 

@@ -10,11 +10,8 @@ use hodei_core::state::JobState;
 use hodei_core::wire::ToAgent;
 
 use crate::comm::{Comm, Grant, Report, ShardMsg, StoreOp};
+use crate::queue::Pass;
 use crate::shard::Shard;
-
-/// How many queued jobs that fit no free worker one scheduling pass looks past, so a huge
-/// queue of unplaceable jobs does not make every event O(queue).
-pub(crate) const MAX_SKIPS: usize = 256;
 
 /// Does a job fit this much free capacity?
 #[must_use]
@@ -86,25 +83,27 @@ impl Shard {
     }
 
     /// Places pending jobs on this shard's free workers, then looks for work elsewhere or
-    /// tells the others about work left here.
+    /// tells the others about work left here. One pass over the queue (see `queue.rs`): jobs
+    /// no free worker fits are passed over a requirement class at a time, so the jobs behind
+    /// them are found whatever their number.
     pub(crate) fn schedule(&mut self, comm: &mut impl Comm) {
-        let mut skipped = Vec::new();
-        while !self.workers.free_is_empty() && skipped.len() < MAX_SKIPS {
-            let Some((key, job)) = self.jobs.pop_pending() else {
-                break;
-            };
+        let mut pass = Pass::default();
+        while !self.workers.free_is_empty() {
+            let workers = &self.workers;
+            let mut worker = None;
             // The least loaded fitting worker; among equals, the one idle longest (the free
             // set's order).
-            match self.workers.first_fit(&job.rec.spec) {
-                Some(worker) => {
-                    if let Some(g) = self.assign(key.2, worker, comm) {
-                        self.start_grant(g, comm);
-                    }
-                }
-                None => skipped.push(key),
+            let fitting = self.jobs.next_fitting(&mut pass, |spec| {
+                worker = workers.first_fit(spec);
+                worker.is_some()
+            });
+            let (Some(id), Some(worker)) = (fitting, worker) else {
+                break;
+            };
+            if let Some(g) = self.assign(id, worker, comm) {
+                self.start_grant(g, comm);
             }
         }
-        self.jobs.put_back(skipped);
         self.after_schedule(comm);
     }
 

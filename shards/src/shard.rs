@@ -127,7 +127,6 @@ impl Shard {
             let id = rec.id;
             let state = rec.state;
             let queued = JobTable::is_queued(&rec);
-            let prio = rec.spec.priority;
             let mut job = Job::new(rec);
             if state.is_on_worker() {
                 let deadline = now + shard.cfg.reattach_grace;
@@ -136,7 +135,7 @@ impl Shard {
             }
             shard.jobs.insert(job);
             if queued {
-                shard.enqueue(id, prio);
+                shard.enqueue(id);
             }
             shard.arm_job_timers(id);
         }
@@ -233,8 +232,8 @@ impl Shard {
     }
 
     /// Queues a job that just became queued, to be placed here or stolen.
-    pub(crate) fn enqueue(&mut self, id: JobId, priority: i32) {
-        self.jobs.enqueue(id, priority);
+    pub(crate) fn enqueue(&mut self, id: JobId) {
+        self.jobs.enqueue(id);
         self.stealing.queued();
     }
 

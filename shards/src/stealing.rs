@@ -9,7 +9,8 @@
 //! taken in turn.
 
 use crate::comm::{Comm, Grant, Offer, ShardMsg};
-use crate::sched::{MAX_SKIPS, fits};
+use crate::queue::Pass;
+use crate::sched::fits;
 use crate::shard::Shard;
 
 /// A shard's stealing state. The rule it keeps: a shard is asked again only when there is
@@ -133,7 +134,8 @@ impl Shard {
         self.stealing.sent(target, offers);
     }
 
-    /// Owner side: assign queued jobs to offered capacity.
+    /// Owner side: assign queued jobs to offered capacity, in queue order, passing over
+    /// the jobs no offer fits a requirement class at a time (see `queue.rs`).
     pub(crate) fn on_steal_request(
         &mut self,
         from: usize,
@@ -141,28 +143,32 @@ impl Shard {
         comm: &mut impl Comm,
     ) {
         let mut grants = Vec::new();
-        let mut skipped = Vec::new();
-        while skipped.len() < MAX_SKIPS && offers.iter().any(|o| o.slots > 0) {
-            let Some((key, job)) = self.jobs.pop_pending() else {
+        let mut pass = Pass::default();
+        while offers.iter().any(|o| o.slots > 0) {
+            let mut hit = None;
+            let fitting = self.jobs.next_fitting(&mut pass, |spec| {
+                hit = offers
+                    .iter()
+                    .position(|o| fits(spec, o.slots, o.cpus, o.memory, &o.labels));
+                hit.is_some()
+            });
+            let (Some(id), Some(i)) = (fitting, hit) else {
                 break;
             };
-            let spec = &job.rec.spec;
-            let Some(offer) = offers
-                .iter_mut()
-                .find(|o| fits(spec, o.slots, o.cpus, o.memory, &o.labels))
-            else {
-                skipped.push(key);
-                continue;
+            let Some(offer) = offers.get_mut(i) else {
+                break;
+            };
+            let Some(spec) = self.jobs.get(id).map(|j| &j.rec.spec) else {
+                break;
             };
             offer.slots -= 1;
             offer.cpus -= spec.cpus;
             offer.memory -= spec.memory;
             let worker = offer.worker;
-            if let Some(g) = self.assign(key.2, worker, comm) {
+            if let Some(g) = self.assign(id, worker, comm) {
                 grants.push(g);
             }
         }
-        self.jobs.put_back(skipped);
         let more = self.jobs.pending() > 0;
         comm.send_shard(
             from,
