@@ -59,7 +59,8 @@ pub struct AgentArgs {
     /// reported drained, so the server retries them). A second signal kills them at once.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
-    /// An output batch is sent once it holds this many bytes...
+    /// An output batch is sent once it holds this many bytes (at most 1 MiB: a batch is one
+    /// message)...
     #[arg(long, default_value_t = 64 * 1024)]
     pub output_batch_bytes: usize,
     /// ...or once this long has passed since its first byte (latency of `logs --follow`

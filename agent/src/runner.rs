@@ -52,17 +52,22 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 pub use guard::{GUARD_ENV, Guard, serve as serve_guard};
 pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
-pub use spool::read_spool;
+pub use spool::{SpoolReader, read_spool};
 pub use workdirs::Workdirs;
 
 /// An attempt still waiting for a slot after this reports [`RunEventKind::Queued`], which
 /// the server needs within its assign timeout (30 s by default), so that must be longer.
 const QUEUED_NOTICE: Duration = Duration::from_millis(300);
 
+/// The largest output batch, whatever `--output-batch-bytes` says: a batch is one `Output`
+/// message, which must stay well under [`hodei_core::frame::MAX_FRAME`] with its headers.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
 /// How the runner runs jobs; shared by every attempt of an agent.
 #[derive(Clone, Debug)]
 pub struct RunnerOptions {
-    /// An output batch is sent once it holds this many bytes (default 64 KiB).
+    /// An output batch is sent once it holds this many bytes (default 64 KiB; at most
+    /// [`MAX_BATCH_BYTES`] are used, see [`RunnerOptions::batch_limit`]).
     pub batch_bytes: usize,
     /// ...or once this long has passed since its first byte (default 50 ms).
     pub batch_interval: Duration,
@@ -100,6 +105,12 @@ impl Default for RunnerOptions {
 }
 
 impl RunnerOptions {
+    /// The bound of one output batch: `batch_bytes`, between 1 and [`MAX_BATCH_BYTES`].
+    #[must_use]
+    pub fn batch_limit(&self) -> usize {
+        self.batch_bytes.clamp(1, MAX_BATCH_BYTES)
+    }
+
     /// `<work_root>/spool/<job>-<attempt>.out`.
     fn spool_path(&self, job: JobId, attempt: Attempt) -> PathBuf {
         self.work_root

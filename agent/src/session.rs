@@ -100,6 +100,8 @@ struct Agent {
     fenced: HashSet<(JobId, Attempt)>,
     /// The server's `Welcome` arrived on the current connection.
     welcomed: bool,
+    /// When it arrived (for the backoff: how long the connection stayed up).
+    welcomed_at: Option<Instant>,
     /// From the server's last `Welcome`; see [`lease`].
     lease: Duration,
     /// When the last welcomed connection ended; `None` while welcomed (or never connected).
@@ -195,7 +197,9 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
         slots: (args.prefetch > 0).then(|| Arc::new(Semaphore::new(slots as usize))),
         noop: args.noop,
         work_root,
-        batch_bytes: args.output_batch_bytes.max(1),
+        batch_bytes: args
+            .output_batch_bytes
+            .clamp(1, crate::runner::MAX_BATCH_BYTES),
         batch_interval: args.output_batch_interval,
         guard,
         ..RunnerOptions::default()
@@ -222,6 +226,7 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
         events_tx,
         fenced: HashSet::new(),
         welcomed: false,
+        welcomed_at: None,
         lease: lease::DEFAULT,
         disconnected_since: None,
         drain_timeout: args.drain_timeout,
@@ -259,13 +264,13 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
             break;
         };
         let end = match connected {
-            Ok(conn) => {
-                agent
-                    .session(&conn, &mut events_rx, &mut signals, &mut backoff)
-                    .await
-            }
+            Ok(conn) => agent.session(&conn, &mut events_rx, &mut signals).await,
             Err(e) => End::Lost(e.to_string()),
         };
+        let welcomed_for = agent
+            .welcomed_at
+            .map(|t| Instant::now().saturating_duration_since(t));
+        let resumed = !agent.jobs.values().any(|h| h.resuming);
         agent.connection_ended();
         match end {
             End::Left | End::GaveUp => break,
@@ -275,7 +280,7 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
             }
             End::Lost(why) => {
                 target = server;
-                wait = backoff.next();
+                wait = backoff.lost(welcomed_for, resumed);
                 warn!(
                     "disconnected ({why}); {} job(s) kept; reconnecting in {wait:?}",
                     agent.jobs.len()
@@ -336,6 +341,7 @@ impl Agent {
     /// it already runs from an earlier loss.
     fn connection_ended(&mut self) {
         self.welcomed = false;
+        self.welcomed_at = None;
         if self.disconnected_since.is_none() {
             self.disconnected_since = Some(Instant::now());
         }

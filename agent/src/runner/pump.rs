@@ -39,7 +39,7 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 
 /// Batching state of one attempt.
 pub(super) struct Pump {
-    /// Batch size bound, at least 1.
+    /// Batch size bound ([`RunnerOptions::batch_limit`]).
     max: usize,
     /// Batch age bound, from its first byte.
     interval: Duration,
@@ -86,7 +86,7 @@ impl Pump {
             out: Vec::new(),
         });
         Self {
-            max: opts.batch_bytes.max(1),
+            max: opts.batch_limit(),
             interval: opts.batch_interval,
             spool,
             offset: 0,

@@ -84,86 +84,234 @@ impl SpoolWriter {
 }
 
 /// Reads back the spooled output of an attempt from logical offset `from` (which may fall in
-/// the middle of a record), as chunks in order. It may be called while the job runs: it returns
-/// what is spooled so far, which includes every `Output` event already sent (and possibly
-/// bytes of one still waiting in the channel, so consumers dedup by offset).
+/// the middle of a record), as chunks in order, consecutive bytes of one stream merged into
+/// one chunk. It may be called while the job runs: it returns what is spooled so far, which
+/// includes every `Output` event already sent (and possibly bytes of one still waiting in the
+/// channel, so consumers dedup by offset). It holds the whole tail in memory: a resend reads
+/// it in bounded batches with [`SpoolReader`] instead.
 ///
 /// # Errors
-/// The spool cannot be read, holds an unknown stream tag, or holds fewer than `from` bytes.
-/// A missing spool is an empty output when `from` is 0 (the job printed nothing).
+/// As [`SpoolReader::open`] and [`SpoolReader::next_batch`].
 pub fn read_spool(
     opts: &RunnerOptions,
     job: JobId,
     attempt: Attempt,
     from: u64,
 ) -> io::Result<Vec<Chunk>> {
-    let path = opts.spool_path(job, attempt);
-    let file = match File::open(&path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && from == 0 => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    };
-    // Read no further than the length seen now: a record being appended meanwhile is cut
-    // where the snapshot ends, never misread.
-    let file_len = file.metadata()?.len();
-    let mut reader = BufReader::new(file);
-    let mut raw = 0u64; // file bytes consumed
-    let mut pos = 0u64; // logical output offset
+    let mut reader = SpoolReader::open(opts, job, attempt, from)?;
     let mut out: Vec<Chunk> = Vec::new();
-    while raw + HEADER as u64 <= file_len {
-        let mut header = [0u8; HEADER];
-        reader.read_exact(&mut header)?;
-        raw += HEADER as u64;
-        let stream = match header[0] {
-            STDOUT => Stream::Stdout,
-            STDERR => Stream::Stderr,
-            tag => {
-                let msg = format!(
-                    "{}: unknown stream tag {tag} at byte {}",
-                    path.display(),
-                    raw
-                );
-                return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
-            }
-        };
-        let len = u64::from(u32::from_le_bytes([
-            header[1], header[2], header[3], header[4],
-        ]));
-        // A truncated last record (cut by the snapshot, or by a crash mid-write) still holds
-        // real output: keep what is there.
-        let avail = len.min(file_len - raw);
-        let skip = from.saturating_sub(pos).min(avail);
-        if skip > 0 {
-            reader.seek_relative(i64::try_from(skip).map_err(io::Error::other)?)?;
+    loop {
+        let batch = reader.next_batch(usize::MAX)?;
+        if batch.is_empty() {
+            return Ok(out);
         }
-        let keep = avail - skip;
-        if keep > 0 {
-            let keep = usize::try_from(keep).map_err(io::Error::other)?;
+        for chunk in batch {
             match out.last_mut() {
-                Some(last) if last.stream == stream => {
-                    let start = last.data.len();
-                    last.data.resize(start + keep, 0);
-                    reader.read_exact(&mut last.data[start..])?;
-                }
-                _ => {
-                    let mut data = vec![0u8; keep];
-                    reader.read_exact(&mut data)?;
-                    out.push(Chunk { stream, data });
-                }
+                Some(last) if last.stream == chunk.stream => last.data.extend(chunk.data),
+                _ => out.push(chunk),
             }
         }
-        raw += avail;
-        pos += avail;
-        if avail < len {
-            break;
+    }
+}
+
+/// Reads an attempt's spool from an offset in batches of bounded size, so that output of any
+/// size goes out in bounded messages and never sits in memory whole. It reads no further
+/// than the file's length when it was opened: a record being appended meanwhile is cut where
+/// that snapshot ends, never misread, and what comes later is the live output's to send.
+pub struct SpoolReader {
+    /// `None` for a spool that does not exist (a job that printed nothing).
+    reader: Option<BufReader<File>>,
+    path: PathBuf,
+    /// File length at open.
+    file_len: u64,
+    /// File bytes consumed.
+    raw: u64,
+    /// Logical offset of the next byte returned.
+    pos: u64,
+    /// The record being read: its stream and the data bytes of it not yet consumed.
+    record: Option<(Stream, u64)>,
+}
+
+impl SpoolReader {
+    /// Opens the spool and skips to logical offset `from`.
+    ///
+    /// # Errors
+    /// The spool cannot be read, holds an unknown stream tag, or holds fewer than `from`
+    /// bytes. A missing spool is an empty output when `from` is 0 (the job printed nothing).
+    pub fn open(opts: &RunnerOptions, job: JobId, attempt: Attempt, from: u64) -> io::Result<Self> {
+        let path = opts.spool_path(job, attempt);
+        let (reader, file_len) = match File::open(&path) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                (Some(BufReader::new(file)), len)
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && from == 0 => (None, 0),
+            Err(e) => return Err(e),
+        };
+        let mut me = Self {
+            reader,
+            path,
+            file_len,
+            raw: 0,
+            pos: 0,
+            record: None,
+        };
+        while me.pos < from {
+            let Some((stream, left)) = me.current()? else {
+                let msg = format!(
+                    "{}: offset {from} is past the {} bytes spooled",
+                    me.path.display(),
+                    me.pos
+                );
+                return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+            };
+            let skip = left.min(from - me.pos);
+            if let Some(r) = &mut me.reader {
+                r.seek_relative(i64::try_from(skip).map_err(io::Error::other)?)?;
+            }
+            me.consumed(stream, left, skip);
+        }
+        Ok(me)
+    }
+
+    /// Logical offset of the next byte [`SpoolReader::next_batch`] returns.
+    #[must_use]
+    pub const fn offset(&self) -> u64 {
+        self.pos
+    }
+
+    /// The next at most `max` bytes (at least 1), as chunks in order; empty at the end.
+    ///
+    /// # Errors
+    /// The spool cannot be read or holds an unknown stream tag.
+    pub fn next_batch(&mut self, max: usize) -> io::Result<Vec<Chunk>> {
+        let max = max.max(1);
+        let mut out: Vec<Chunk> = Vec::new();
+        let mut room = max;
+        while room > 0 {
+            let Some((stream, left)) = self.current()? else {
+                break;
+            };
+            let take = usize::try_from(left).unwrap_or(usize::MAX).min(room);
+            let Some(reader) = &mut self.reader else {
+                break;
+            };
+            let chunk = match out.last_mut() {
+                Some(last) if last.stream == stream => last,
+                _ => {
+                    out.push(Chunk {
+                        stream,
+                        data: Vec::new(),
+                    });
+                    let Some(last) = out.last_mut() else { break };
+                    last
+                }
+            };
+            let start = chunk.data.len();
+            chunk.data.resize(start + take, 0);
+            reader.read_exact(&mut chunk.data[start..])?;
+            room -= take;
+            self.consumed(stream, left, take as u64);
+        }
+        Ok(out)
+    }
+
+    /// The record the next byte is in, and its data bytes left; reads the next header when
+    /// the current record is done. `None` at the end of the snapshot.
+    fn current(&mut self) -> io::Result<Option<(Stream, u64)>> {
+        if let Some(rec) = self.record.filter(|(_, left)| *left > 0) {
+            return Ok(Some(rec));
+        }
+        let Some(reader) = &mut self.reader else {
+            return Ok(None);
+        };
+        loop {
+            if self.raw + HEADER as u64 > self.file_len {
+                return Ok(None);
+            }
+            let mut header = [0u8; HEADER];
+            reader.read_exact(&mut header)?;
+            self.raw += HEADER as u64;
+            let stream = match header[0] {
+                STDOUT => Stream::Stdout,
+                STDERR => Stream::Stderr,
+                tag => {
+                    let msg = format!(
+                        "{}: unknown stream tag {tag} at byte {}",
+                        self.path.display(),
+                        self.raw
+                    );
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, msg));
+                }
+            };
+            let len = u64::from(u32::from_le_bytes([
+                header[1], header[2], header[3], header[4],
+            ]));
+            // A truncated last record (cut by the snapshot, or by a crash mid-write) still
+            // holds real output: keep what is there.
+            let avail = len.min(self.file_len - self.raw);
+            if avail > 0 {
+                self.record = Some((stream, avail));
+                return Ok(self.record);
+            }
         }
     }
-    if from > pos {
-        let msg = format!(
-            "{}: offset {from} is past the {pos} bytes spooled",
-            path.display()
-        );
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, msg));
+
+    /// `n` bytes of the current record (of `stream`, `left` bytes left) were read or skipped.
+    fn consumed(&mut self, stream: Stream, left: u64, n: u64) {
+        self.raw += n;
+        self.pos += n;
+        self.record = Some((stream, left - n));
     }
-    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_bounded_and_replay_everything_from_any_offset() {
+        let root = std::env::temp_dir().join(format!("hodei-spool-{}", std::process::id()));
+        let opts = RunnerOptions {
+            work_root: root.clone(),
+            ..RunnerOptions::default()
+        };
+        let (job, attempt) = (JobId::new(0, 1, 7), Attempt(1));
+        let mut w = SpoolWriter::new(opts.spool_path(job, attempt));
+        // One record larger than a frame, then both streams mixed.
+        let big: Vec<u8> = (0..9 << 20).map(|i| (i % 251) as u8).collect();
+        let chunk = |stream, data: &[u8]| Chunk {
+            stream,
+            data: data.to_vec(),
+        };
+        w.append(&[chunk(Stream::Stdout, &big)]);
+        w.append(&[chunk(Stream::Stderr, b"err"), chunk(Stream::Stdout, b"out")]);
+        let total = big.len() + 6;
+        for from in [0, 5, 1 << 20, big.len() - 1, big.len() + 2, total] {
+            let mut r = SpoolReader::open(&opts, job, attempt, from as u64).unwrap();
+            let mut got: Vec<(Stream, u8)> = Vec::new();
+            loop {
+                let batch = r.next_batch(MAX_BATCH).unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                let len: usize = batch.iter().map(|c| c.data.len()).sum();
+                assert!(len <= MAX_BATCH, "a batch of {len} bytes");
+                got.extend(
+                    batch
+                        .iter()
+                        .flat_map(|c| c.data.iter().map(|b| (c.stream, *b))),
+                );
+            }
+            assert_eq!(r.offset(), total as u64);
+            let mut want: Vec<(Stream, u8)> = big.iter().map(|b| (Stream::Stdout, *b)).collect();
+            want.extend(b"err".iter().map(|b| (Stream::Stderr, *b)));
+            want.extend(b"out".iter().map(|b| (Stream::Stdout, *b)));
+            assert!(got == want[from..], "replay from {from} differs");
+        }
+        assert!(SpoolReader::open(&opts, job, attempt, total as u64 + 1).is_err());
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    const MAX_BATCH: usize = 1 << 20;
 }

@@ -1,4 +1,4 @@
-//! Cutting output chunks: drop what the server already has, and batch a resend.
+//! Cutting output chunks: drop what the server already has.
 
 use hodei_core::wire::Chunk;
 
@@ -18,25 +18,6 @@ pub(super) fn trim(chunks: Vec<Chunk>, offset: u64, from: u64) -> Vec<Chunk> {
             skip = 0;
         }
         out.push(c);
-    }
-    out
-}
-
-/// Splits chunks into batches of about `max` bytes.
-pub(super) fn split(chunks: Vec<Chunk>, max: usize) -> Vec<Vec<Chunk>> {
-    let mut out = Vec::new();
-    let mut cur = Vec::new();
-    let mut size = 0;
-    for c in chunks {
-        size += c.data.len();
-        cur.push(c);
-        if size >= max {
-            out.push(std::mem::take(&mut cur));
-            size = 0;
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
     }
     out
 }
@@ -67,9 +48,7 @@ mod tests {
     }
 
     #[test]
-    fn split_batches_by_size() {
-        let batches = split(vec![c("ab"), c("cd"), c("e")], 3);
-        assert_eq!(batches, vec![vec![c("ab"), c("cd")], vec![c("e")]]);
+    fn len_counts_every_chunk() {
         assert_eq!(len(&[c("ab"), c("cde")]), 5);
     }
 }

@@ -12,8 +12,6 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::backoff::Backoff;
-use super::chunks::{self, split};
 use super::drain::LEAVE_GRACE;
 use super::{Agent, End, Signals, earliest, later, millis, sleep_until};
 use crate::runner::{self, RunEvent};
@@ -31,7 +29,6 @@ impl Agent {
         conn: &quinn::Connection,
         events_rx: &mut mpsc::Receiver<RunEvent>,
         signals: &mut Signals,
-        backoff: &mut Backoff,
     ) -> End {
         let (send, recv) = match conn.open_bi().await {
             Ok(s) => s,
@@ -92,7 +89,7 @@ impl Agent {
             let wake = earliest(drain_wake, lease_wake);
             let step = tokio::select! {
                 msg = r.next::<ToAgent>() => match msg {
-                    Ok(Some(m)) => self.on_server(m, &mut w, &mut heartbeat, backoff).await,
+                    Ok(Some(m)) => self.on_server(m, &mut w, &mut heartbeat).await,
                     Ok(None) => Err(End::Lost("server closed the stream".into())),
                     Err(e) => Err(lost(e)),
                 },
@@ -234,7 +231,6 @@ impl Agent {
         msg: ToAgent,
         w: &mut FrameWriter,
         heartbeat: &mut tokio::time::Interval,
-        backoff: &mut Backoff,
     ) -> Result<(), End> {
         match msg {
             ToAgent::Renewed {
@@ -251,9 +247,9 @@ impl Agent {
                 }
                 self.worker = Some(worker);
                 self.welcomed = true;
+                self.welcomed_at = Some(Instant::now());
                 self.disconnected_since = None;
                 self.lease = Duration::from_millis(lease_ms);
-                backoff.reset();
                 *heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(50)));
             }
             ToAgent::Drain { timeout_ms } => {
@@ -338,24 +334,34 @@ impl Agent {
             w.push(&FromAgent::Started { job, attempt, at })
                 .map_err(lost)?;
         }
-        let chunks = match runner::read_spool(&self.opts, job, attempt, output_end) {
-            Ok(c) => c,
+        // In bounded batches straight from the spool: output of any size, spooled over any
+        // outage, goes out in messages well under the frame limit, and never whole in memory.
+        let mut offset = output_end;
+        match runner::SpoolReader::open(&self.opts, job, attempt, output_end) {
+            Ok(mut spool) => loop {
+                let batch = match spool.next_batch(self.opts.batch_limit()) {
+                    Ok(b) if b.is_empty() => break,
+                    Ok(b) => b,
+                    Err(e) => {
+                        warn!(job = %job, cid = %h.cid, "cannot read the spool to resume output: {e}");
+                        break;
+                    }
+                };
+                w.push(&FromAgent::Output {
+                    job,
+                    attempt,
+                    offset,
+                    chunks: batch,
+                })
+                .map_err(lost)?;
+                offset = spool.offset();
+                if !w.has_room() {
+                    w.flush().await.map_err(lost)?;
+                }
+            },
             Err(e) => {
                 warn!(job = %job, cid = %h.cid, "cannot read the spool to resume output: {e}");
-                Vec::new()
             }
-        };
-        let mut offset = output_end;
-        for batch in split(chunks, self.opts.batch_bytes) {
-            let len = chunks::len(&batch);
-            w.push(&FromAgent::Output {
-                job,
-                attempt,
-                offset,
-                chunks: batch,
-            })
-            .map_err(lost)?;
-            offset += len;
         }
         h.sent_end = offset;
         if let Some((outcome, at)) = h.finished.clone() {
