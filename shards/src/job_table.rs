@@ -36,6 +36,10 @@ pub(crate) struct Job {
     pub(crate) waiters: Vec<(usize, ReqId)>,
     /// Clients following the output.
     pub(crate) followers: Vec<(usize, ReqId)>,
+    /// Attempts that ended before they started and were requeued without using a retry
+    /// (see `Shard::attempt_over_after`). Not stored: a restart counts them as retries
+    /// again, which never runs a job more often than its policy allows.
+    pub(crate) unstarted: u32,
 }
 
 impl Job {
@@ -46,6 +50,7 @@ impl Job {
             claim_deadline: None,
             waiters: Vec::new(),
             followers: Vec::new(),
+            unstarted: 0,
         }
     }
 }

@@ -13,6 +13,12 @@ use crate::job_table::JobTable;
 use crate::shard::Shard;
 use crate::timers::Timer;
 
+/// How many attempts of a job may end before they start without using a retry. Past it,
+/// such an attempt counts like any other: a job that no agent ever starts (one whose grants
+/// keep being lost, or whose agents keep vanishing before they start it) cannot bounce
+/// between the queue and agents forever, and its failure says why.
+pub(crate) const MAX_UNSTARTED: u32 = 16;
+
 /// The shard that owns an idempotency key (of `shards`): every submit with that key is routed there, so
 /// deduplication needs no shared map.
 #[must_use]
@@ -131,6 +137,15 @@ impl Shard {
 
     /// As [`Shard::attempt_over`], but a retry waits at least `min_wait` (an attempt whose
     /// agent may still run it must not be retried before the agent's lease is over).
+    ///
+    /// Only attempts that started use up retries. An attempt lost while still `Assigned`
+    /// (its grant found no worker, its worker was lost or left, its agent was drained before
+    /// starting it, it was never acknowledged, or nobody re-attached it after a restart)
+    /// goes back to the queue as it is, up to [`MAX_UNSTARTED`] times: the job did
+    /// not run, whatever its retry policy. As far as this shard can know: an agent that
+    /// started it and lost its `Started` with its connection has had it killed by its lease
+    /// before the job is assigned again, so the two never run at once, but such a job may
+    /// have run partly once more than its policy says.
     pub(crate) fn attempt_over_after(
         &mut self,
         id: JobId,
@@ -144,36 +159,66 @@ impl Shard {
         let Some(job) = self.jobs.end_attempt(id) else {
             return;
         };
+        let never_started = class == RetryOn::LOST && job.rec.state == JobState::Assigned;
+        if never_started
+            && job.unstarted < MAX_UNSTARTED
+            && job.rec.state.can_transition_to(JobState::Pending)
+        {
+            job.unstarted += 1;
+            job.rec.state = JobState::Pending;
+            job.rec.worker = None;
+            job.rec.error = Some(format!(
+                "attempt {} {reason} before it started; queued again, no retry used",
+                job.rec.attempt
+            ));
+            job.claim_deadline = None;
+            let at = (min_wait > 0).then(|| now.saturating_add(min_wait));
+            job.rec.not_before = at;
+            comm.persist(StoreOp::PutJob(job.rec.clone()));
+            match at {
+                Some(at) => self.timers.arm(at, Timer::Retry(id)),
+                None => self.enqueue(id),
+            }
+            self.job_event(id, Some(reason), comm);
+            return;
+        }
+        // Attempts that used a retry (or the first run): the ones that started, and those
+        // past the bound above.
+        let counted = job.rec.attempt.0.saturating_sub(job.unstarted);
         let policy = &job.rec.spec.policy;
-        let retry = policy.retry_on.contains(class) && job.rec.attempt.0 <= policy.retries;
+        let retry = policy.retry_on.contains(class) && counted <= policy.retries;
         if retry && job.rec.state.can_transition_to(JobState::Pending) {
-            let delay =
-                policy.backoff_ms(job.rec.attempt.0 + 1, id.0 ^ u64::from(job.rec.attempt.0));
+            let delay = policy.backoff_ms(counted + 1, id.0 ^ u64::from(job.rec.attempt.0));
             let at = now.saturating_add(delay.saturating_mul(1_000).max(min_wait));
             job.rec.state = JobState::Pending;
             job.rec.worker = None;
             job.rec.not_before = Some(at);
             job.rec.error = Some(format!(
-                "attempt {} {reason}; retry {} of {} in {delay} ms",
-                job.rec.attempt, job.rec.attempt.0, policy.retries
+                "attempt {} {reason}; retry {counted} of {} in {delay} ms",
+                job.rec.attempt, policy.retries
             ));
             job.claim_deadline = None;
             comm.persist(StoreOp::PutJob(job.rec.clone()));
             self.timers.arm(at, Timer::Retry(id));
             self.job_event(id, Some(reason), comm);
         } else if job.rec.state.can_transition_to(final_state) {
-            let attempts = job.rec.attempt.0;
+            let attempt = job.rec.attempt;
+            let unstarted = if never_started {
+                format!(" ({} attempts never started)", job.unstarted + 1)
+            } else {
+                String::new()
+            };
             job.rec.state = final_state;
             job.rec.finished_at = Some(now);
             job.rec.error = Some(
                 if class == RetryOn::LOST || !policy.retry_on.contains(class) {
                     format!(
-                        "attempt {attempts} {reason}; no retry ({} attempt(s), retry on: {})",
-                        attempts,
+                        "attempt {attempt} {reason}{unstarted}; no retry ({counted} attempt(s), \
+                         retry on: {})",
                         retry_on_names(policy.retry_on)
                     )
                 } else {
-                    format!("attempt {attempts} {reason}; retries exhausted ({attempts} attempts)")
+                    format!("attempt {attempt} {reason}; retries exhausted ({counted} attempts)")
                 },
             );
             job.claim_deadline = None;

@@ -3,6 +3,7 @@
 
 mod backlog;
 mod clock;
+mod retries;
 
 use hodei_core::ids::{JobId, WorkerId};
 use hodei_core::spec::JobSpec;

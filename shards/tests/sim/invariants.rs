@@ -17,6 +17,10 @@ use crate::world::Sim;
 /// A pending job beside a matching free worker for this long is a work-conservation bug.
 const STARVING: Micros = ms(3_000);
 
+/// How many attempts of a job may end before they start without using a retry, in one
+/// server life (the shard's `MAX_UNSTARTED`).
+const MAX_UNSTARTED: u32 = 16;
+
 #[derive(Default)]
 pub struct Oracle {
     /// How each attempt's process ended.
@@ -30,6 +34,8 @@ pub struct Oracle {
     pub starving: HashMap<(JobId, WorkerId), Micros>,
     starving_reported: HashSet<JobId>,
     over_attempts: HashSet<JobId>,
+    /// Attempts that reached `Running` (stored events), per job: the ones that use retries.
+    started: HashMap<JobId, HashSet<Attempt>>,
     overcommitted: HashSet<usize>,
 }
 
@@ -81,10 +87,11 @@ impl Sim {
                     if before != Some(r.state) {
                         changes.push((r.id, before, r.state, r.attempt));
                     }
-                    let cap = r.spec.policy.retries + 1;
-                    if r.attempt.0 > cap && self.oracle.over_attempts.insert(r.id) {
+                    let cap = r.spec.policy.retries as usize + 1;
+                    let started = self.oracle.started.get(&r.id).map_or(0, HashSet::len);
+                    if started > cap && self.oracle.over_attempts.insert(r.id) {
                         let msg = format!(
-                            "{}: attempt {} exceeds retries {} + 1",
+                            "{}: {started} attempts started (up to {}), exceeding retries {} + 1",
                             r.id, r.attempt, r.spec.policy.retries
                         );
                         self.violation(msg);
@@ -131,6 +138,9 @@ impl Sim {
                         (&ev.subject, &ev.kind)
                     {
                         events.entry(*j).or_default().push((*state, *attempt));
+                        if *state == JobState::Running {
+                            self.oracle.started.entry(*j).or_default().insert(*attempt);
+                        }
                     }
                     self.store.events[shard].push(ev);
                 }
@@ -279,6 +289,16 @@ impl Sim {
                             "{id} succeeded, and its process succeeded {runs} times"
                         ));
                     }
+                }
+                JobState::Failed
+                    if !self.oracle.started.contains_key(&id)
+                        && !self.oracle.results.keys().any(|(j, _)| *j == id)
+                        && r.attempt.0 <= MAX_UNSTARTED =>
+                {
+                    v.push(format!(
+                        "{id} failed at attempt {} without ever starting: {:?}",
+                        r.attempt, r.error
+                    ));
                 }
                 JobState::Failed => match r.exit_code {
                     Some(c) => {

@@ -16,8 +16,8 @@
 //! Checked (`sim/invariants.rs`), after every event: no job has two attempts running at
 //! once (an attempt runs from its `Assign` until it ends or is dropped), and no agent runs
 //! more attempts than it has slots. At every commit:
-//! every stored transition is legal, a final state is never rewritten, attempts never exceed
-//! `retries + 1`, a success is the current attempt's own result, every job state change has
+//! every stored transition is legal, a final state is never rewritten, attempts that started
+//! never exceed `retries + 1`, a success is the current attempt's own result, every job state change has
 //! its event in the same commit, events are numbered without gaps, output is contiguous.
 //! Every 500 ms: no pending job waits 3 s beside a free worker that fits it, and no worker
 //! has more free slots than slots. At the end:
