@@ -81,15 +81,39 @@ impl Clients {
     }
 }
 
+/// A job no simulated agent can run, ahead of every other job by priority; it ends at its
+/// queue timeout, after the rest of the workload had to run behind it.
+fn unplaceable(i: usize) -> JobSpec {
+    let mut spec = JobSpec::exec("sim", &[]);
+    spec.priority = 3;
+    spec.policy.queue_timeout_ms = Some(8_000 + (i as u64 % 1_000));
+    if i.is_multiple_of(2) {
+        spec.labels.push(("gpu".to_owned(), "a100".to_owned()));
+    } else {
+        // Agents have 4 to 8 CPUs.
+        spec.cpus = 64;
+    }
+    spec
+}
+
 impl Sim {
     pub fn schedule_workload(&mut self) {
         let o = self.opts.clone();
         let span = ms(o.submit_ms.max(1));
+        // The backlog is queued before any other job is submitted.
+        let start = if o.backlog > 0 { ms(5) } else { 0 };
+        let mut queued = 0;
+        while queued < o.backlog {
+            let n = (o.backlog - queued).min(1_000);
+            let specs = (queued..queued + n).map(unplaceable).collect();
+            self.schedule_submit(0, specs);
+            queued += n;
+        }
         let mut left = o.jobs;
         while left > 0 {
             let n = self.rng.gen_range(1..=left.min(8));
             left -= n;
-            let t = self.rng.gen_range(0..span);
+            let t = start + self.rng.gen_range(0..span);
             let specs = (0..n).map(|_| self.random_spec()).collect();
             self.schedule_submit(t, specs);
         }

@@ -33,6 +33,8 @@ pub struct Oracle {
     /// (pending job, free matching worker) → first seen.
     pub starving: HashMap<(JobId, WorkerId), Micros>,
     starving_reported: HashSet<JobId>,
+    /// Jobs found queued beside a free fitting worker of their own shard (reported once).
+    unconserved: HashSet<JobId>,
     over_attempts: HashSet<JobId>,
     /// Attempts that reached `Running` (stored events), per job: the ones that use retries.
     started: HashMap<JobId, HashSet<Attempt>>,
@@ -203,9 +205,44 @@ impl Sim {
         }
     }
 
-    /// Work conservation, while running: a pending job (not waiting for a retry) beside a
-    /// matching free worker for `STARVING`.
+    /// Work conservation within a shard, with any backlog: every shard call ends with its
+    /// scheduling pass, so between calls no job queued on a shard (pending, not waiting for
+    /// a retry) fits a free worker of that shard, whatever waits ahead of it.
+    pub fn probe_local_conservation(&mut self) {
+        let mut found = Vec::new();
+        for (i, s) in self.server.shards.iter().enumerate() {
+            let free: Vec<_> = s.free_workers().collect();
+            if free.is_empty() {
+                continue;
+            }
+            for j in s.jobs() {
+                if j.state != JobState::Pending || j.not_before.is_some() {
+                    continue;
+                }
+                let fitting = free.iter().find(|(_, slots, cpus, mem, labels)| {
+                    fits(&j.spec, *slots, *cpus, *mem, labels)
+                });
+                if let Some((w, ..)) = fitting
+                    && self.oracle.unconserved.insert(j.id)
+                {
+                    found.push((i, j.id, *w, s.pending()));
+                }
+            }
+        }
+        found.sort();
+        for (shard, job, w, pending) in found {
+            let msg = format!(
+                "{job} queued on shard {shard} ({pending} queued) while its {w} is free and fits"
+            );
+            self.violation(msg);
+        }
+    }
+
+    /// Work conservation across shards, while running: a pending job (not waiting for a
+    /// retry) beside a matching free worker anywhere for `STARVING` (stealing takes a few
+    /// messages).
     pub fn probe_conservation(&mut self) {
+        self.probe_local_conservation();
         let now = self.now;
         let current = self.starving_pairs();
         let mut excess = Vec::new();

@@ -9,6 +9,9 @@ pub struct Opts {
     pub jobs: usize,
     /// Submissions are spread over this span.
     pub submit_ms: u64,
+    /// Jobs no agent can run (a label none has, or more CPUs than any has), submitted first
+    /// at a higher priority than the rest, each ending at its queue timeout.
+    pub backlog: usize,
     /// Run time of a job's process (uniform).
     pub job_ms: (u64, u64),
     /// Random retry policies, exit codes, run-time limits and queue timeouts.
@@ -58,6 +61,7 @@ impl Opts {
             slots: 2,
             jobs,
             submit_ms: 1_500,
+            backlog: 0,
             job_ms: (1, 50),
             long_job_ms: 0,
             policies: false,
