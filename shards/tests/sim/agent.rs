@@ -68,7 +68,7 @@ impl Sim {
                 drain: None,
                 home: self.opts.agent_shard,
             });
-            let at = self.rng.gen_range(0..ms(50));
+            let at = ms(self.opts.agents_after_ms) + self.rng.gen_range(0..ms(50));
             let shard = self.opts.agent_shard;
             self.at(
                 at,

@@ -46,6 +46,8 @@ pub struct Opts {
     /// Some spawns take longer than the assignment acknowledgement deadline.
     pub slow_spawns: bool,
     pub assign_timeout_ms: Option<u64>,
+    /// Agents first connect this long after the start (the shards sit idle meanwhile).
+    pub agents_after_ms: u64,
     /// All agents connect to this shard (forces work stealing).
     pub agent_shard: Option<usize>,
     /// All submissions go to this shard.
@@ -81,6 +83,7 @@ impl Opts {
             late_reconnect_ms: 0,
             slow_spawns: false,
             assign_timeout_ms: None,
+            agents_after_ms: 0,
             agent_shard: None,
             submit_shard: None,
         }

@@ -2,6 +2,7 @@
 //! for N, `HODEI_SIM_SEED=s` for one) and fails with the seed and the first violations.
 //! The seeds that found bugs are kept in `regressions.rs`.
 
+use hodei_core::ids::Attempt;
 use hodei_core::job::JobRecord;
 use hodei_core::spec::JobSpec;
 use hodei_core::state::JobState;
@@ -19,6 +20,16 @@ pub fn stealing() -> Opts {
         agent_shard: Some(2),
         submit_shard: Some(0),
         ..Opts::base(3, 3, 100)
+    }
+}
+
+/// The fleet arrives 40 s after the jobs, longer than the assign timeout (30 s), all on
+/// the shard that owns none of them: the owner, idle all that time, grants every job on a
+/// steal request, and the grants' deadlines count from the request.
+pub fn late_fleet() -> Opts {
+    Opts {
+        agents_after_ms: 40_000,
+        ..stealing()
     }
 }
 
@@ -180,6 +191,24 @@ fn dispatch_runs_every_job_exactly_once() {
 #[test]
 fn idle_shard_steals_from_a_busy_one() {
     assert!(scenario("idle_shard_steals_from_a_busy_one", 120, stealing) > 0);
+}
+
+#[test]
+fn a_fleet_arriving_after_the_assign_timeout_runs_each_job_at_its_first_attempt() {
+    let name = "a_fleet_arriving_after_the_assign_timeout_runs_each_job_at_its_first_attempt";
+    for seed in seeds(40) {
+        let sim = run_seed(name, seed, late_fleet()).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(sim.clients.acked.len(), 100);
+        for r in sim.store.jobs.values() {
+            let what = (r.state, r.attempt);
+            assert_eq!(
+                what,
+                (JobState::Succeeded, Attempt(1)),
+                "seed {seed}: {}",
+                r.id
+            );
+        }
+    }
 }
 
 #[test]
