@@ -113,8 +113,8 @@ struct Agent {
     identity: identity::Identity,
     /// Where it is stored.
     identity_dir: std::path::PathBuf,
-    /// The key of a renewal in flight.
-    pending_key: Option<String>,
+    /// The certificate's renewal: when, and the key of one under way.
+    renewal: identity::Renewal,
     /// Renewed: the next connection needs a new TLS config.
     identity_changed: bool,
 }
@@ -212,6 +212,12 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
         info!(stale, "removed secrets directories left by an earlier run");
     }
     let (events_tx, mut events_rx) = mpsc::channel(EVENTS);
+    let renewal = identity::Renewal::new(&identity);
+    info!(
+        expires_at_ms = identity.expires_at_ms,
+        renew_at_ms = renewal.next_at_ms(),
+        "agent certificate loaded"
+    );
     let mut agent = Agent {
         opts,
         resources: Resources {
@@ -233,7 +239,7 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
         drain: None,
         identity,
         identity_dir: args.work_dir.clone(),
-        pending_key: None,
+        renewal,
         identity_changed: false,
     };
     let mut signals = Signals::new()?;

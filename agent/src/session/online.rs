@@ -57,6 +57,7 @@ impl Agent {
         if let Some(d) = &mut self.drain {
             d.announced = false;
         }
+        self.renewal.connected(super::identity::now_ms());
         let hello = Hello {
             worker: self.worker,
             hostname: self.hostname.clone(),
