@@ -524,3 +524,23 @@ fn a_certificate_cannot_claim_another_agents_worker() {
             .any(|w| w["id"] == victim.as_str() && w["hostname"] != "mallory")
     );
 }
+
+/// The worker's owner is kept across a server restart: with its agent gone, another
+/// agent's certificate still cannot register as that worker (and re-attach its jobs).
+#[test]
+fn a_worker_stays_its_agents_after_a_restart() {
+    let scratch = Scratch::new("sec-claim-restart");
+    let mut s = Server::start(&scratch, 1);
+    let mut a = s.agent(&scratch, "a", 1, &[]);
+    s.wait_workers(1);
+    let victim = Server::worker_of(&scratch, "a");
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    a.wait_exit(Duration::from_secs(10));
+    s.restart();
+    let mallory = s.join_identity();
+    block_on(async {
+        let (_ep, conn, _w, _r) = s.raw_hello(&mallory, Some(victim.parse().unwrap())).await;
+        let reason = common::closed(&conn).await;
+        assert!(reason.to_string().contains("another agent"), "{reason}");
+    });
+}

@@ -93,6 +93,7 @@ impl Control {
             for (fp, c) in store.load_agent_certs()? {
                 certs.insert(fp, c);
             }
+            pki.load_workers(store.load_worker_bindings()?);
         }
         let control = Self {
             store,

@@ -30,7 +30,8 @@ pub struct Pki {
     pub agent_ttl: std::time::Duration,
     /// Issued certificates by SHA-256 of their DER.
     pub(super) certs: RwLock<HashMap<[u8; 32], AgentCert>>,
-    /// The identity behind each worker that registered since the start (for revoke).
+    /// The identity behind each worker that ever registered (stored with the batch that
+    /// welcomed it; read back at start): whose its jobs are, and whom a revoke cuts off.
     workers: Mutex<HashMap<WorkerId, String>>,
     /// Each shard's input, to close a revoked agent's connections.
     shards: OnceLock<Vec<UnboundedSender<Input>>>,
@@ -53,6 +54,14 @@ impl Pki {
             workers: Mutex::new(HashMap::new()),
             shards: OnceLock::new(),
         }
+    }
+
+    /// The stored bindings of worker ids to identities.
+    pub(super) fn load_workers(&self, bindings: Vec<(WorkerId, String)>) {
+        self.workers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(bindings);
     }
 }
 
@@ -196,7 +205,7 @@ impl Control {
     }
 
     /// Whether `identity` may register as `worker`: a worker id belongs to the identity it
-    /// was first welcomed under (since this server started), so one agent's certificate
+    /// was first welcomed under (also before a restart), so one agent's certificate
     /// cannot take over another agent's worker and its jobs.
     pub fn may_claim(&self, worker: WorkerId, identity: &str) -> Result<(), String> {
         match self

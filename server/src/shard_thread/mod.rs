@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use hodei_core::ids::WorkerId;
 use hodei_core::time::wall_now;
 use hodei_core::wire::{FromAgent, JobRequest};
 use hodei_shards::{ConnId, Effects, Reply, ReqId, Shard, StoreOp};
@@ -26,11 +27,11 @@ mod input;
 mod release;
 
 pub use input::{AgentMsg, AgentOpen, AgentOut, ClientRequest, Input};
-use release::{has_writes, log_event, note_events, release, writes_to};
+use release::{has_writes, log_event, note_events, note_welcomes, release, writes_to};
 
 use super::audit::ShardAudit;
 use super::control::Control;
-use super::store::{Committer, Store};
+use super::store::{Batch, Committer, Store};
 
 /// A commit this slow is logged (with its size).
 const SLOW_COMMIT: Duration = Duration::from_millis(50);
@@ -103,6 +104,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     let mut gone = Vec::new();
     // How long each heartbeat of this turn took from its decode to applied (`hodei stats`).
     let mut heartbeats: Vec<Duration> = Vec::new();
+    // Workers welcomed since the last commit started, with the identity each belongs to:
+    // stored with the batch that welcomes them, so a restart does not forget who owns them.
+    let mut welcomed: Vec<(WorkerId, String)> = Vec::new();
     let t = std::time::Instant::now();
     shard.handle_start(&mut fx);
     info!(
@@ -130,7 +134,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         // A batch held back by the interval (below) is committed when it is over, even if
         // no input comes.
         let commit_at = (running && !committer.busy() && !pending.is_empty()).then(|| {
-            if has_writes(&pending, &audit) {
+            if has_writes(&pending, &audit, &welcomed) {
                 committer.next_start()
             } else {
                 tokio::time::Instant::now()
@@ -178,12 +182,12 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 warn!(
                     shard = index,
                     ms = done.took.as_millis(),
-                    ops = done.ops.len(),
-                    audit = done.audit,
+                    ops = done.batch.ops.len(),
+                    audit = done.batch.audit.len(),
                     "slow store commit"
                 );
             }
-            for op in done.ops.iter() {
+            for op in &done.batch.ops {
                 if let StoreOp::PutEvent(e) = op {
                     log_event(e);
                 }
@@ -245,9 +249,12 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 Input::AgentOpen(..) | Input::Revoke(_) => {}
                 Input::Agent(AgentMsg { conn, msg, decoded }) => {
                     let heartbeat = matches!(msg, FromAgent::Heartbeat { .. });
+                    let sent = fx.agent.len();
                     shard.handle_agent(now, conn, msg, &mut fx);
                     if heartbeat {
                         heartbeats.push(decoded.elapsed());
+                    } else {
+                        note_welcomes(&fx, sent, &agents, &mut welcomed);
                     }
                 }
                 Input::AgentClosed(conn) => {
@@ -304,7 +311,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         if committer.busy() || pending.is_empty() {
             continue;
         }
-        if !has_writes(&pending, &audit) {
+        if !has_writes(&pending, &audit, &welcomed) {
             // Nothing to write and nothing in flight: all it depends on is already durable.
             let msgs = std::mem::take(&mut pending);
             release(msgs, &writers, &mut clients, &peers, &mut gone, &control);
@@ -319,9 +326,12 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             continue;
         }
         let mut msgs = std::mem::take(&mut pending);
-        let ops = std::mem::take(&mut msgs.persists);
-        let records = std::mem::take(&mut audit.pending);
-        if committer.start(ops, records, msgs).is_err() {
+        let batch = Batch {
+            ops: std::mem::take(&mut msgs.persists),
+            audit: std::mem::take(&mut audit.pending),
+            workers: std::mem::take(&mut welcomed),
+        };
+        if committer.start(batch, msgs).is_err() {
             error!(
                 shard = index,
                 "a batch was started while another was in flight"

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use hodei_core::event::{Event, EventKind, Subject};
-use hodei_core::ids::JobId;
+use hodei_core::ids::{JobId, WorkerId};
 use hodei_core::wire::ToAgent;
 use hodei_shards::{ConnId, Effects, Reply, ReqId, ShardMsg, StoreOp};
 use tokio::sync::mpsc::UnboundedSender;
@@ -64,9 +64,27 @@ pub(super) fn release(
     }
 }
 
-/// Whether a batch has anything to commit: store writes or audit records.
-pub(super) fn has_writes(pending: &Effects, audit: &ShardAudit) -> bool {
-    !pending.persists.is_empty() || !audit.pending.is_empty()
+/// Whether a batch has anything to commit: store writes, audit records or worker bindings.
+pub(super) fn has_writes(
+    pending: &Effects,
+    audit: &ShardAudit,
+    welcomed: &[(WorkerId, String)],
+) -> bool {
+    !pending.persists.is_empty() || !audit.pending.is_empty() || !welcomed.is_empty()
+}
+
+/// The workers the shard welcomed in `fx.agent[from..]`, with their connection's identity.
+pub(super) fn note_welcomes(
+    fx: &Effects,
+    from: usize,
+    agents: &HashMap<ConnId, std::rc::Rc<str>>,
+    welcomed: &mut Vec<(WorkerId, String)>,
+) {
+    for (conn, msg) in fx.agent.get(from..).unwrap_or_default() {
+        if let (ToAgent::Welcome { worker, .. }, Some(who)) = (msg, agents.get(conn)) {
+            welcomed.push((*worker, who.to_string()));
+        }
+    }
 }
 
 /// Whether any of `ops` writes to `job` (its record, its output or its events). The early

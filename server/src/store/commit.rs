@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use hodei_auth::audit::AuditRecord;
 use hodei_core::event_codec;
 use hodei_core::frame::Wire;
-use hodei_core::ids::JobId;
+use hodei_core::ids::{JobId, WorkerId};
 use hodei_shards::StoreOp;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -23,13 +23,47 @@ use super::jobs::encode_chunks;
 use super::keys::{event_key, output_key};
 use super::logs::Blocks;
 
+/// What one commit of a shard writes.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// The shard's writes.
+    pub ops: Vec<StoreOp>,
+    /// The audit records of its changes.
+    pub audit: Vec<AuditRecord>,
+    /// Workers welcomed in it, with the identity each belongs to.
+    pub workers: Vec<(WorkerId, String)>,
+}
+
+impl Batch {
+    /// Whether it writes nothing.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.audit.is_empty() && self.workers.is_empty()
+    }
+}
+
 impl Store {
     /// Writes a batch durably (one fdatasync), with the audit records of its changes.
     pub fn commit(&self, ops: &[StoreOp], audit: &[AuditRecord]) -> Result<()> {
-        if ops.is_empty() && audit.is_empty() {
+        self.write(ops, audit, &[])
+    }
+
+    /// Writes all of `b` durably, as one batch.
+    pub fn commit_batch(&self, b: &Batch) -> Result<()> {
+        self.write(&b.ops, &b.audit, &b.workers)
+    }
+
+    fn write(
+        &self,
+        ops: &[StoreOp],
+        audit: &[AuditRecord],
+        workers: &[(WorkerId, String)],
+    ) -> Result<()> {
+        if ops.is_empty() && audit.is_empty() && workers.is_empty() {
             return Ok(());
         }
         let mut batch = self.audited_batch(audit);
+        self.put_workers(&mut batch, workers);
         // A job changed several times in one batch (submitted and assigned in one turn;
         // started and finished under load) needs only its last record: the batch is atomic,
         // so the earlier ones would be overwritten before anyone could read them. Skipping
@@ -92,8 +126,7 @@ pub struct Committer<M> {
 struct InFlight<M> {
     task: JoinHandle<Result<Duration>>,
     /// Its writes (shared with the task): read to tell whether a read depends on them.
-    ops: Arc<Vec<StoreOp>>,
-    audit: usize,
+    batch: Arc<Batch>,
     msgs: M,
 }
 
@@ -101,9 +134,7 @@ struct InFlight<M> {
 #[derive(Debug)]
 pub struct Committed<M> {
     /// What it wrote.
-    pub ops: Arc<Vec<StoreOp>>,
-    /// How many audit records it wrote.
-    pub audit: usize,
+    pub batch: Arc<Batch>,
     /// What waited for it, to be released now.
     pub msgs: M,
     /// How long the write took (everything the batch answers waited that long).
@@ -137,27 +168,21 @@ impl<M> Committer<M> {
     /// Starts writing a batch on a blocking thread; call only when not [`busy`](Self::busy).
     /// A batch started while another is in flight would break the order, so it is refused
     /// by returning it.
-    pub fn start(&mut self, ops: Vec<StoreOp>, audit: Vec<AuditRecord>, msgs: M) -> Result<(), M> {
+    pub fn start(&mut self, batch: Batch, msgs: M) -> Result<(), M> {
         if self.in_flight.is_some() {
             return Err(msgs);
         }
         let now = Instant::now();
         self.next_start = now + self.interval;
-        let ops = Arc::new(ops);
+        let batch = Arc::new(batch);
         let store = self.store.clone();
-        let written = Arc::clone(&ops);
-        let records = audit.len();
+        let written = Arc::clone(&batch);
         let task = tokio::task::spawn_blocking(move || {
             let t = std::time::Instant::now();
-            store.commit(&written, &audit)?;
+            store.commit_batch(&written)?;
             Ok(t.elapsed())
         });
-        self.in_flight = Some(InFlight {
-            task,
-            ops,
-            audit: records,
-            msgs,
-        });
+        self.in_flight = Some(InFlight { task, batch, msgs });
         Ok(())
     }
 
@@ -175,8 +200,7 @@ impl<M> Committer<M> {
             .context("the batch in flight went missing")?;
         match r {
             Ok(Ok(took)) => Ok(Committed {
-                ops: f.ops,
-                audit: f.audit,
+                batch: f.batch,
                 msgs: f.msgs,
                 took,
             }),
@@ -187,7 +211,7 @@ impl<M> Committer<M> {
 
     /// The writes of the batch in flight: not on disk yet.
     pub fn unwritten(&self) -> impl Iterator<Item = &StoreOp> {
-        self.in_flight.iter().flat_map(|f| f.ops.iter())
+        self.in_flight.iter().flat_map(|f| f.batch.ops.iter())
     }
 }
 
@@ -207,6 +231,13 @@ mod tests {
             .build()?)
     }
 
+    fn ops(ops: Vec<StoreOp>) -> Batch {
+        Batch {
+            ops,
+            ..Batch::default()
+        }
+    }
+
     fn put(seq: u64) -> StoreOp {
         StoreOp::PutJob(JobRecord::new(
             JobId::new(0, 1, seq),
@@ -222,16 +253,13 @@ mod tests {
         let (dir, store) = fresh("committer")?;
         let mut c = Committer::new(store, Duration::ZERO);
         runtime()?.block_on(async {
-            assert!(c.start(vec![put(1), put(2)], Vec::new(), "msgs").is_ok());
+            assert!(c.start(ops(vec![put(1), put(2)]), "msgs").is_ok());
             assert!(c.busy());
             assert_eq!(c.unwritten().count(), 2);
             // A second batch while one is in flight is handed back, not started.
-            assert_eq!(
-                c.start(vec![put(3)], Vec::new(), "second").err(),
-                Some("second")
-            );
+            assert_eq!(c.start(ops(vec![put(3)]), "second").err(), Some("second"));
             let done = c.finished().await?;
-            assert_eq!((done.msgs, done.ops.len(), done.audit), ("msgs", 2, 0));
+            assert_eq!((done.msgs, done.batch.ops.len()), ("msgs", 2));
             assert!(!c.busy());
             assert_eq!(c.unwritten().count(), 0);
             Ok::<_, anyhow::Error>(())
@@ -256,11 +284,11 @@ mod tests {
                 spaced.next_start() <= before,
                 "the first batch waits for nothing"
             );
-            assert!(spaced.start(vec![put(1)], Vec::new(), ()).is_ok());
+            assert!(spaced.start(ops(vec![put(1)]), ()).is_ok());
             assert!(spaced.next_start() >= before + Duration::from_millis(40));
             spaced.finished().await?;
             let mut eager = Committer::new(store, Duration::ZERO);
-            assert!(eager.start(vec![put(2)], Vec::new(), ()).is_ok());
+            assert!(eager.start(ops(vec![put(2)]), ()).is_ok());
             assert!(eager.next_start() <= Instant::now());
             eager.finished().await?;
             Ok(())

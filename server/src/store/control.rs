@@ -1,11 +1,14 @@
 //! The control plane's keyspaces: `tokens` (token id → JSON [`TokenRecord`], hashed secret
 //! only), `secrets` (name → sealed value) and `agents` (certificate fingerprint → the
 //! [`AgentCert`] it was issued as). Each write is durable on return and carries the audit
-//! record of the call that made it.
+//! record of the call that made it. `workers` (worker id → the agent identity it was first
+//! welcomed under) is written in the shard batch that welcomes it, so a restarted server
+//! still refuses another certificate's claim to a worker and its running jobs.
 
 use anyhow::{Context, Result};
 use hodei_auth::audit::AuditRecord;
 use hodei_auth::token::TokenRecord;
+use hodei_core::ids::WorkerId;
 
 use super::Store;
 use super::keys::hex;
@@ -99,5 +102,38 @@ impl Store {
             batch.insert(&self.agents, fp.to_vec(), v);
         }
         batch.commit().context("cannot store agent certificates")
+    }
+
+    /// Which identity each worker id belongs to.
+    pub fn load_worker_bindings(&self) -> Result<Vec<(WorkerId, String)>> {
+        let mut out = Vec::new();
+        for kv in self.workers.iter() {
+            let (k, v) = kv
+                .into_inner()
+                .context("cannot read the workers keyspace")?;
+            let id: [u8; 8] = k
+                .as_ref()
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("corrupt store: worker key {}", hex(&k)))?;
+            let identity = String::from_utf8(v.to_vec())
+                .map_err(|_| anyhow::anyhow!("corrupt store: worker {} identity", hex(&k)))?;
+            out.push((WorkerId(u64::from_be_bytes(id)), identity));
+        }
+        Ok(out)
+    }
+
+    /// Adds worker bindings to a batch.
+    pub(super) fn put_workers(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        workers: &[(WorkerId, String)],
+    ) {
+        for (w, identity) in workers {
+            batch.insert(
+                &self.workers,
+                w.to_be_bytes().to_vec(),
+                identity.as_bytes().to_vec(),
+            );
+        }
     }
 }

@@ -8,7 +8,8 @@
 //!   that pipelines a shard's batches.
 //! - [`jobs`]: the `jobs` and `output` keyspaces.
 //! - [`logs`]: the append-only logs, `events` and `audit`, stored in blocks.
-//! - [`control`]: `tokens`, `secrets` and `agents` (certificates), written by the control plane.
+//! - [`control`]: `tokens`, `secrets` and `agents` (certificates), written by the control plane,
+//!   and `workers` (which agent identity each worker id belongs to), written with shard batches.
 //!
 //! Every write that changes state carries the audit records of that change in the same
 //! batch. Records are framed or tagged, so bytes of another format are refused with a clear
@@ -28,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use fjall::config::FilterPolicy;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
-pub use commit::Committer;
+pub use commit::{Batch, Committer};
 pub use control::AgentCert;
 pub use data_dir::claim_data_dir;
 
@@ -43,6 +44,7 @@ pub struct Store {
     tokens: Keyspace,
     secrets: Keyspace,
     agents: Keyspace,
+    workers: Keyspace,
     audit: Keyspace,
     clean: PathBuf,
 }
@@ -130,6 +132,7 @@ impl Store {
             events: ks("events")?,
             tokens: ks("tokens")?,
             agents: ks("agents")?,
+            workers: ks("workers")?,
             secrets: ks("secrets")?,
             audit: ks("audit")?,
             db,
