@@ -353,10 +353,16 @@ pub mod limits {
     pub const MAX_ENV_BYTES: usize = 512 << 10;
     /// Labels a job asks for.
     pub const MAX_LABELS: usize = 64;
+    /// Secrets a job uses.
+    pub const MAX_SECRETS: usize = 64;
+    /// A secret's value. With [`MAX_SECRETS`] of them, an assignment (the spec plus its
+    /// secrets' values, joined as it leaves for its agent) still fits in a frame.
+    pub const MAX_SECRET_BYTES: usize = 64 << 10;
 }
 
 use limits::{
     MAX_ARGS, MAX_COMMAND_BYTES, MAX_ENV, MAX_ENV_BYTES, MAX_LABELS, MAX_PATH, MAX_SCRIPT_BYTES,
+    MAX_SECRETS,
 };
 
 impl JobSpec {
@@ -406,7 +412,6 @@ impl JobSpec {
 }
 
 const MAX_NAME: usize = 256;
-const MAX_SECRETS: usize = 64;
 /// Timeouts and backoffs are bounded (a year), so deadlines never overflow a clock.
 const MAX_DURATION_MS: u64 = 365 * 24 * 3600 * 1000;
 
@@ -600,6 +605,27 @@ mod tests {
             .map_err(|e| e.to_string())
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(frame.len() < MAX_FRAME / 2, "{} bytes", frame.len());
+        // Its assignment, with every secret at its largest value, fits in a frame too.
+        let assign = crate::wire::ToAgent::Assign {
+            job: rec.id,
+            attempt: crate::ids::Attempt(1),
+            secrets: rec
+                .spec
+                .secrets
+                .iter()
+                .map(|name| crate::wire::SecretValue {
+                    name: name.clone(),
+                    value: vec![0xff; limits::MAX_SECRET_BYTES],
+                })
+                .collect(),
+            spec: rec.spec,
+        };
+        frame.clear();
+        assign
+            .encode_into(&mut frame)
+            .map_err(|e| e.to_string())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(frame.len() < MAX_FRAME, "{} bytes", frame.len());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use tracing::warn;
 use super::{Caller, Control, err, internal, now_ms};
 
 /// Largest secret value accepted.
-pub(crate) const MAX_SECRET: usize = 64 * 1024;
+pub(crate) use hodei_core::spec::limits::MAX_SECRET_BYTES as MAX_SECRET;
 
 /// A secret as kept in memory: still sealed.
 pub(super) struct Sealed {
