@@ -65,6 +65,12 @@ pub struct ServerArgs {
     /// agent, a slot waits for a commit (two across shards) between jobs (tuning/README.md).
     #[arg(long, default_value = "0s", value_parser = parse_commit_interval)]
     commit_interval: Duration,
+    /// Free space the data dir's filesystem keeps for what is already running: below it new
+    /// jobs are refused (`store full: ...`) while results, output and cancels are still
+    /// written; below a quarter of it nothing is written and every client write is refused
+    /// until space is freed (writing then resumes by itself). 0 turns the checks off.
+    #[arg(long, default_value = "256M", value_parser = hodei_core::spec::parse_size)]
+    min_free_space: u64,
 }
 
 impl ServerArgs {
@@ -96,6 +102,7 @@ impl ServerArgs {
                 handshakes_per_ip: self.max_handshakes_per_ip.max(1),
             },
             commit_interval: self.commit_interval,
+            min_free_space: self.min_free_space,
         }
     }
 }

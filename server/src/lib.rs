@@ -49,6 +49,9 @@ pub struct ServerOptions {
     /// Least time between the starts of two commits of a shard (0: as soon as the previous
     /// one is on disk).
     pub commit_interval: Duration,
+    /// Free bytes below which new jobs are refused; below a quarter of it nothing is
+    /// written until space is freed (`store::Health`).
+    pub min_free_space: u64,
 }
 
 /// A started server: its shard threads, and how to stop them.
@@ -77,7 +80,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
     let authority = hodei_transport::Authority::load(&opts.data_dir)
         .context("cannot load the CA key (needed to issue agent certificates)")?;
     let t0 = std::time::Instant::now();
-    let store = Store::open(&opts.data_dir)?;
+    let store = Store::open_with(&opts.data_dir, opts.min_free_space)?;
     let opened = t0.elapsed();
     let epoch = store.next_epoch()?;
     let pki = control::Pki::new(authority, server_cert, &opts.data_dir, opts.agent_cert_ttl);

@@ -7,8 +7,10 @@
 //! everything written since the last one to a blocking thread as one batch with one
 //! fdatasync (pipelined group commit). A batch's messages are released only when it is on
 //! disk, and batches commit in order: nothing leaves before what it depends on is durable.
+//! A batch the store could not take (a full disk) is held and written again; meanwhile
+//! client writes are refused and reads answered ([`full`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::UdpSocket;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,12 +20,13 @@ use anyhow::{Context, Result};
 use hodei_core::ids::WorkerId;
 use hodei_core::time::wall_now;
 use hodei_core::wire::{FromAgent, JobRequest};
+use hodei_shards::ShardMsg;
 use hodei_shards::{ConnId, Effects, Reply, ReqId, Shard, StoreOp};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{error, info, warn};
 
+mod full;
 mod input;
-
 mod release;
 
 pub use input::{AgentMsg, AgentOpen, AgentOut, ClientRequest, Input};
@@ -31,7 +34,7 @@ use release::{has_writes, log_event, note_events, note_welcomes, release, writes
 
 use super::audit::ShardAudit;
 use super::control::Control;
-use super::store::{Batch, Committer, Store};
+use super::store::{Batch, Committer, Outcome, Store};
 
 /// A commit this slow is logged (with its size).
 const SLOW_COMMIT: Duration = Duration::from_millis(50);
@@ -122,26 +125,49 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     let mut pending = Effects::default();
     // With `--commit-interval`, a batch waits until then to start its commit, so that under
     // sustained load there are fewer, larger commits.
+    let stored = store.clone();
+    let health = stored.health();
     let mut committer: Committer<Effects> = Committer::new(store, commit_interval);
+    // While a batch is held (the store was full): why, and when it is written again.
+    let mut held_why: Option<String> = None;
+    let mut retry_at = tokio::time::Instant::now();
+    // Reads in progress here (this shard's clients', and other shards' forwarded to it):
+    // while a batch is held their answers leave at once.
+    let mut reads: HashSet<ReqId> = HashSet::new();
+    // Held batches written again since shutdown began: once is enough to try.
+    let mut shutdown_tries = 0u32;
     let mut running = true;
     // Why the shard stopped by itself, if it did.
     let mut failure: Option<anyhow::Error> = None;
     while running || committer.busy() || !pending.is_empty() {
+        if !running && committer.held() && !committer.busy() {
+            if shutdown_tries > 0 {
+                error!(
+                    shard = index,
+                    "stopping with writes the full store could not take (none was acknowledged)"
+                );
+                break;
+            }
+            shutdown_tries += 1;
+            committer.retry();
+        }
         let sleep_until = shard.poll_timeout().map(|t| {
             let delta = t.saturating_sub(wall_now());
             tokio::time::Instant::now() + Duration::from_micros(delta)
         });
         // A batch held back by the interval (below) is committed when it is over, even if
         // no input comes.
-        let commit_at = (running && !committer.busy() && !pending.is_empty()).then(|| {
-            if has_writes(&pending, &audit, &welcomed) {
-                committer.next_start()
-            } else {
-                tokio::time::Instant::now()
-            }
-        });
+        let commit_at = (running && !committer.busy() && !committer.held() && !pending.is_empty())
+            .then(|| {
+                if has_writes(&pending, &audit, &welcomed) {
+                    committer.next_start()
+                } else {
+                    tokio::time::Instant::now()
+                }
+            });
         let mut inputs: Vec<Input> = Vec::new();
         let mut committed = None;
+        let mut retry = false;
         tokio::select! {
             i = rx.recv(), if running => inputs.extend(i),
             () = async {
@@ -151,6 +177,10 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 }
             }, if running => {}
             r = committer.finished() => committed = Some(r),
+            // A held batch is written again now and then, until the store takes it.
+            () = tokio::time::sleep_until(retry_at), if running && committer.held() && !committer.busy() => {
+                retry = true;
+            }
             // Shutting down with nothing in flight: commit what is left (below).
             () = std::future::ready(()), if !running && !committer.busy() => {}
             () = async {
@@ -160,9 +190,24 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                 }
             } => {}
         }
+        if retry {
+            committer.retry();
+        }
         if let Some(r) = committed {
             let done = match r {
-                Ok(done) => done,
+                Ok(Outcome::Committed(done)) => done,
+                Ok(Outcome::Held(why)) => {
+                    if held_why.is_none() {
+                        warn!(
+                            shard = index,
+                            "{why}: this shard's batch is held and written again every {} ms",
+                            full::RETRY.as_millis()
+                        );
+                    }
+                    held_why = Some(why);
+                    retry_at = tokio::time::Instant::now() + full::RETRY;
+                    continue;
+                }
                 Err(e) => {
                     error!(
                         shard = index,
@@ -176,6 +221,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     continue;
                 }
             };
+            if held_why.take().is_some() {
+                info!(shard = index, "the held batch is on disk: writes go on");
+            }
             // Everything the batch answers waited for this: a slow disk shows here first.
             control.stats.commit(done.took);
             if done.took >= SLOW_COMMIT {
@@ -192,6 +240,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     log_event(e);
                 }
             }
+            full::forget_answered(&mut reads, &done.msgs);
             release(
                 done.msgs,
                 &writers,
@@ -203,6 +252,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             // Clients whose stream ended: their subscriptions go with the next batch.
             for req in gone.drain(..) {
                 clients.remove(&req);
+                reads.remove(&req);
                 shard.handle_client_gone(req, &mut fx);
             }
         }
@@ -230,6 +280,15 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     .get(conn)
                     .map_or_else(|| Rc::from("agent"), Rc::clone),
                 Input::Client(c) => {
+                    // A write the store cannot take now is refused at once, naming why,
+                    // rather than left waiting behind a held batch.
+                    if let Some(no) = full::refusal(&c.body, health, held_why.as_deref()) {
+                        let _ = c.reply.send((no, true));
+                        continue;
+                    }
+                    if full::is_read(&c.body) {
+                        reads.insert(c.req);
+                    }
                     audit.call(now / 1000, &c.actor, &c.body);
                     Rc::from(c.actor.as_str())
                 }
@@ -287,12 +346,18 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                                 reply: fx.reply.split_off(mark),
                                 ..Effects::default()
                             };
+                            full::forget_answered(&mut reads, &now_fx);
                             release(now_fx, &writers, &mut clients, &peers, &mut gone, &control);
                         }
                     }
                 }
                 Input::Shard(msgs) => {
                     for m in msgs {
+                        if let ShardMsg::Request { req, body, .. } = &m
+                            && full::is_read(body)
+                        {
+                            reads.insert(*req);
+                        }
                         shard.handle_shard(now, m, &mut fx);
                     }
                 }
@@ -308,15 +373,28 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             note_events(&mut audit, &fx, mark, "server");
         }
         pending.append(&mut fx);
-        if committer.busy() || pending.is_empty() {
+        if committer.held() {
+            // Answers to reads leave now: the oldest (in the held batch) first.
+            let mut early = committer
+                .held_msgs()
+                .map(|m| full::take_reads(m, &reads))
+                .unwrap_or_default();
+            early.append(&mut full::take_reads(&mut pending, &reads));
+            full::forget_answered(&mut reads, &early);
+            release(early, &writers, &mut clients, &peers, &mut gone, &control);
+        }
+        // Nothing starts while a batch is in flight or held (batches commit in order).
+        if committer.busy() || committer.held() || pending.is_empty() {
             continue;
         }
         if !has_writes(&pending, &audit, &welcomed) {
             // Nothing to write and nothing in flight: all it depends on is already durable.
             let msgs = std::mem::take(&mut pending);
+            full::forget_answered(&mut reads, &msgs);
             release(msgs, &writers, &mut clients, &peers, &mut gone, &control);
             for req in gone.drain(..) {
                 clients.remove(&req);
+                reads.remove(&req);
                 shard.handle_client_gone(req, &mut pending);
             }
             continue;
@@ -331,11 +409,19 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             audit: std::mem::take(&mut audit.pending),
             workers: std::mem::take(&mut welcomed),
         };
-        if committer.start(batch, msgs).is_err() {
+        if let Err((batch, msgs)) = committer.start(batch, msgs) {
+            // Not reached (checked above); were it, the batch goes back to wait its turn
+            // rather than be lost.
             error!(
                 shard = index,
                 "a batch was started while another was in flight"
             );
+            let mut msgs = msgs;
+            msgs.persists = batch.ops;
+            msgs.append(&mut pending);
+            pending = msgs;
+            audit.pending.splice(0..0, batch.audit);
+            welcomed.splice(0..0, batch.workers);
         }
     }
     info!(shard = index, "shard stopping: closing connections");

@@ -115,17 +115,29 @@ impl Store {
 /// A shard's commit pipeline: at most one batch in flight, batches in the order started,
 /// and (with an interval) starts at least that far apart, so that under sustained load
 /// there are fewer, larger commits. `M` is what waits for a batch: the messages it releases.
+///
+/// A batch the store could not take for lack of room ([`StoreFull`](super::StoreFull)) is
+/// not dropped: the shard already applied its changes in memory, so it is *held* and
+/// written again ([`retry`](Self::retry)) before any later batch, and its messages leave
+/// only once it is on disk.
 pub struct Committer<M> {
     store: Store,
     interval: Duration,
     next_start: Instant,
     in_flight: Option<InFlight<M>>,
+    held: Option<Held<M>>,
 }
 
 /// A batch being written, and what waits for it.
 struct InFlight<M> {
     task: JoinHandle<Result<Duration>>,
     /// Its writes (shared with the task): read to tell whether a read depends on them.
+    batch: Arc<Batch>,
+    msgs: M,
+}
+
+/// A batch the store refused for lack of room, and what waits for it.
+struct Held<M> {
     batch: Arc<Batch>,
     msgs: M,
 }
@@ -141,6 +153,15 @@ pub struct Committed<M> {
     pub took: Duration,
 }
 
+/// How the batch in flight ended, short of a fatal error.
+#[derive(Debug)]
+pub enum Outcome<M> {
+    /// On disk: release what waited for it.
+    Committed(Committed<M>),
+    /// The store is full: the batch is held, to be written again; why, as refusals say it.
+    Held(String),
+}
+
 impl<M> Committer<M> {
     /// A pipeline writing to `store`, starting batches at least `interval` apart.
     #[must_use]
@@ -150,6 +171,7 @@ impl<M> Committer<M> {
             interval,
             next_start: Instant::now(),
             in_flight: None,
+            held: None,
         }
     }
 
@@ -159,22 +181,50 @@ impl<M> Committer<M> {
         self.in_flight.is_some()
     }
 
+    /// Whether a batch waits to be written again (the store was full): no later batch
+    /// may start, and nothing that waits for a commit may leave, until it is on disk.
+    #[must_use]
+    pub fn held(&self) -> bool {
+        self.held.is_some()
+    }
+
+    /// The messages of the held batch (a read's answer may leave before it while the
+    /// store is full).
+    pub fn held_msgs(&mut self) -> Option<&mut M> {
+        self.held.as_mut().map(|h| &mut h.msgs)
+    }
+
     /// The earliest time the next batch may start: `interval` after the last one started.
     #[must_use]
     pub fn next_start(&self) -> Instant {
         self.next_start
     }
 
-    /// Starts writing a batch on a blocking thread; call only when not [`busy`](Self::busy).
-    /// A batch started while another is in flight would break the order, so it is refused
-    /// by returning it.
-    pub fn start(&mut self, batch: Batch, msgs: M) -> Result<(), M> {
-        if self.in_flight.is_some() {
-            return Err(msgs);
+    /// Starts writing a batch on a blocking thread; call only when neither
+    /// [`busy`](Self::busy) nor [`held`](Self::held). A batch started then would break the
+    /// order, so it is refused by handing all of it back.
+    pub fn start(&mut self, batch: Batch, msgs: M) -> Result<(), (Batch, M)> {
+        if self.in_flight.is_some() || self.held.is_some() {
+            return Err((batch, msgs));
         }
-        let now = Instant::now();
-        self.next_start = now + self.interval;
-        let batch = Arc::new(batch);
+        self.spawn(Arc::new(batch), msgs);
+        Ok(())
+    }
+
+    /// Writes the held batch again; false if there is none, or one is in flight.
+    pub fn retry(&mut self) -> bool {
+        if self.in_flight.is_some() {
+            return false;
+        }
+        let Some(Held { batch, msgs }) = self.held.take() else {
+            return false;
+        };
+        self.spawn(batch, msgs);
+        true
+    }
+
+    fn spawn(&mut self, batch: Arc<Batch>, msgs: M) {
+        self.next_start = Instant::now() + self.interval;
         let store = self.store.clone();
         let written = Arc::clone(&batch);
         let task = tokio::task::spawn_blocking(move || {
@@ -183,13 +233,12 @@ impl<M> Committer<M> {
             Ok(t.elapsed())
         });
         self.in_flight = Some(InFlight { task, batch, msgs });
-        Ok(())
     }
 
-    /// Waits for the batch in flight to be on disk and hands back what waited for it; never
-    /// returns while none is in flight. Cancel-safe: dropped before it returns, the batch
-    /// stays in flight. An error means nothing of the batch may be released.
-    pub async fn finished(&mut self) -> Result<Committed<M>> {
+    /// Waits for the batch in flight to end and says how; never returns while none is in
+    /// flight. Cancel-safe: dropped before it returns, the batch stays in flight. An error
+    /// is fatal: nothing of the batch may be released.
+    pub async fn finished(&mut self) -> Result<Outcome<M>> {
         let Some(f) = self.in_flight.as_mut() else {
             return std::future::pending().await;
         };
@@ -199,19 +248,29 @@ impl<M> Committer<M> {
             .take()
             .context("the batch in flight went missing")?;
         match r {
-            Ok(Ok(took)) => Ok(Committed {
+            Ok(Ok(took)) => Ok(Outcome::Committed(Committed {
                 batch: f.batch,
                 msgs: f.msgs,
                 took,
-            }),
+            })),
+            Ok(Err(e)) if super::is_full(&e) => {
+                let why = self.store.health().refusal();
+                tracing::debug!("batch held: {e:#}");
+                self.held = Some(Held {
+                    batch: f.batch,
+                    msgs: f.msgs,
+                });
+                Ok(Outcome::Held(why))
+            }
             Ok(Err(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("store commit task failed: {e}")),
         }
     }
 
-    /// The writes of the batch in flight: not on disk yet.
+    /// The writes of the batch in flight or held: not on disk yet.
     pub fn unwritten(&self) -> impl Iterator<Item = &StoreOp> {
-        self.in_flight.iter().flat_map(|f| f.batch.ops.iter())
+        let flying = self.in_flight.iter().flat_map(|f| f.batch.ops.iter());
+        flying.chain(self.held.iter().flat_map(|h| h.batch.ops.iter()))
     }
 }
 
@@ -256,9 +315,14 @@ mod tests {
             assert!(c.start(ops(vec![put(1), put(2)]), "msgs").is_ok());
             assert!(c.busy());
             assert_eq!(c.unwritten().count(), 2);
-            // A second batch while one is in flight is handed back, not started.
-            assert_eq!(c.start(ops(vec![put(3)]), "second").err(), Some("second"));
-            let done = c.finished().await?;
+            // A second batch while one is in flight is handed back whole, not started.
+            let Err((back, msgs)) = c.start(ops(vec![put(3)]), "second") else {
+                panic!("a second batch started while one was in flight");
+            };
+            assert_eq!((back.ops.len(), msgs), (1, "second"));
+            let Outcome::Committed(done) = c.finished().await? else {
+                panic!("a batch on a roomy disk was held");
+            };
             assert_eq!((done.msgs, done.batch.ops.len()), ("msgs", 2));
             assert!(!c.busy());
             assert_eq!(c.unwritten().count(), 0);

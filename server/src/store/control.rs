@@ -125,7 +125,7 @@ impl Store {
     /// Adds worker bindings to a batch.
     pub(super) fn put_workers(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut super::WriteBatch,
         workers: &[(WorkerId, String)],
     ) {
         for (w, identity) in workers {

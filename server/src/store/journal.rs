@@ -56,8 +56,33 @@ pub(super) fn snapshot_journals(store: &Path) -> Result<Vec<JournalCopy>> {
 
 /// After fjall's recovery: journals that lost non-zero bytes are kept as `<name>.damaged`.
 /// After a clean shutdown that is damage, and the server refuses to start; after a crash it
-/// is most likely the torn tail of an unacknowledged commit, logged loudly.
-pub(super) fn check_journals(copies: &[JournalCopy], was_clean: bool) -> Result<()> {
+/// is most likely the torn tail of an unacknowledged commit, logged loudly. At a reopen
+/// after failed writes (`torn` > 0: the most those writes can have left in the journal),
+/// up to `torn` bytes lost is their torn tail: nothing of them was acknowledged, and the
+/// store keeps them to write again. More than that is damage.
+pub(super) fn check_journals(copies: &[JournalCopy], was_clean: bool, torn: u64) -> Result<()> {
+    let dropped: u64 = copies
+        .iter()
+        .map(|c| {
+            let now = std::fs::metadata(&c.path).map_or(u64::MAX, |m| m.len());
+            (c.bytes.len() as u64).saturating_sub(now)
+        })
+        .sum();
+    if torn > 0 && dropped <= torn {
+        // No copy is saved: the disk was just full, and these bytes are written again.
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "store reopened: recovery dropped the torn tail of the failed write"
+            );
+        }
+        return Ok(());
+    }
+    if torn > 0 {
+        bail!(
+            "store journal recovery dropped {dropped} bytes at a reopen, more than the {torn} the failed writes can have left: damage, not a torn write"
+        );
+    }
     for c in copies {
         let now = std::fs::metadata(&c.path).map_or(u64::MAX, |m| m.len());
         let used = c.bytes.len() as u64;

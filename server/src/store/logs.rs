@@ -179,7 +179,7 @@ impl Store {
 
     /// A durable batch (one fdatasync) that already holds `audit`: a change and the audit
     /// records of it are always written together.
-    pub(super) fn audited_batch(&self, audit: &[AuditRecord]) -> fjall::OwnedWriteBatch {
+    pub(super) fn audited_batch(&self, audit: &[AuditRecord]) -> super::WriteBatch {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
         let mut blocks = Blocks::new();
         for r in audit {

@@ -4,8 +4,10 @@
 //! - [`data_dir`]: the data directory's format marker, claimed before anything is written.
 //! - [`journal`]: damage detection around fjall's journal recovery.
 //! - [`keys`]: the key formats of every keyspace.
+//! - [`handle`]: the open database behind every clone, reopened after a failed write.
+//! - [`health`]: whether the store takes writes (free-space watermark, a full disk).
 //! - [`commit`]: one shard batch as one durable write (group commit), and the [`Committer`]
-//!   that pipelines a shard's batches.
+//!   that pipelines a shard's batches and holds one the store could not take.
 //! - [`jobs`]: the `jobs` and `output` keyspaces.
 //! - [`logs`]: the append-only logs, `events` and `audit`, stored in blocks.
 //! - [`control`]: `tokens`, `secrets` and `agents` (certificates), written by the control plane,
@@ -18,37 +20,47 @@
 pub mod commit;
 pub mod control;
 mod data_dir;
+#[cfg(test)]
+mod full_tests;
+mod handle;
+pub mod health;
 mod jobs;
 mod journal;
 mod keys;
 mod logs;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use fjall::config::FilterPolicy;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 
-pub use commit::{Batch, Committer};
+pub use commit::{Batch, Committer, Outcome};
 pub use control::AgentCert;
 pub use data_dir::claim_data_dir;
+pub use handle::{Db, Ks, KsIter, Kv, WriteBatch};
+pub use health::{DEFAULT_MIN_FREE, Health, StoreFull, is_full};
 
-/// The store, shared by all shard threads (fjall is thread-safe).
+use handle::{Handles, KEYSPACES, Shared};
+
+/// The store, shared by all shard threads (fjall is thread-safe). Its fields look up the
+/// database open now at each call, so that every clone follows a reopen ([`handle`]).
 #[derive(Clone)]
 pub struct Store {
-    db: Database,
-    jobs: Keyspace,
-    output: Keyspace,
-    meta: Keyspace,
-    events: Keyspace,
-    tokens: Keyspace,
-    secrets: Keyspace,
-    agents: Keyspace,
-    workers: Keyspace,
-    audit: Keyspace,
+    shared: Arc<Shared>,
+    db: Db,
+    jobs: Ks,
+    output: Ks,
+    meta: Ks,
+    events: Ks,
+    tokens: Ks,
+    secrets: Ks,
+    agents: Ks,
+    workers: Ks,
+    audit: Ks,
     clean: PathBuf,
 }
-
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Store")
@@ -82,62 +94,59 @@ const L0_TABLES: u8 = 16;
 const FJALL_WORKERS: usize = 1;
 
 impl Store {
-    /// Opens (or creates) the store under a claimed data dir.
+    /// Opens (or creates) the store under a claimed data dir, with the default free-space
+    /// watermark.
     pub fn open(data_dir: &Path) -> Result<Self> {
+        Self::open_with(data_dir, DEFAULT_MIN_FREE)
+    }
+
+    /// Opens (or creates) the store under a claimed data dir; below `min_free` bytes free
+    /// new submits are refused, below a quarter of it nothing is written ([`Health`]).
+    pub fn open_with(data_dir: &Path, min_free: u64) -> Result<Self> {
         let path: PathBuf = data_dir.join("store");
-        journal::refuse_kept_damage(&path)?;
         let clean = data_dir.join(journal::CLEAN);
         let was_clean = clean.exists();
-        let copies = journal::snapshot_journals(&path)?;
-        // A smaller journal bound (fjall's default is 512 MiB) makes fjall flush memtables
-        // sooner, so a restart after a crash replays less: measured with 1M jobs.
-        let db = Database::builder(&path)
-            .max_journaling_size(JOURNAL_BYTES)
-            .worker_threads(FJALL_WORKERS)
-            .open()
-            .with_context(|| {
-                format!(
-                    "cannot open the store at {} (is another server using it, or is it corrupt?)",
-                    path.display()
-                )
-            })?;
-        if let Err(e) = journal::check_journals(&copies, was_clean) {
-            // Put the journals back as they were, so that nothing is lost by refusing.
-            drop(db);
-            for c in &copies {
-                if let Err(err) = c.restore() {
-                    tracing::error!("cannot restore {}: {err}", c.path.display());
-                }
-            }
-            return Err(e);
-        }
+        let handles = open_handles(&path, was_clean, 0)?;
         let _ = std::fs::remove_file(&clean);
-        // No bloom filters: every keyspace is read by scans (jobs at start, events, audit,
-        // output), except `meta` with its one key. Building them cost flush CPU for nothing.
-        let ks = |name: &str| {
-            db.keyspace(name, || {
-                KeyspaceCreateOptions::default()
-                    .max_memtable_size(MEMTABLE_BYTES)
-                    .filter_policy(FilterPolicy::disabled())
-                    .compaction_strategy(std::sync::Arc::new(
-                        fjall::compaction::Leveled::default().with_l0_threshold(L0_TABLES),
-                    ))
-            })
-            .with_context(|| format!("cannot open keyspace {name}"))
+        let health = Health::new(data_dir, min_free);
+        let shared = Arc::new(Shared::new(path, handles, health, reopen_handles));
+        let ks = |name: &str| Ks {
+            shared: Arc::clone(&shared),
+            index: KEYSPACES
+                .iter()
+                .position(|k| *k == name)
+                .unwrap_or(usize::MAX),
         };
         Ok(Self {
-            jobs: ks("jobs")?,
-            output: ks("output")?,
-            meta: ks("meta")?,
-            events: ks("events")?,
-            tokens: ks("tokens")?,
-            agents: ks("agents")?,
-            workers: ks("workers")?,
-            secrets: ks("secrets")?,
-            audit: ks("audit")?,
-            db,
+            jobs: ks("jobs"),
+            output: ks("output"),
+            meta: ks("meta"),
+            events: ks("events"),
+            tokens: ks("tokens"),
+            agents: ks("agents"),
+            workers: ks("workers"),
+            secrets: ks("secrets"),
+            audit: ks("audit"),
+            db: Db {
+                shared: Arc::clone(&shared),
+            },
+            shared,
             clean,
         })
+    }
+
+    /// Whether the store takes writes, shared with every clone.
+    #[must_use]
+    pub fn health(&self) -> &Health {
+        &self.shared.health
+    }
+
+    /// How often the database was reopened after a failed write since the store opened.
+    #[must_use]
+    pub fn reopens(&self) -> u64 {
+        self.shared
+            .reopens
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Records a clean shutdown (after the final flush).
@@ -174,6 +183,62 @@ impl Store {
             .persist(PersistMode::SyncAll)
             .context("cannot flush the store")
     }
+}
+
+/// Opens the database at `path`, with the journal checks around fjall's recovery: after
+/// a clean stop lost journal bytes are damage; after a crash they are logged; at a reopen
+/// after a failed write up to `torn` of them are that write's torn tail.
+fn open_handles(path: &Path, was_clean: bool, torn: u64) -> Result<Handles> {
+    journal::refuse_kept_damage(path)?;
+    let copies = journal::snapshot_journals(path)?;
+    // A smaller journal bound (fjall's default is 512 MiB) makes fjall flush memtables
+    // sooner, so a restart after a crash replays less: measured with 1M jobs.
+    let db = Database::builder(path)
+        .max_journaling_size(JOURNAL_BYTES)
+        .worker_threads(FJALL_WORKERS)
+        .open()
+        .with_context(|| {
+            format!(
+                "cannot open the store at {} (is another server using it, or is it corrupt?)",
+                path.display()
+            )
+        })?;
+    if let Err(e) = journal::check_journals(&copies, was_clean, torn) {
+        // Put the journals back as they were, so that nothing is lost by refusing.
+        drop(db);
+        for c in &copies {
+            if let Err(err) = c.restore() {
+                tracing::error!("cannot restore {}: {err}", c.path.display());
+            }
+        }
+        return Err(e);
+    }
+    // No bloom filters: every keyspace is read by scans (jobs at start, events, audit,
+    // output), except `meta` with its one key. Building them cost flush CPU for nothing.
+    let ks = KEYSPACES
+        .iter()
+        .map(|name| {
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(MEMTABLE_BYTES)
+                    .filter_policy(FilterPolicy::disabled())
+                    .compaction_strategy(std::sync::Arc::new(
+                        fjall::compaction::Leveled::default().with_l0_threshold(L0_TABLES),
+                    ))
+            })
+            .with_context(|| format!("cannot open keyspace {name}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Handles { db, ks })
+}
+
+/// Opens the database again after a failed write (the server did not stop cleanly).
+fn reopen_handles(path: &Path, torn: u64) -> Result<Handles> {
+    // A store directory that went away would be created empty by fjall: refuse instead.
+    if !path.join("keyspaces").is_dir() {
+        bail!("{} is gone or damaged: not reopening it", path.display());
+    }
+    open_handles(path, false, torn)
 }
 
 #[cfg(test)]
