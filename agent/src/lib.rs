@@ -67,7 +67,27 @@ pub struct AgentArgs {
     /// against messages per second; see tuning/README.md).
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     pub output_batch_interval: Duration,
+    /// Output a job may spool beyond what the server acknowledged as durable (e.g. 32M);
+    /// past it the agent stops reading the job's pipes and the job blocks on write until the
+    /// server catches up or comes back. Bounds the spool on disk and the server's unwritten
+    /// output per job.
+    #[arg(long, default_value = "32M", value_parser = parse_window)]
+    pub output_window: u64,
 }
+
+fn parse_window(s: &str) -> Result<u64, String> {
+    let n = hodei_core::spec::parse_size(s)?;
+    if n < MIN_OUTPUT_WINDOW {
+        return Err(format!(
+            "the output window must be at least {MIN_OUTPUT_WINDOW} bytes (64K): a smaller one \
+             makes a job wait for the server after every few KiB of output"
+        ));
+    }
+    Ok(n)
+}
+
+/// The smallest `--output-window`: one pipe's worth.
+const MIN_OUTPUT_WINDOW: u64 = 64 << 10;
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
     hodei_core::spec::parse_key_value(s)

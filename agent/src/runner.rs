@@ -12,9 +12,11 @@
 //!   on the events channel, so a cancel or a timeout still kills a job whose consumer stalls;
 //! - the **pump** ([`pump`]) reads stdout and stderr, masks the job's secret values in each
 //!   stream, batches them, appends every batch to the attempt's spool file ([`spool`]) and only
-//!   then sends it as an [`RunEventKind::Output`] event. When the bounded channel is full the
-//!   pump stops reading, the pipes fill and the job blocks on write: output slows the
-//!   producer, it is never dropped.
+//!   then sends it as an [`RunEventKind::Output`] event. When the bounded channel is full, or
+//!   the attempt has spooled [`RunnerOptions::output_window`] bytes beyond what the server
+//!   acknowledged as durable ([`RunHandle::acked`]), the pump stops reading, the pipes fill
+//!   and the job blocks on write: output slows the producer, it is never dropped, and neither
+//!   the spool nor the server's unwritten output grows without bound.
 //!
 //! The agent's guard ([`guard`]), a process of its own started with the agent, is told each
 //! group at its spawn and at its final kill, and SIGKILLs the groups left when the agent dies;
@@ -48,7 +50,7 @@ use hodei_core::job::Outcome;
 use hodei_core::spec::JobSpec;
 use hodei_core::time::{Micros, wall_now};
 use hodei_core::wire::Chunk;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 
 pub use guard::{GUARD_ENV, Guard, serve as serve_guard};
 pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
@@ -62,6 +64,11 @@ const QUEUED_NOTICE: Duration = Duration::from_millis(300);
 /// The largest output batch, whatever `--output-batch-bytes` says: a batch is one `Output`
 /// message, which must stay well under [`hodei_core::frame::MAX_FRAME`] with its headers.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// The default [`RunnerOptions::output_window`]: output a job may spool beyond the server's
+/// acknowledgement. Large enough that a job printing tens of MiB through a short server
+/// outage never waits; small enough to bound the spool and the server's unwritten output.
+pub const DEFAULT_OUTPUT_WINDOW: u64 = 32 << 20;
 
 /// How the runner runs jobs; shared by every attempt of an agent.
 #[derive(Clone, Debug)]
@@ -87,6 +94,10 @@ pub struct RunnerOptions {
     /// The guard that kills the jobs' groups if the agent dies ([`guard`]); `None` runs
     /// without one (jobs then outlive a crash of the agent).
     pub guard: Option<Arc<Guard>>,
+    /// Output bytes of one attempt spooled beyond what the server acknowledged as durable;
+    /// past it the pump stops reading the job's pipes until acknowledgements come
+    /// ([`RunHandle::acked`]). Default [`DEFAULT_OUTPUT_WINDOW`].
+    pub output_window: u64,
 }
 
 impl Default for RunnerOptions {
@@ -100,6 +111,7 @@ impl Default for RunnerOptions {
             workdirs: Arc::default(),
             slots: None,
             guard: None,
+            output_window: DEFAULT_OUTPUT_WINDOW,
         }
     }
 }
@@ -173,13 +185,34 @@ pub enum RunEventKind {
     },
 }
 
-/// A handle on a running attempt: cheap to clone, lives as long as anyone holds it.
+/// A handle on a running attempt: cheap to clone, lives as long as anyone holds it. Once
+/// every clone is dropped the attempt's output window no longer applies.
 #[derive(Clone, Debug)]
 pub struct RunHandle {
     cancel: Arc<CancelSignal>,
+    /// Output bytes the server holds durably ([`RunHandle::acked`]); `u64::MAX` once released.
+    acked: Arc<watch::Sender<u64>>,
 }
 
 impl RunHandle {
+    /// The server holds the attempt's output up to `end` durably (`OutputAck`, `Resume`):
+    /// the pump may spool up to [`RunnerOptions::output_window`] bytes beyond it.
+    pub fn acked(&self, end: u64) {
+        self.acked.send_if_modified(|v| {
+            let more = end > *v;
+            if more {
+                *v = end;
+            }
+            more
+        });
+    }
+
+    /// Nobody will acknowledge this attempt's output any more (it was let go): its pump
+    /// reads on without a window, so a dying job is never left blocked on its pipes.
+    pub fn release(&self) {
+        self.acked(u64::MAX);
+    }
+
     /// Kills the attempt's whole process group (SIGTERM, then SIGKILL after the grace period);
     /// it then finishes as [`Outcome::Cancelled`]. Idempotent, and a no-op once the process
     /// has exited on its own.
@@ -228,14 +261,19 @@ pub fn spawn_job(
     events: mpsc::Sender<RunEvent>,
 ) -> RunHandle {
     let cancel = Arc::new(CancelSignal::default());
+    let (acked, acked_rx) = watch::channel(0);
     let sink = Sink {
         tx: events,
         job,
         attempt,
         gone: false,
     };
-    tokio::spawn(run(spec, secrets, opts, sink, Arc::clone(&cancel)));
-    RunHandle { cancel }
+    let window = pump::Window::new(acked_rx, opts.output_window);
+    tokio::spawn(run(spec, secrets, opts, sink, Arc::clone(&cancel), window));
+    RunHandle {
+        cancel,
+        acked: Arc::new(acked),
+    }
 }
 
 /// Which files an attempt may have left; [`forget`] looks only for those, since a failed
@@ -315,6 +353,7 @@ async fn run(
     opts: Arc<RunnerOptions>,
     mut sink: Sink,
     cancel: Arc<CancelSignal>,
+    window: pump::Window,
 ) {
     if opts.noop {
         sink.send(RunEventKind::Started { at: wall_now() }).await;
@@ -397,6 +436,7 @@ async fn run(
         spool::SpoolWriter::new(opts.spool_path(job, attempt)),
         &redactor,
         has_secrets,
+        window,
     );
     // Started is sent by the pump, not here: sending can block on a full channel, and the
     // supervisor must already be enforcing the time limit and cancels while it does.

@@ -201,6 +201,7 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
             .output_batch_bytes
             .clamp(1, crate::runner::MAX_BATCH_BYTES),
         batch_interval: args.output_batch_interval,
+        output_window: args.output_window,
         guard,
         ..RunnerOptions::default()
     });

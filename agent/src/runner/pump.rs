@@ -2,7 +2,12 @@
 //! in each, batches what arrives, spools each batch, then sends it as one event.
 //!
 //! Backpressure is structural: the pump awaits the bounded events channel between reads, so a
-//! slow consumer stops the reading, the pipes fill, and the job blocks in `write`.
+//! slow consumer stops the reading, the pipes fill, and the job blocks in `write`. The same
+//! happens when the attempt has spooled its output window ([`Window`]) beyond what the server
+//! acknowledged as durable: the pump sends what it batched, then reads nothing until an
+//! acknowledgement moves the window. So a server whose store is slower than the job's output
+//! (or a server that is down) slows the job instead of growing the spool, the agent's memory
+//! or the server's unwritten batch.
 //!
 //! Redaction comes first, before anything is batched, spooled or sent: each stream has its own
 //! [`RedactStream`] (a secret split across reads of one stream is still found; the two streams
@@ -19,7 +24,7 @@ use hodei_core::time::Micros;
 use hodei_core::wire::{Chunk, Stream};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::{ChildStderr, ChildStdout};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 use zeroize::Zeroize;
 
@@ -54,6 +59,43 @@ pub(super) struct Pump {
     redact: Option<Redaction>,
     /// The job has secrets: its read buffers are wiped after use.
     secrets: bool,
+    window: Window,
+}
+
+/// How far an attempt's output may run ahead of the server's acknowledgement.
+pub(super) struct Window {
+    /// Output bytes the server holds durably, from the attempt's [`super::RunHandle`];
+    /// `u64::MAX` once it was let go.
+    acked: watch::Receiver<u64>,
+    /// Bytes allowed beyond it.
+    size: u64,
+    /// The handle is gone: nobody acknowledges any more, the window no longer applies.
+    released: bool,
+}
+
+impl Window {
+    pub(super) fn new(acked: watch::Receiver<u64>, size: u64) -> Self {
+        Self {
+            acked,
+            size: size.max(1),
+            released: false,
+        }
+    }
+
+    /// Whether output up to `end` fills the window: nothing more may be read.
+    fn full(&self, end: u64) -> bool {
+        !self.released && end.saturating_sub(*self.acked.borrow()) >= self.size
+    }
+
+    /// Waits until the acknowledgement moves (or the handle is gone); forever once released.
+    async fn moved(&mut self) {
+        if self.released {
+            return std::future::pending().await;
+        }
+        if self.acked.changed().await.is_err() {
+            self.released = true;
+        }
+    }
 }
 
 /// Redaction state of one attempt: one stream state per output, and a reused output buffer.
@@ -70,6 +112,8 @@ enum Step {
     Flush,
     Exited,
     DrainOver,
+    /// The acknowledgement moved: the window may have room again.
+    Acked,
 }
 
 impl Pump {
@@ -79,6 +123,7 @@ impl Pump {
         spool: SpoolWriter,
         redactor: &Redactor,
         secrets: bool,
+        window: Window,
     ) -> Self {
         let redact = (!redactor.is_empty()).then(|| Redaction {
             stdout: redactor.stream(),
@@ -95,6 +140,7 @@ impl Pump {
             batch_since: None,
             redact,
             secrets,
+            window,
         }
     }
 
@@ -120,20 +166,35 @@ impl Pump {
                 self.flush(sink).await;
                 continue;
             }
+            let full = self.window.full(self.offset + self.batch_len as u64);
+            if full && self.batch_len > 0 {
+                // What is batched goes out now: only its acknowledgement can open the window.
+                self.flush(sink).await;
+                continue;
+            }
             // Never read past the batch bound, so no batch exceeds batch_bytes.
             let room = (self.max - self.batch_len).min(READ_BUF);
             let due = self.batch_since.map(|t| t + self.interval);
             let waiting = Instant::now();
             let step = tokio::select! {
-                r = read(&mut stdout, &mut out_buf.buf[..room]) => Step::Read(Stream::Stdout, r),
-                r = read(&mut stderr, &mut err_buf.buf[..room]) => Step::Read(Stream::Stderr, r),
+                r = read(&mut stdout, &mut out_buf.buf[..room]), if !full => {
+                    Step::Read(Stream::Stdout, r)
+                }
+                r = read(&mut stderr, &mut err_buf.buf[..room]), if !full => {
+                    Step::Read(Stream::Stderr, r)
+                }
                 () = sleep_until(due) => Step::Flush,
                 _ = &mut exited, if !exit_seen => Step::Exited,
-                () = tokio::time::sleep(drain.unwrap_or_default()), if drain.is_some() => {
+                () = self.window.moved(), if full => Step::Acked,
+                // Waiting for acknowledgements is not time the pipes were idle: the drain
+                // grace runs only while the pump reads.
+                () = tokio::time::sleep(drain.unwrap_or_default()), if drain.is_some() && !full => {
                     Step::DrainOver
                 }
             };
-            if let Some(left) = drain.as_mut() {
+            if let Some(left) = drain.as_mut()
+                && !full
+            {
                 *left = left.saturating_sub(waiting.elapsed());
             }
             match step {
@@ -162,6 +223,7 @@ impl Pump {
                     self.end(sink, stream).await;
                 }
                 Step::Flush => self.flush(sink).await,
+                Step::Acked => {}
                 Step::Exited => {
                     exit_seen = true;
                     drain = Some(DRAIN_GRACE);

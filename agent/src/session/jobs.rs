@@ -86,6 +86,9 @@ impl Agent {
             && !h.runner_done
         {
             handle.cancel(); // no-op if it already ended
+            // Nobody acknowledges its output any more: a pump held by its window would
+            // never see the job's end.
+            handle.release();
             self.fenced.insert((job, h.attempt));
             // It may still be writing its files: look for all of them now, and again when
             // it ends. Its directory stays its own until then.

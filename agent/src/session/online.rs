@@ -312,7 +312,21 @@ impl Agent {
                 attempt,
                 output_end,
             } => self.resume(job, attempt, output_end, w).await?,
-            ToAgent::OutputAck { .. } => {}
+            ToAgent::OutputAck {
+                job,
+                attempt,
+                output_end,
+            } => {
+                // Durable on the server: the job's output window moves on.
+                if let Some(handle) = self
+                    .jobs
+                    .get(&job)
+                    .filter(|h| h.attempt == attempt)
+                    .and_then(|h| h.handle.as_ref())
+                {
+                    handle.acked(output_end);
+                }
+            }
         }
         Ok(())
     }
@@ -331,6 +345,9 @@ impl Agent {
         };
         debug!(job = %job, cid = %h.cid, %attempt, output_end, "resumed");
         h.resuming = false;
+        if let Some(handle) = &h.handle {
+            handle.acked(output_end);
+        }
         if let Some(at) = h.started_at {
             w.push(&FromAgent::Started { job, attempt, at })
                 .map_err(lost)?;
