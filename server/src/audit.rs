@@ -97,15 +97,17 @@ impl ShardAudit {
     }
 }
 
-/// Records matching the filters, as JSON objects, chain by chain in order.
+/// Records matching the filters, as JSON objects, chain by chain in order, handed to
+/// `emit` one at a time (a long audit log is streamed, never held whole); stops early when
+/// `emit` returns false.
 pub fn query(
     store: &Store,
     job: Option<JobId>,
     actor: Option<&str>,
     since_ms: Option<u64>,
-) -> Result<Vec<String>> {
+    emit: &mut dyn FnMut(String) -> bool,
+) -> Result<()> {
     let job = job.map(|j| j.to_string());
-    let mut out = Vec::new();
     for chain in store.audit_chains()? {
         for r in store.read_audit(chain) {
             let r = r?;
@@ -115,10 +117,12 @@ pub fn query(
             {
                 continue;
             }
-            out.push(serde_json::to_string(&r).context("cannot encode an audit record")?);
+            if !emit(serde_json::to_string(&r).context("cannot encode an audit record")?) {
+                return Ok(());
+            }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Checks every chain; the error names the chain and the first bad record.

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use hodei_auth::redact::{RedactStream, Redactor};
+use hodei_core::event::Event;
 use hodei_core::frame::MAX_FRAME;
 use hodei_core::ids::JobId;
 use hodei_core::job::JobRecord;
@@ -16,6 +17,7 @@ use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 use tracing::{debug, warn};
 
 use super::next_id;
+use super::pages::{flush_or_refuse, off_thread, push_paged, scan, send_paged};
 use crate::control::{Caller, Control};
 use crate::shard_thread::{ClientRequest, Input};
 use crate::store::Store;
@@ -57,9 +59,6 @@ pub(super) async fn client_conn(
 /// Client requests read at once per connection.
 const READING_PER_CONN: usize = 8;
 
-/// Jobs per `Jobs` frame, so a long listing never exceeds the frame limit.
-const JOBS_PER_FRAME: usize = 500;
-
 async fn client_stream(
     mut w: FrameWriter,
     mut r: FrameReader,
@@ -96,7 +95,8 @@ async fn client_stream(
         }
     };
     if let Err(denied) = caller.require(body.permission()) {
-        warn!(%remote, actor = %caller.name, "denied: {body:?}");
+        // Not the body: it may hold environment values and scripts.
+        warn!(%remote, actor = %caller.name, needs = ?body.permission(), "request denied");
         let _ = w.send(&denied).await;
         let _ = w.finish();
         return;
@@ -104,12 +104,12 @@ async fn client_stream(
     let mut body = match body {
         ToServer::Job(body) => body,
         ToServer::Control(body) => {
-            let mut ok = true;
-            for reply in control.handle(&caller, body) {
-                ok &= w.push(&reply).is_ok();
-            }
-            if ok {
-                let _ = w.flush().await;
+            let control = Arc::clone(&control);
+            let mut replies = off_thread(move |emit| control.handle(&caller, body, emit));
+            while let Some(reply) = replies.recv().await {
+                if !send_paged(&mut w, reply).await {
+                    return;
+                }
             }
             let _ = w.finish();
             return;
@@ -154,14 +154,7 @@ async fn client_stream(
                 if let Some(owner) = &only_owner {
                     jobs.retain(|j| j.spec.owner == *owner);
                 }
-                let mut ok = true;
-                for part in jobs.chunks(JOBS_PER_FRAME) {
-                    ok &= w.push(&FromServer::Jobs(part.to_vec())).is_ok();
-                }
-                if jobs.is_empty() {
-                    ok &= w.push(&FromServer::Jobs(Vec::new())).is_ok();
-                }
-                ok && w.flush().await.is_ok()
+                send_paged(&mut w, FromServer::Jobs(jobs)).await
             }
             Reply::Msg(FromServer::Log(chunks)) => {
                 send_logs(&mut w, redact.apply(chunks, false)).await
@@ -173,11 +166,11 @@ async fn client_stream(
             Reply::Msg(m) => {
                 // Plain answers already queued (a `SubmitWait`'s jobs ending together) go out
                 // in one write.
-                let mut ok = w.push(&m).is_ok();
-                while ok && !last && w.has_room() {
+                let mut pushed = push_paged(&mut w, m);
+                while pushed.is_ok() && !last && w.has_room() {
                     match rrx.try_recv() {
                         Ok((Reply::Msg(m), l)) if is_plain(&m) => {
-                            ok = w.push(&m).is_ok();
+                            pushed = push_paged(&mut w, m);
                             last = l;
                         }
                         Ok(other) => {
@@ -187,45 +180,60 @@ async fn client_stream(
                         Err(_) => break,
                     }
                 }
-                ok && w.flush().await.is_ok()
+                flush_or_refuse(&mut w, pushed).await
             }
             Reply::StoredEvents {
                 shard,
                 after,
                 upto,
                 job,
-            } => match store.read_events(shard, after, upto, job) {
-                Ok(events) => {
-                    let mut ok = true;
-                    for part in events.chunks(JOBS_PER_FRAME) {
-                        ok &= w.push(&FromServer::Events(part.to_vec())).is_ok();
-                    }
-                    ok && w.flush().await.is_ok()
+            } => {
+                let store = store.clone();
+                let mut pages = off_thread(move |emit| {
+                    let blocks = store.event_blocks(shard, after, upto, job);
+                    scan(emit, FromServer::Events, "events", blocks, event_size);
+                });
+                let mut ok = true;
+                while ok && let Some(m) = pages.recv().await {
+                    let failed = matches!(m, FromServer::Error { .. });
+                    ok = send_paged(&mut w, m).await && !failed;
                 }
-                Err(e) => {
-                    let _ = w
-                        .send(&internal(&format!("cannot read events: {e:#}")))
-                        .await;
-                    false
+                ok
+            }
+            Reply::StoredLogs { job, attempt, upto } => {
+                let store = store.clone();
+                let mut pages = off_thread(move |emit| {
+                    let blocks = Ok(store.output_batches(job, attempt, upto));
+                    scan(emit, FromServer::Log, "output", blocks, |c| c.data.len());
+                });
+                let mut ok = true;
+                while ok && let Some(m) = pages.recv().await {
+                    ok = match m {
+                        FromServer::Log(chunks) => {
+                            send_logs(&mut w, redact.apply(chunks, false)).await
+                        }
+                        // An error, the stream's last reply.
+                        other => {
+                            send_paged(&mut w, other).await;
+                            false
+                        }
+                    };
                 }
-            },
-            Reply::StoredLogs { job, attempt, upto } => match store.read_output(job, attempt, upto)
-            {
-                Ok(chunks) => send_logs(&mut w, redact.apply(chunks, false)).await,
-                Err(e) => {
-                    // The stream ends here either way: the error is its last frame.
-                    let _ = w
-                        .send(&internal(&format!("cannot read output: {e:#}")))
-                        .await;
-                    false
-                }
-            },
+                ok
+            }
         };
         if !ok || last {
             break;
         }
     }
     let _ = w.finish();
+}
+
+/// About the bytes an event takes in a reply.
+fn event_size(ev: &Event) -> usize {
+    std::mem::size_of::<Event>()
+        + ev.correlation_id.len()
+        + ev.reason.as_ref().map_or(0, String::len)
 }
 
 /// An answer sent as it is (no filtering, redaction or store read on the way).

@@ -7,6 +7,7 @@
 pub mod admission;
 mod agent;
 mod client;
+pub(crate) mod pages;
 
 use std::cell::Cell;
 

@@ -28,6 +28,7 @@ pub use caller::Caller;
 pub use pki::Pki;
 use secrets::Sealed;
 
+use super::conn::pages::Pager;
 use super::store::Store;
 
 /// The audit chain of control calls (shards use their index as their chain).
@@ -199,8 +200,47 @@ impl Control {
         Ok((text, id))
     }
 
-    /// Answers a control request (the caller's permission was checked by the connection).
-    pub fn handle(&self, caller: &Caller, body: ControlRequest) -> Vec<FromServer> {
+    /// Answers a control request (the caller's permission was checked by the connection),
+    /// handing the replies to `emit`. It may block (store writes with their fsync, scans,
+    /// signing): call it off the shard threads.
+    pub fn handle(
+        &self,
+        caller: &Caller,
+        body: ControlRequest,
+        emit: &mut dyn FnMut(FromServer) -> bool,
+    ) {
+        match body {
+            ControlRequest::Audit {
+                job,
+                actor,
+                since_ms,
+            } => {
+                let mut pages = Pager::new(FromServer::AuditRecords, emit);
+                let r =
+                    super::audit::query(&self.store, job, actor.as_deref(), since_ms, &mut |r| {
+                        let size = r.len();
+                        pages.push(r, size)
+                    });
+                let sent = pages.flush();
+                if sent {
+                    emit(match r {
+                        Ok(()) => FromServer::Done,
+                        Err(e) => internal(&e),
+                    });
+                }
+            }
+            other => {
+                for reply in self.answer(caller, other) {
+                    if !emit(reply) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers a control request whose replies are few and small.
+    fn answer(&self, caller: &Caller, body: ControlRequest) -> Vec<FromServer> {
         match body {
             ControlRequest::CreateToken {
                 role,
@@ -287,18 +327,8 @@ impl Control {
                     Err(e) => vec![internal(&e)],
                 }
             }
-            ControlRequest::Audit {
-                job,
-                actor,
-                since_ms,
-            } => match super::audit::query(&self.store, job, actor.as_deref(), since_ms) {
-                Ok(records) => records
-                    .chunks(1000)
-                    .map(|c| FromServer::AuditRecords(c.to_vec()))
-                    .chain(std::iter::once(FromServer::Done))
-                    .collect(),
-                Err(e) => vec![internal(&e)],
-            },
+            // Streamed by `handle`.
+            ControlRequest::Audit { .. } => Vec::new(),
             ControlRequest::AuditVerify => {
                 vec![
                     match super::audit::verify_all(&self.store, &self.audit_key) {

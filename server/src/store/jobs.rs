@@ -79,21 +79,40 @@ impl Store {
             return Ok(0);
         };
         let (k, v) = kv.into_inner().context("cannot read the output keyspace")?;
-        let len: u64 = decode_chunks(&v)?.iter().map(|c| c.data.len() as u64).sum();
-        Ok(output_offset(&k)? + len)
+        // Offsets and lengths come from disk: a damaged record is an error, not an overflow.
+        decode_chunks(&v)?
+            .iter()
+            .try_fold(output_offset(&k)?, |end, c| {
+                end.checked_add(c.data.len() as u64)
+            })
+            .context("corrupt store: an output record ends past 2^64")
     }
 
     /// Stored output of an attempt below `upto`, in order.
     pub fn read_output(&self, job: JobId, attempt: Attempt, upto: u64) -> Result<Vec<Chunk>> {
         let mut out = Vec::new();
-        for kv in self.output.prefix(output_prefix(job, attempt)) {
-            let (k, v) = kv.into_inner().context("cannot read the output keyspace")?;
-            if output_offset(&k)? >= upto {
-                break;
-            }
-            out.extend(decode_chunks(&v)?);
+        for batch in self.output_batches(job, attempt, upto) {
+            out.extend(batch?);
         }
         Ok(out)
+    }
+
+    /// The stored output batches of an attempt below offset `upto`, one per stored key, read
+    /// lazily: a long output is streamed page by page, never held whole.
+    pub fn output_batches(
+        &self,
+        job: JobId,
+        attempt: Attempt,
+        upto: u64,
+    ) -> impl Iterator<Item = Result<Vec<Chunk>>> + '_ {
+        self.output
+            .prefix(output_prefix(job, attempt))
+            .map(|kv| {
+                let (k, v) = kv.into_inner().context("cannot read the output keyspace")?;
+                Ok((output_offset(&k)?, v))
+            })
+            .take_while(move |r| r.as_ref().map_or(true, |(offset, _)| *offset < upto))
+            .map(|r| r.and_then(|(_, v)| decode_chunks(&v)))
     }
 }
 

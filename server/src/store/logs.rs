@@ -146,12 +146,27 @@ impl Store {
         job: Option<JobId>,
     ) -> Result<Vec<Event>> {
         let mut out = Vec::new();
-        if after >= upto {
-            return Ok(out);
+        for block in self.event_blocks(shard, after, upto, job)? {
+            out.extend(block?);
         }
+        Ok(out)
+    }
+
+    /// The events of [`read_events`](Self::read_events), one stored block at a time, read
+    /// lazily: a long range is streamed page by page, never held whole.
+    pub fn event_blocks(
+        &self,
+        shard: u8,
+        after: u64,
+        upto: u64,
+        job: Option<JobId>,
+    ) -> Result<impl Iterator<Item = Result<Vec<Event>>> + '_> {
+        // An empty range reads nothing (`upto` below `after + 1` would be an inverted range).
+        let upto = upto.max(after);
+        let first_seq = after.saturating_add(1);
         // The block that holds `after + 1` may start before it; what comes before `after + 1`
         // is skipped undecoded.
-        let first = event_key(shard, after + 1).to_vec();
+        let first = event_key(shard, first_seq).to_vec();
         let start = match self
             .events
             .range(event_key(shard, 0).to_vec()..=first.clone())
@@ -164,17 +179,20 @@ impl Store {
                 .to_vec(),
             None => first,
         };
-        for kv in self.events.range(start..=event_key(shard, upto).to_vec()) {
+        let end = event_key(shard, upto).to_vec();
+        let blocks = (after < upto)
+            .then(|| self.events.range(start..=end))
+            .into_iter()
+            .flatten();
+        Ok(blocks.map(move |kv| {
             let (k, v) = kv.into_inner().context("cannot read the events keyspace")?;
-            let events = decode_events(&k, &v, after + 1)
+            let events = decode_events(&k, &v, first_seq)
                 .with_context(|| format!("corrupt store: event {}", hex(&k)))?;
-            out.extend(
-                events.into_iter().filter(|ev| {
-                    ev.seq <= upto && job.is_none_or(|j| ev.subject == Subject::Job(j))
-                }),
-            );
-        }
-        Ok(out)
+            Ok(events
+                .into_iter()
+                .filter(|ev| ev.seq <= upto && job.is_none_or(|j| ev.subject == Subject::Job(j)))
+                .collect())
+        }))
     }
 
     /// A durable batch (one fdatasync) that already holds `audit`: a change and the audit
