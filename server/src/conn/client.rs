@@ -140,10 +140,20 @@ async fn client_stream(
     }
     // A reply taken from the channel while batching, to be handled next.
     let mut carried = None;
+    // A client that goes away while its request waits (`wait`, `logs --follow`) is told to
+    // the shard at once: what it registered would otherwise stay until its job ends.
+    let closed = conn.closed();
+    tokio::pin!(closed);
     loop {
         let next = match carried.take() {
             Some(r) => Some(r),
-            None => rrx.recv().await,
+            None => tokio::select! {
+                r = rrx.recv() => r,
+                _ = &mut closed => {
+                    let _ = tx.send(Input::ClientGone(req));
+                    return;
+                }
+            },
         };
         let Some((reply, mut last)) = next else {
             let _ = w.send(&internal("the server is shutting down")).await;

@@ -16,6 +16,9 @@ pub enum Input {
     AgentClosed(ConnId),
     /// A client request.
     Client(ClientRequest),
+    /// A client went away before its request was done (a `wait` or `logs --follow` whose
+    /// connection closed): everything registered for it goes now, not when its job ends.
+    ClientGone(ReqId),
     /// Messages from another shard, in order.
     Shard(Vec<ShardMsg>),
     /// An agent identity was revoked: close its connections now.

@@ -302,7 +302,9 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     }
                     continue;
                 }
-                Input::Shard(_) | Input::Shutdown => Rc::clone(&server_actor),
+                Input::Shard(_) | Input::ClientGone(_) | Input::Shutdown => {
+                    Rc::clone(&server_actor)
+                }
             };
             match input {
                 Input::AgentOpen(..) | Input::Revoke(_) => {}
@@ -360,6 +362,10 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                         }
                         shard.handle_shard(now, m, &mut fx);
                     }
+                }
+                Input::ClientGone(req) => {
+                    clients.remove(&req);
+                    shard.handle_client_gone(req, &mut fx);
                 }
                 Input::Shutdown => running = false,
             }
