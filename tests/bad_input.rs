@@ -312,3 +312,21 @@ fn floods_from_one_source_are_bounded() {
         || server.cli(&["job", "list"]).status.success().then_some(()),
     );
 }
+
+/// `--uses` counts joins, so it is refused for roles that never join instead of being
+/// silently ignored.
+#[test]
+fn token_uses_is_refused_for_roles_that_never_join() {
+    let scratch = Scratch::new("tokenuses");
+    let server = Server::start(&scratch, 1);
+    for role in ["admin", "submitter", "reader"] {
+        fails_with(
+            &server.cli(&["token", "create", "--role", role, "--uses", "1"]),
+            "--uses applies to agent",
+        );
+    }
+    let out = server.cli(&["token", "create", "--role", "agent", "--uses", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let listed = server.ok(&["token", "list"]);
+    assert!(!listed.contains("submitter"), "{listed}");
+}

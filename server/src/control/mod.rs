@@ -187,6 +187,11 @@ impl Control {
         if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
             bail!("a token name must be 1 to 128 printable characters");
         }
+        // Only a join spends a use: counting every request of a client token would be a
+        // durable write per request.
+        if uses.is_some() && role != Role::Agent {
+            bail!("--uses applies to agent (join) tokens only; limit a {role} token with --ttl");
+        }
         let (text, id, hash) = token::generate().context("cannot generate a token")?;
         let now = now_ms();
         let mut rec = TokenRecord::new(id, role, name, now, hash);
