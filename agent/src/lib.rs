@@ -59,9 +59,9 @@ pub struct AgentArgs {
     /// reported drained, so the server retries them). A second signal kills them at once.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_timeout: Duration,
-    /// An output batch is sent once it holds this many bytes (at most 1 MiB: a batch is one
-    /// message)...
-    #[arg(long, default_value_t = 64 * 1024)]
+    /// An output batch is sent once it holds this many bytes (1 to 1048576: a batch is one
+    /// message, which must stay far under the frame limit)...
+    #[arg(long, default_value_t = 64 * 1024, value_parser = parse_batch_bytes)]
     pub output_batch_bytes: usize,
     /// ...or once this long has passed since its first byte (latency of `logs --follow`
     /// against messages per second; see tuning/README.md).
@@ -73,6 +73,20 @@ pub struct AgentArgs {
     /// output per job.
     #[arg(long, default_value = "32M", value_parser = parse_window)]
     pub output_window: u64,
+}
+
+fn parse_batch_bytes(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid byte count {s:?}"))?;
+    if n == 0 || n > runner::MAX_BATCH_BYTES {
+        return Err(format!(
+            "{n} is out of range: an output batch is 1 to {} bytes (it is sent as one message)",
+            runner::MAX_BATCH_BYTES
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_window(s: &str) -> Result<u64, String> {
@@ -162,5 +176,27 @@ mod tests {
         let cli = Cli::try_parse_from(["agent", "--drain-timeout", "250ms"]).unwrap();
         assert_eq!(cli.args.drain_timeout, Duration::from_millis(250));
         assert!(Cli::try_parse_from(["agent", "--drain-timeout", "soon"]).is_err());
+    }
+
+    #[test]
+    fn output_batch_bytes_is_bounded_by_one_message() {
+        let parse = |v: &str| Cli::try_parse_from(["agent", "--output-batch-bytes", v]);
+        assert_eq!(parse("1048576").unwrap().args.output_batch_bytes, 1 << 20);
+        assert_eq!(parse("1").unwrap().args.output_batch_bytes, 1);
+        for bad in ["1048577", "0", "100000000000"] {
+            let err = parse(bad).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(err.contains("out of range"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn output_window_takes_sizes_with_a_floor() {
+        let parse = |v: &str| Cli::try_parse_from(["agent", "--output-window", v]);
+        assert_eq!(
+            Cli::try_parse_from(["agent"]).unwrap().args.output_window,
+            32 << 20
+        );
+        assert_eq!(parse("2M").unwrap().args.output_window, 2 << 20);
+        assert!(parse("4K").is_err());
     }
 }

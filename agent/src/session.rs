@@ -197,9 +197,7 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
         slots: (args.prefetch > 0).then(|| Arc::new(Semaphore::new(slots as usize))),
         noop: args.noop,
         work_root,
-        batch_bytes: args
-            .output_batch_bytes
-            .clamp(1, crate::runner::MAX_BATCH_BYTES),
+        batch_bytes: args.output_batch_bytes,
         batch_interval: args.output_batch_interval,
         output_window: args.output_window,
         guard,
