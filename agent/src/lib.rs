@@ -73,6 +73,10 @@ pub struct AgentArgs {
     /// output per job.
     #[arg(long, default_value = "32M", value_parser = parse_window)]
     pub output_window: u64,
+    /// A working directory kept because its job left files in it (`<work-dir>/jobs/<job>-
+    /// <attempt>`) is removed once nothing changed in it for this long.
+    #[arg(long, default_value = "1d", value_parser = humantime::parse_duration)]
+    pub keep_workdirs: Duration,
 }
 
 fn parse_batch_bytes(s: &str) -> Result<usize, String> {

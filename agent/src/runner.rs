@@ -55,7 +55,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch}
 pub use guard::{GUARD_ENV, Guard, serve as serve_guard};
 pub use secrets::{SECRETS_DIR_ENV, Secrets, clean_leftover_secrets};
 pub use spool::{SpoolReader, read_spool};
-pub use workdirs::Workdirs;
+pub use workdirs::{Workdirs, sweep_kept};
 
 /// An attempt still waiting for a slot after this reports [`RunEventKind::Queued`], which
 /// the server needs within its assign timeout (30 s by default), so that must be longer.
@@ -441,7 +441,11 @@ async fn run(
     // Started is sent by the pump, not here: sending can block on a full channel, and the
     // supervisor must already be enforcing the time limit and cancels while it does.
     let pumping = pump.run(&mut sink, started_at, stdout, stderr, exited_rx);
-    let ((outcome, at), ()) = tokio::join!(supervise, pumping);
+    let ((outcome, at), spool_failed) = tokio::join!(supervise, pumping);
+    let outcome = match spool_failed {
+        Some(why) => output_lost(outcome, &why),
+        None => outcome,
+    };
     if let Some(feeder) = feeder {
         // Only a process that escaped the group can still hold stdin unread; stop feeding it.
         feeder.abort();
@@ -470,6 +474,21 @@ async fn wait_for_slot(
         p = permit => p.ok(),
         () = cancel.fired() => None,
     }
+}
+
+/// The result of an attempt whose output could not be spooled: a resend after a reconnect
+/// would have come up short, so its output is not guaranteed whole. An exit (even 0) or a
+/// signal becomes a failure whose error says so and names how the process ended; an ending
+/// Hodei caused (timeout, cancel, drain) is already no success and stays as it is.
+fn output_lost(outcome: Outcome, why: &str) -> Outcome {
+    let ended = match &outcome {
+        Outcome::Exited(code) => format!("exited with code {code}"),
+        Outcome::Signaled(signal) => format!("was killed by signal {signal}"),
+        _ => return outcome,
+    };
+    Outcome::SpawnFailed(format!(
+        "output may be incomplete: the agent could not spool it ({why}); the process {ended}"
+    ))
 }
 
 /// Ends an attempt whose process never started: its only event is `Finished`.

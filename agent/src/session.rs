@@ -206,6 +206,10 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
     // A crashed agent left its jobs' secrets directories and run directories behind; no job
     // of ours runs yet.
     opts.workdirs.clean_leftovers(&opts.work_root.join("jobs"));
+    tokio::task::spawn_local(sweep_workdirs(
+        opts.work_root.join("jobs"),
+        args.keep_workdirs,
+    ));
     let stale = crate::runner::clean_leftover_secrets(&opts);
     if stale > 0 {
         info!(stale, "removed secrets directories left by an earlier run");
@@ -355,6 +359,25 @@ impl Agent {
     /// A drain is on and no job runs any more: only reporting and leaving remain.
     fn leaving(&self) -> bool {
         self.drain.as_ref().is_some_and(Drain::leaving)
+    }
+}
+
+/// Removes kept working directories older than `keep`, now and then every quarter of it
+/// (between 100 ms and an hour), on the blocking pool: a large tree takes a while to delete.
+async fn sweep_workdirs(jobs: std::path::PathBuf, keep: Duration) {
+    let every = (keep / 4).clamp(Duration::from_millis(100), Duration::from_secs(3600));
+    loop {
+        let dir = jobs.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            crate::runner::sweep_kept(&dir, keep, std::time::SystemTime::now())
+        })
+        .await;
+        if let Ok(n) = swept
+            && n > 0
+        {
+            info!(removed = n, ?keep, "removed kept working directories");
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

@@ -145,7 +145,8 @@ impl Pump {
     }
 
     /// Sends `Started`, then pumps until both pipes are closed (or the drain after the exit
-    /// runs out) and every byte read has been spooled and sent.
+    /// runs out) and every byte read has been spooled and sent. Returns why spooling failed,
+    /// if it did: the output may then not arrive whole.
     pub(super) async fn run(
         mut self,
         sink: &mut Sink,
@@ -153,7 +154,7 @@ impl Pump {
         mut stdout: Option<ChildStdout>,
         mut stderr: Option<ChildStderr>,
         mut exited: oneshot::Receiver<()>,
-    ) {
+    ) -> Option<String> {
         sink.send(RunEventKind::Started { at: started_at }).await;
         // Raw output, secrets unmasked: wiped when the pump ends if the job has secrets.
         let mut out_buf = PipeBuf::take(self.secrets);
@@ -245,6 +246,7 @@ impl Pump {
             }
         }
         self.flush(sink).await;
+        self.spool.failure().map(str::to_owned)
     }
 
     /// Takes bytes just read from `stream`: masked first when the job has secrets, then

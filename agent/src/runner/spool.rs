@@ -27,8 +27,9 @@ const STDERR: u8 = 1;
 pub(super) struct SpoolWriter {
     path: PathBuf,
     file: Option<File>,
-    /// A write failed: later records would sit at the wrong offsets, so spooling stops.
-    broken: bool,
+    /// Why a write failed: later records would sit at the wrong offsets, so spooling
+    /// stops, and the attempt's output can no longer be guaranteed whole.
+    broken: Option<String>,
 }
 
 impl SpoolWriter {
@@ -36,19 +37,25 @@ impl SpoolWriter {
         Self {
             path,
             file: None,
-            broken: false,
+            broken: None,
         }
     }
 
+    /// Why spooling stopped, if it did.
+    pub(super) fn failure(&self) -> Option<&str> {
+        self.broken.as_deref()
+    }
+
     /// Appends one batch. A failure (disk full...) is logged and ends spooling for this
-    /// attempt; the job and its live output carry on, only a resend would come up short.
+    /// attempt; the job and its live output carry on, but a resend after a reconnect would
+    /// come up short, so the attempt's result says so ([`SpoolWriter::failure`]).
     pub(super) fn append(&mut self, chunks: &[Chunk]) {
-        if self.broken {
+        if self.broken.is_some() {
             return;
         }
         if let Err(e) = self.try_append(chunks) {
             tracing::warn!(path = %self.path.display(), error = %e, "cannot spool job output");
-            self.broken = true;
+            self.broken = Some(format!("{}: {e}", self.path.display()));
         }
     }
 

@@ -13,6 +13,12 @@
 //! is reused in place: the only syscalls per attempt are a `mkdir` that finds it there and
 //! the emptiness check (open, read the entries, close; `tuning/README.md`).
 //!
+//! Kept directories (`jobs/<job>-<attempt>`, and the `left-...` of a crash) are removed once
+//! nothing changed in them for `hodei agent --keep-workdirs` (default 1 day) ([`sweep_kept`],
+//! at start and then periodically, off the runtime thread), so an agent's disk does not fill
+//! with the leftovers of months of jobs. Their age is their last change of content or of name
+//! (the later of mtime and ctime): the rename that keeps one counts as its start.
+//!
 //! A process that escaped the job's process group could still hold a pooled directory as its
 //! cwd and write into it later; the agent tracks no such process anyway (it SIGKILLs the
 //! group at the end).
@@ -152,6 +158,74 @@ impl Workdirs {
     }
 }
 
+/// Removes the kept working directories in `jobs` that nothing changed for `keep` at `now`;
+/// returns how many. Run directories of the pool (names starting with a dot) are never
+/// touched. Errors are logged and the directory is tried again next time.
+pub fn sweep_kept(jobs: &Path, keep: std::time::Duration, now: std::time::SystemTime) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let mut removed = 0;
+    for e in std::fs::read_dir(jobs).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        // Not followed: a link the job left is removed as a link, never what it points to.
+        let Ok(meta) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        let changed = meta.mtime().max(meta.ctime());
+        let at = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(
+                u64::try_from(changed).unwrap_or(0),
+            ))
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let age = now.duration_since(at).unwrap_or_default();
+        if age < keep {
+            continue;
+        }
+        let gone = if meta.is_dir() {
+            std::fs::remove_dir_all(e.path())
+        } else {
+            std::fs::remove_file(e.path())
+        };
+        match gone {
+            Ok(()) => removed += 1,
+            Err(err) => {
+                tracing::warn!(dir = %e.path().display(), error = %err, "cannot remove a kept working directory")
+            }
+        }
+    }
+    removed
+}
+
 fn run_dir(jobs: &Path, n: u32) -> PathBuf {
     jobs.join(format!("{RUN_PREFIX}{n}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    /// Kept directories older than the bound go, with their contents; younger ones and the
+    /// pool's run directories stay.
+    #[test]
+    fn kept_directories_are_removed_after_the_bound() {
+        let jobs = std::env::temp_dir().join(format!("hodei-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&jobs);
+        for d in ["j1-1", "left-5-run-2", ".run-1"] {
+            std::fs::create_dir_all(jobs.join(d).join("sub")).unwrap();
+            std::fs::write(jobs.join(d).join("sub/file"), b"x").unwrap();
+        }
+        let day = Duration::from_secs(24 * 3600);
+        let now = SystemTime::now();
+        assert_eq!(sweep_kept(&jobs, day, now), 0);
+        assert!(jobs.join("j1-1/sub/file").exists());
+        assert_eq!(
+            sweep_kept(&jobs, day, now + day + Duration::from_secs(5)),
+            2
+        );
+        assert!(!jobs.join("j1-1").exists() && !jobs.join("left-5-run-2").exists());
+        assert!(jobs.join(".run-1/sub/file").exists());
+        let _ = std::fs::remove_dir_all(&jobs);
+    }
 }
