@@ -84,41 +84,36 @@ fn two_hundred_mixed_jobs_run_with_the_right_output_and_exit_code() {
     assert_eq!(workers.len(), 2, "{workers:?}");
 }
 
-/// Timeout and cancel kill the whole process group: a child `sleep` dies too.
+/// Timeout and cancel kill the whole process group: a child `sleep` dies too, and the job
+/// ends `timed_out` or `cancelled`. Cancel answers with the job's state: `cancelled` for a
+/// running or queued job (which then never runs), and a finished job's own final state.
 #[test]
 fn timeout_and_cancel_kill_the_process_group() {
     let scratch = Scratch::new("kill");
     let server = Server::start(&scratch, 1);
     let _a = server.agent(&scratch, "a1", 2, &[]);
     server.wait_workers(1);
-    let body = |f: &str| format!("sleep 300 &\necho $! > {f}\nwait\n");
-    let t_pid = scratch.path("t.pid");
-    let c_pid = scratch.path("c.pid");
-    std::fs::write(scratch.path("t.sh"), body(t_pid.to_str().unwrap())).unwrap();
-    std::fs::write(scratch.path("c.sh"), body(c_pid.to_str().unwrap())).unwrap();
-    let timed = server.submit(&[
-        "--timeout",
-        "1s",
-        "--script",
-        scratch.path("t.sh").to_str().unwrap(),
-    ]);
-    let cancelled = server.submit(&["--script", scratch.path("c.sh").to_str().unwrap()]);
+    // The marker is written only if the `sleep` ends without its group being killed.
+    let body =
+        |f: &str, marker: &str| format!("sleep 300 &\necho $! > {f}\nwait\ntouch {marker}\n");
+    let (t_pid, t_marker) = (scratch.path("t.pid"), scratch.path("t.after"));
+    let (c_pid, c_marker) = (scratch.path("c.pid"), scratch.path("c.after"));
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    std::fs::write(scratch.path("t.sh"), body(&path(&t_pid), &path(&t_marker))).unwrap();
+    std::fs::write(scratch.path("c.sh"), body(&path(&c_pid), &path(&c_marker))).unwrap();
+    let timed = server.submit(&["--timeout", "1s", "--script", &path(&scratch.path("t.sh"))]);
+    let cancelled = server.submit(&["--script", &path(&scratch.path("c.sh"))]);
 
     let cpid = wait_for("the cancel job's child", Duration::from_secs(30), || {
         read_pid(&c_pid)
     });
     assert!(pid_alive(cpid));
-    assert!(
-        server
-            .ok(&["job", "cancel", &cancelled])
-            .contains("cancelled")
-    );
-    // Idempotent.
-    assert!(
-        server
-            .ok(&["job", "cancel", &cancelled])
-            .contains("cancelled")
-    );
+    assert_eq!(server.job(&cancelled)["state"], "running");
+    let reply = server.ok(&["job", "cancel", &cancelled]);
+    assert_eq!(reply.trim(), format!("{cancelled} cancelled"));
+    // Idempotent: the same answer again.
+    let reply = server.ok(&["job", "cancel", &cancelled]);
+    assert_eq!(reply.trim(), format!("{cancelled} cancelled"));
     wait_for(
         "the cancelled job's sleep to die",
         Duration::from_secs(30),
@@ -134,9 +129,34 @@ fn timeout_and_cancel_kill_the_process_group() {
         || (!pid_alive(tpid)).then_some(()),
     );
     assert_eq!(server.job(&timed)["state"], "timed_out");
-    assert_eq!(server.job(&cancelled)["state"], "cancelled");
-    // Cancelling a pending job (no agent has it) works too.
-    let _ = server.cli(&["job", "cancel", &timed]);
+    let c = server.job(&cancelled);
+    assert_eq!(c["state"], "cancelled", "{c}");
+    assert_eq!(c["attempts"], 1, "{c}");
+    // Both shells were killed with their `sleep`: neither went on past `wait`.
+    assert!(!t_marker.exists() && !c_marker.exists());
+    // Cancelling a finished job leaves it as it was, and says so.
+    let reply = server.ok(&["job", "cancel", &timed]);
+    assert_eq!(reply.trim(), format!("{timed} timed_out"));
+    assert_eq!(server.job(&timed)["state"], "timed_out");
+
+    // Cancelling a queued job (only a `gpu=yes` agent could run it, and there is none):
+    // it ends cancelled and never runs, even once an agent that matches it joins.
+    let never = scratch.path("never");
+    let queued = server.submit(&["--label", "gpu=yes", "--", "touch", &path(&never)]);
+    assert_eq!(server.job(&queued)["state"], "pending");
+    let reply = server.ok(&["job", "cancel", &queued]);
+    assert_eq!(reply.trim(), format!("{queued} cancelled"));
+    // Behind it in the same queue: with one slot, the cancelled job would run first.
+    let after = server.submit(&["--label", "gpu=yes", "--", "true"]);
+    let _gpu = server.agent(&scratch, "gpu", 1, &["--label", "gpu=yes"]);
+    let a = server.wait_job(&after, "the job behind it to succeed", |j| {
+        j["state"] == "succeeded"
+    });
+    assert_eq!(a["attempts"], 1, "{a}");
+    let q = server.job(&queued);
+    assert_eq!(q["state"], "cancelled", "{q}");
+    assert_eq!(q["attempts"], 0, "the cancelled job was assigned: {q}");
+    assert!(!never.exists(), "the cancelled job ran");
 }
 
 /// Queued jobs wait for a matching agent (labels, memory), and run once it joins.
