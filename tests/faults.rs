@@ -100,48 +100,88 @@ fn frozen_agent_late_result_is_ignored() {
     assert_eq!(after["attempts"], 2);
 }
 
-/// SIGTERM to an agent: no new jobs; a short job finishes; a long one is killed after the
-/// drain timeout and retried elsewhere; the worker ends terminated, not lost.
+/// SIGTERM to an agent: a draining agent is given no new job, though it has free slots and
+/// the other agent has one busy slot; its short job finishes normally there; its long one is
+/// killed after the drain timeout and retried on the other agent; the worker ends
+/// terminated, not lost.
 #[test]
 fn sigterm_drains_the_agent() {
     let scratch = Scratch::new("drain");
     let server = Server::start_with(&scratch, 2, FAST);
-    let mut a = server.agent(&scratch, "a", 2, &["--drain-timeout", "3s"]);
+    // Four slots: two stay free while it drains.
+    let mut a = server.agent(&scratch, "a", 4, &["--drain-timeout", "20s"]);
     server.wait_workers(1);
     let wa = Server::worker_of(&scratch, "a");
-    let short = server.submit(&["--", "sh", "-c", "sleep 1; echo short"]);
+    // The short job ends when the test says so, after the new jobs ran.
+    let gate = scratch.path("gate");
+    let short = server.submit(&[
+        "--",
+        "sh",
+        "-c",
+        &format!(
+            "while [ ! -e {} ]; do sleep 0.05; done; echo short",
+            gate.display()
+        ),
+    ]);
+    let long_pid = scratch.path("long.pid");
     let long = server.submit(&[
         "--backoff",
         "100ms..1s",
         "--",
         "sh",
         "-c",
-        "sleep 60; echo long",
+        &format!("echo $$ > {}; sleep 60; echo long", long_pid.display()),
     ]);
     server.wait_job(&short, "short running", |j| j["state"] == "running");
     server.wait_job(&long, "long running", |j| j["state"] == "running");
+    let pid = wait_for("the long job's pid", Duration::from_secs(30), || {
+        common::read_pid(&long_pid)
+    });
+    let _b = server.agent(&scratch, "b", 1, &[]);
+    server.wait_workers(2);
+    let wb = Server::worker_of(&scratch, "b");
     a.signal(Signal::SIGTERM);
     wait_for("worker draining", Duration::from_secs(10), || {
-        let ws = server.json(&["worker", "list", "--json"]);
-        ws.as_array()?
-            .iter()
-            .any(|w| w["id"] == wa.as_str() && w["state"] == "draining")
-            .then_some(())
+        (server.worker_state(&wa) == "draining").then_some(())
     });
-    // Nothing new goes to a draining agent.
-    let late = server.submit(&["--", "echo", "late"]);
-    let status = a.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "{status:?}");
-    let s = server.job(&short);
-    assert_eq!(s["state"], "succeeded", "{s}");
-    assert_eq!(server.ok(&["job", "logs", &short]), "short\n");
-    let l = server.job(&long);
-    assert_eq!(
-        l["state"], "pending",
-        "killed by the drain, waiting for another agent: {l}"
+    // Nothing new goes to a draining agent: six jobs submitted while it drains all run on
+    // b, one at a time, each at its first attempt (an assignment to a and back would be a
+    // second one).
+    let late: Vec<String> = (0..6)
+        .map(|i| server.submit(&["--", "echo", &format!("late {i}")]))
+        .collect();
+    for (i, id) in late.iter().enumerate() {
+        let j = server.wait_job(id, "a late job to end", |j| {
+            j["state"] == "succeeded" || j["state"] == "failed"
+        });
+        assert_eq!(j["state"], "succeeded", "{j}");
+        assert_eq!(
+            j["worker"],
+            wb.as_str(),
+            "a job went to the draining agent: {j}"
+        );
+        assert_eq!(j["attempts"], 1, "{j}");
+        assert_eq!(server.ok(&["job", "logs", id]), format!("late {i}\n"));
+    }
+    // a was draining all that time, with its two jobs.
+    assert_eq!(server.worker_state(&wa), "draining");
+    assert!(
+        a.0.try_wait().unwrap().is_none(),
+        "a left before the late jobs ran"
     );
-    assert!(l["error"].as_str().unwrap_or("").contains("drain"), "{l}");
-    assert_eq!(server.job(&late)["state"], "pending");
+    // The short job finishes normally on the draining agent.
+    std::fs::write(&gate, "").unwrap();
+    let s = server.wait_job(&short, "short to succeed", |j| {
+        j["state"] == "succeeded" || j["state"] == "failed"
+    });
+    assert_eq!(s["state"], "succeeded", "{s}");
+    assert_eq!(s["worker"], wa.as_str(), "{s}");
+    assert_eq!(s["attempts"], 1, "{s}");
+    assert_eq!(server.ok(&["job", "logs", &short]), "short\n");
+    // The long one is killed at the drain timeout, and the agent leaves.
+    let status = a.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}");
+    assert!(!common::pid_alive(pid), "the drained job still runs");
     let ws = server.json(&["worker", "list", "--json"]);
     let st = ws
         .as_array()
@@ -151,12 +191,13 @@ fn sigterm_drains_the_agent() {
         .unwrap()["state"]
         .clone();
     assert_eq!(st, "terminated");
-    // Another agent picks both up.
-    let _b = server.agent(&scratch, "b", 2, &[]);
-    server.ok(&["job", "wait", &late, "--timeout", "30s"]);
-    server.wait_job(&long, "long restarted", |j| {
+    // Retried on b.
+    let l = server.wait_job(&long, "long restarted on b", |j| {
         j["state"] == "running" && j["attempts"] == 2
     });
+    assert_eq!(l["worker"], wb.as_str(), "{l}");
+    let events = server.ok(&["events", "--job", &long]);
+    assert!(events.contains("drain"), "{events}");
     server.ok(&["job", "cancel", &long]);
 }
 
