@@ -169,6 +169,40 @@ fn cancel_works_in_every_state_and_is_idempotent() {
     assert_eq!(server.job(&retrying)["state"], "cancelled");
 }
 
+/// The shard a job id names (`j<shard>.<epoch>.<seq>`).
+fn shard_of(id: &str) -> Option<u64> {
+    id.strip_prefix('j')?.split('.').next()?.parse().ok()
+}
+
+/// Submits `true` until every one of `shards` shards owns one of the jobs (a client lands on
+/// a shard by its address, so each new CLI process may land on either); returns one job per
+/// shard.
+fn on_every_shard(server: &Server, shards: u64) -> anyhow::Result<Vec<String>> {
+    let mut found = std::collections::BTreeMap::new();
+    for _ in 0..200 {
+        let id = server.submit(&["--", "true"]);
+        let shard = shard_of(&id).ok_or_else(|| anyhow::anyhow!("not a job id: {id}"))?;
+        found.entry(shard).or_insert(id);
+        if found.len() as u64 == shards {
+            return Ok(found.into_values().collect());
+        }
+    }
+    anyhow::bail!("200 submits did not reach every shard: {found:?}")
+}
+
+/// The highest event number of each shard, from the whole event log.
+fn last_seq_per_shard(server: &Server) -> anyhow::Result<std::collections::HashMap<u64, u64>> {
+    let mut last = std::collections::HashMap::new();
+    for l in server.ok(&["events", "--json"]).lines() {
+        let e: serde_json::Value = serde_json::from_str(l)?;
+        let num = |k: &str| e[k].as_u64().ok_or_else(|| anyhow::anyhow!("no {k}: {e}"));
+        let (shard, seq) = (num("shard")?, num("seq")?);
+        let m = last.entry(shard).or_insert(seq);
+        *m = (*m).max(seq);
+    }
+    Ok(last)
+}
+
 #[test]
 fn events_are_numbered_persisted_and_resumable() {
     let scratch = Scratch::new("events");
@@ -203,24 +237,33 @@ fn events_are_numbered_persisted_and_resumable() {
     assert_eq!(cursor, since);
     let rest = server.ok(&["events", "--job", &id, "--since", &since]);
     assert_eq!(rest.lines().count(), 2, "{rest}");
-    // Events survive a restart, and numbering continues.
+    // Events survive a restart, and every shard's numbering continues. Jobs on both shards
+    // first, so both have numbers to continue from.
+    let before = on_every_shard(&server, 2).unwrap();
+    for id in &before {
+        server.ok(&["job", "wait", id]);
+    }
+    let last_before = last_seq_per_shard(&server).unwrap();
+    assert_eq!(last_before.len(), 2, "{last_before:?}");
     server.kill9();
     server.restart();
     let after = server.ok(&["events", "--job", &id]);
     assert_eq!(after, lines);
-    let id2 = server.submit(&["--", "true"]);
-    let ev2: Vec<serde_json::Value> = server
-        .ok(&["events", "--job", &id2, "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let max_before = json
-        .iter()
-        .filter(|e| e["shard"] == ev2[0]["shard"])
-        .map(|e| e["seq"].as_u64().unwrap())
-        .max();
-    if let Some(m) = max_before {
-        assert!(ev2[0]["seq"].as_u64().unwrap() > m);
+    for id2 in on_every_shard(&server, 2).unwrap() {
+        let ev2: Vec<serde_json::Value> = server
+            .ok(&["events", "--job", &id2, "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let shard = ev2[0]["shard"].as_u64().unwrap();
+        assert_eq!(Some(shard), shard_of(&id2), "{ev2:?}");
+        let first = ev2[0]["seq"].as_u64().unwrap();
+        assert!(
+            first > last_before[&shard],
+            "shard {shard} numbered {id2}'s first event {first}, not after {} from before the \
+             restart",
+            last_before[&shard]
+        );
     }
     // The correlation id is in the server's log lines about the job (debug level).
     let log = server.log_text();
