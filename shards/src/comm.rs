@@ -205,7 +205,7 @@ pub enum ShardMsg {
         /// What happened.
         report: Report,
     },
-    /// A client that followed events went away: drop its subscription.
+    /// A client went away: drop what its request left on the receiver.
     ClientGone {
         /// Shard that held the client.
         origin: usize,

@@ -8,10 +8,12 @@ use hodei_core::state::JobState;
 use hodei_core::time::Micros;
 use hodei_core::wire::{ErrorKind, FromServer, JobRequest, Route, ToAgent};
 
+use crate::clients::stays_open;
 use crate::comm::{Comm, Reply, ReqId, ShardMsg, StoreOp};
 use crate::job_table::{Job, JobTable};
 use crate::lifecycle::key_shard;
 use crate::shard::Shard;
+use crate::subscriptions::{Open, Registration};
 
 fn error(kind: ErrorKind, message: String) -> Reply {
     Reply::Msg(FromServer::Error { kind, message })
@@ -51,6 +53,9 @@ impl Shard {
                 return;
             }
         };
+        if stays_open(&body) {
+            self.subs.opened(req, Open::At(owner));
+        }
         if owner == here {
             self.on_request(now, here, req, body, comm);
         } else {
@@ -67,24 +72,15 @@ impl Shard {
         self.end_call(comm);
     }
 
-    /// The driver found a client's reply channel closed (it disconnected): forget its
-    /// event subscriptions on every shard. (Log followers and waiters end with their job.)
-    pub fn handle_client_gone(&mut self, req: ReqId, comm: &mut impl Comm) {
-        self.begin_call();
-        if !self.subs.close_event_stream(req) {
-            return;
-        }
-        let origin = self.cfg.index;
-        self.subs.unfollow_events(origin, req);
-        for s in (0..self.cfg.shards).filter(|s| *s != origin) {
-            comm.send_shard(s, ShardMsg::ClientGone { origin, req });
-        }
-    }
-
     /// Requests every shard answers a part of.
     fn fan_out(&mut self, now: Micros, req: ReqId, body: JobRequest, comm: &mut impl Comm) {
         match &body {
-            JobRequest::Events { .. } => self.subs.open_event_stream(req, self.cfg.shards),
+            JobRequest::Events { follow, .. } => {
+                self.subs.open_event_stream(req, self.cfg.shards);
+                if *follow {
+                    self.subs.opened(req, Open::Everywhere);
+                }
+            }
             _ => {
                 let is_workers = matches!(body, JobRequest::ListWorkers);
                 self.subs.open_listing(req, self.cfg.shards, is_workers);
@@ -154,16 +150,27 @@ impl Shard {
         if open {
             // Counted before any answer: a job already final (an idempotent resubmit) is
             // answered at once and counts down like the others.
+            // The jobs it waits on are registered before any answer, so that the last one
+            // unregisters the request.
             self.subs.open_wait_group(origin, req, waiting.len());
+            let mut answers = Vec::new();
+            let mut on_jobs = Vec::new();
             for id in waiting {
                 match self.jobs.get_mut(id) {
-                    Some(j) if !j.rec.state.is_final() => j.waiters.push((origin, req)),
-                    Some(j) => {
-                        let reply = job_reply(&j.rec);
-                        self.answer_waiter(origin, req, reply, comm);
+                    Some(j) if !j.rec.state.is_final() => {
+                        j.waiters.push((origin, req));
+                        on_jobs.push(id);
                     }
-                    None => self.answer_waiter(origin, req, not_found(id), comm),
+                    Some(j) => answers.push(job_reply(&j.rec)),
+                    None => answers.push(not_found(id)),
                 }
+            }
+            if !on_jobs.is_empty() {
+                self.subs
+                    .register(origin, req, Registration::Waits(on_jobs));
+            }
+            for reply in answers {
+                self.answer_waiter(origin, req, reply, comm);
             }
         }
         self.want_schedule();
@@ -299,6 +306,7 @@ impl Shard {
                 let done = !follow || j.rec.state.is_final();
                 if !done {
                     j.followers.push((origin, req));
+                    self.subs.register(origin, req, Registration::Follows(job));
                 }
                 self.reply_to(origin, req, stored, false, comm);
                 if done {
@@ -311,7 +319,11 @@ impl Shard {
                     let reply = job_reply(&j.rec);
                     self.reply_to(origin, req, reply, true, comm);
                 }
-                Some(j) => j.waiters.push((origin, req)),
+                Some(j) => {
+                    j.waiters.push((origin, req));
+                    self.subs
+                        .register(origin, req, Registration::Waits(vec![job]));
+                }
             },
         }
     }
@@ -377,6 +389,7 @@ impl Shard {
             self.answer_waiter(origin, req, reply.clone(), comm);
         }
         for (origin, req) in followers {
+            self.subs.unregister(origin, req);
             self.reply_to(origin, req, Reply::Msg(FromServer::LogEnd), true, comm);
         }
     }
@@ -385,6 +398,9 @@ impl Shard {
     /// last of its jobs.
     fn answer_waiter(&mut self, origin: usize, req: ReqId, reply: Reply, comm: &mut impl Comm) {
         let last = self.subs.waiter_answered(origin, req);
+        if last {
+            self.subs.unregister(origin, req);
+        }
         self.reply_to(origin, req, reply, last, comm);
     }
 }

@@ -12,6 +12,7 @@
 //! effects of one loop turn, commits the batch with one fsync (group commit), then releases
 //! the messages.
 
+mod clients;
 mod comm;
 mod holdings;
 mod job_table;
@@ -29,6 +30,7 @@ mod timers;
 mod worker_table;
 mod workers;
 
+pub use clients::Footprint;
 pub use comm::{Comm, ConnId, Effects, Grant, Offer, Reply, Report, ReqId, ShardMsg, StoreOp};
 pub use lifecycle::key_shard;
 pub use shard::{Shard, ShardConfig};

@@ -109,8 +109,15 @@ impl Shard {
                 }
             }
             Report::Output { offset, chunks } => {
-                let len: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
-                let end = offset + len;
+                // Both numbers come from the agent: a batch whose end does not fit a u64
+                // cannot be stored anywhere, and is dropped unanswered.
+                let end = chunks
+                    .iter()
+                    .try_fold(offset, |end, c| end.checked_add(c.data.len() as u64));
+                let Some(end) = end else {
+                    return;
+                };
+                let len = end - offset;
                 // Only contiguous output is stored; a batch already stored is acknowledged
                 // again, a gap waits for the agent to resend from `output_end`.
                 if offset == job.rec.output_end && len > 0 {

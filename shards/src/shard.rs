@@ -246,7 +246,9 @@ impl Shard {
             ShardMsg::Request { origin, req, body } => {
                 self.on_request(now, origin, req, body, comm)
             }
-            ShardMsg::Reply { req, reply, last } => comm.reply(req, reply, last),
+            // Through the client's shard's bookkeeping: the parts of an event read merge
+            // there, and a request's last answer closes it.
+            ShardMsg::Reply { req, reply, last } => self.subs.forward_reply(req, reply, last, comm),
             ShardMsg::Part { req, jobs, workers } => {
                 self.on_part(self.cfg.index, req, jobs, workers, comm)
             }
@@ -265,7 +267,7 @@ impl Shard {
                 report,
             } => self.on_report(worker, job, attempt, report, comm),
             ShardMsg::ToWorker { worker, msg } => self.deliver(worker, msg, comm),
-            ShardMsg::ClientGone { origin, req } => self.subs.unfollow_events(origin, req),
+            ShardMsg::ClientGone { origin, req } => self.forget_request(origin, req),
         }
         self.end_call(comm);
     }

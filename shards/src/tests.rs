@@ -3,6 +3,7 @@
 
 mod backlog;
 mod clock;
+mod leaks;
 mod retries;
 
 use hodei_core::ids::{JobId, WorkerId};

@@ -9,9 +9,14 @@
 //!   capacity here keep it in step; a handler that changes a worker's state or connection
 //!   through [`WorkerTable::get_mut`] calls [`WorkerTable::refresh`] after.
 //! - A connection maps to at most one worker, and a worker's `conn` is that connection.
+//! - Departed workers (lost, or gone after a drain) are kept for `worker list`, but only the
+//!   last [`MAX_DEPARTED`] of them: memory stays bounded however many agents come and go
+//!   over months, and the most recent departures, the ones an operator asks about, stay
+//!   visible. A count rather than a retention time, so the bound holds whatever the churn;
+//!   the stored events keep the history of every worker.
 
 use std::cmp::Reverse;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 
 use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::WorkerInfo;
@@ -24,6 +29,10 @@ use crate::comm::{ConnId, Grant, Offer};
 use crate::holdings::Holdings;
 use crate::sched::fits;
 use crate::shard::HashMap;
+
+/// How many departed workers a shard keeps (see the module docs). A departed worker is a few
+/// hundred bytes, so this is well under a MiB per shard.
+pub(crate) const MAX_DEPARTED: usize = 1_000;
 
 /// A worker this shard owns.
 #[derive(Debug)]
@@ -46,6 +55,8 @@ pub(crate) struct Worker {
     pub(crate) free_key: Option<FreeKey>,
     /// Capacity offered to an outstanding steal request (slots, CPUs, memory).
     pub(crate) offered: (u32, u32, u64),
+    /// Its stamp in the departed queue, while it is departed.
+    departed: Option<u64>,
 }
 
 /// Order of the free set: most free slots first, then idle longest, then id. The first
@@ -77,6 +88,7 @@ impl Worker {
             last_assigned: 0,
             free_key: None,
             offered: (0, 0, 0),
+            departed: None,
         }
     }
 
@@ -147,6 +159,12 @@ pub(crate) struct WorkerTable {
     next_seq: u64,
     /// Counts assignments, for [`Worker::last_assigned`].
     assign_seq: u64,
+    /// Departures, oldest first, stamped: an entry whose worker came back since (and so no
+    /// longer carries that stamp) is stale and only takes room until it is dropped.
+    departures: VecDeque<(WorkerId, u64)>,
+    departure_seq: u64,
+    /// Workers departed now.
+    departed: usize,
 }
 
 impl WorkerTable {
@@ -191,7 +209,51 @@ impl WorkerTable {
         if let Some(key) = w.free_key.take() {
             self.free.remove(&key);
         }
+        if w.departed.take().is_some() {
+            self.departed = self.departed.saturating_sub(1);
+        }
         Some(w)
+    }
+
+    /// A worker departed (lost, or gone with its connection closed): kept among the last
+    /// [`MAX_DEPARTED`] departures. The workers forgotten to make room, for their timers to
+    /// go too.
+    pub(crate) fn depart(&mut self, id: WorkerId) -> Vec<WorkerId> {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return Vec::new();
+        };
+        if w.departed.is_some() || w.conn.is_some() {
+            return Vec::new();
+        }
+        self.departure_seq += 1;
+        w.departed = Some(self.departure_seq);
+        self.departed += 1;
+        self.departures.push_back((id, self.departure_seq));
+        let mut forgotten = Vec::new();
+        while self.departures.len() > MAX_DEPARTED {
+            let Some((old, stamp)) = self.departures.pop_front() else {
+                break;
+            };
+            if self
+                .workers
+                .get(&old)
+                .is_some_and(|w| w.departed == Some(stamp))
+                && self.remove(old).is_some()
+            {
+                forgotten.push(old);
+            }
+        }
+        forgotten
+    }
+
+    /// Workers in the table.
+    pub(crate) fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Departed workers in the table.
+    pub(crate) const fn departed_len(&self) -> usize {
+        self.departed
     }
 
     /// Forgets a connection; the worker it belonged to, if any.

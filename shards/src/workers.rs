@@ -181,8 +181,20 @@ impl Shard {
                 .arm(now + self.cfg.disconnect_grace, Timer::Worker(id));
             let reason = Some("connection lost or silent".to_owned());
             self.worker_event(id, WorkerState::Disconnected, reason, comm);
+        } else if w.state == WorkerState::Terminated {
+            // Drained and left, its connection now closed too: it is gone.
+            self.depart(id);
         }
         self.workers.refresh(id);
+    }
+
+    /// A worker is gone for good (lost, or left): kept for `worker list` among the last
+    /// departures; the oldest beyond those are forgotten with their deadlines.
+    fn depart(&mut self, id: WorkerId) {
+        self.timers.forget_worker(id);
+        for old in self.workers.depart(id) {
+            self.timers.forget_worker(old);
+        }
     }
 
     /// A worker's grace ran out: requeue its attempts.
@@ -198,6 +210,7 @@ impl Shard {
         w.recompute();
         let reason = Some("did not come back within the disconnect grace".to_owned());
         self.worker_event(id, WorkerState::Lost, reason, comm);
+        self.depart(id);
         for h in held {
             let reason = format!("worker {id} lost");
             self.report(id, h.job, h.attempt, Report::Lost { reason }, comm);
@@ -269,8 +282,15 @@ impl Shard {
                     self.timers.arm(due, Timer::Worker(id));
                 }
             }
-            (None, Some(since)) if since + self.cfg.disconnect_grace <= now => self.lose(id, comm),
-            _ => {}
+            (None, Some(since)) => {
+                let due = since + self.cfg.disconnect_grace;
+                if due <= now {
+                    self.lose(id, comm);
+                } else if w.state == WorkerState::Disconnected {
+                    self.timers.arm(due, Timer::Worker(id));
+                }
+            }
+            (None, None) => {}
         }
     }
 }
