@@ -351,10 +351,27 @@ fn agent_refuses(s: &Server, scratch: &Scratch, name: &str, join: Option<&str>) 
     std::fs::read_to_string(&err_path).unwrap()
 }
 
+fn now_ms() -> u64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    u64::try_from(d.as_millis()).unwrap()
+}
+
+/// When the certificate an agent in `work_dir` holds now expires (its `identity.json`).
+fn first_cert_expiry(work_dir: &std::path::Path) -> u64 {
+    let meta = std::fs::read_to_string(work_dir.join("identity.json")).unwrap();
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    meta["expires_at_ms"].as_u64().unwrap()
+}
+
+/// Agents join with a token and then connect with mTLS only; each refusal says why; the
+/// certificate is renewed, and after the first one expired the agent comes back to a
+/// restarted server with the renewed one; server certificate rotation and worker revocation.
 #[test]
 fn agents_join_with_mtls_and_refusals_are_explained() {
     let scratch = Scratch::new("sec-mtls");
-    let s = Server::start_with(&scratch, 2, &["--agent-cert-ttl", "6s"]);
+    let mut s = Server::start_with(&scratch, 2, &["--agent-cert-ttl", "6s"]);
 
     // No certificate and no token: the agent says how to join.
     let err = agent_refuses(&s, &scratch, "nojoin", None);
@@ -374,6 +391,8 @@ fn agents_join_with_mtls_and_refusals_are_explained() {
         .stderr(std::fs::File::create(scratch.path("first.log")).unwrap());
     let _first = common::Proc(first.spawn().unwrap());
     s.wait_workers(1);
+    // The certificate it joined with; the renewed ones come later.
+    let first_expiry = first_cert_expiry(&scratch.path("first"));
     let err = agent_refuses(&s, &scratch, "second", Some(&once));
     assert!(err.contains("no uses left"), "{err}");
     // An expired token.
@@ -443,18 +462,45 @@ fn agents_join_with_mtls_and_refusals_are_explained() {
         },
     );
 
-    // The certificate is renewed (6 s life, renewed at 4 s) while a job runs on, and the
-    // reconnect after expiry uses the new one.
-    let id = s.submit(&["--", "sleep", "8"]);
+    // The certificate is renewed (6 s life, renewed at 55-75 % of it) while a job runs on;
+    // once the first certificate has expired the server restarts, and the agent's reconnect
+    // uses the renewed one: the job is re-attached and ends at its first attempt.
+    let gate = scratch.path("gate");
+    let id = s.submit(&[
+        "--",
+        "sh",
+        "-c",
+        &format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()),
+    ]);
+    s.wait_job(&id, "the job to run", |j| j["state"] == "running");
     wait_for("the renewal", Duration::from_secs(20), || {
         std::fs::read_to_string(scratch.path("first.log"))
             .unwrap_or_default()
             .contains("agent certificate renewed")
             .then_some(())
     });
+    wait_for(
+        "the first certificate to expire",
+        Duration::from_secs(20),
+        || (now_ms() > first_expiry).then_some(()),
+    );
+    s.kill9();
+    s.restart();
+    let reattached = |j: &serde_json::Value| {
+        j["state"] == "running"
+            && j["attempts"] == 1
+            && s.worker_state(j["worker"].as_str().unwrap_or("")) != "absent"
+    };
+    s.wait_job(
+        &id,
+        "the job to be re-attached after the restart",
+        reattached,
+    );
+    std::fs::write(&gate, "").unwrap();
     let job = s.wait_job(&id, "the job to succeed across the renewal", |j| {
-        j["state"] == "succeeded"
+        j["state"] == "succeeded" || j["state"] == "failed"
     });
+    assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(job["attempts"], 1, "the job was retried: {job}");
     assert!(s.ok(&["audit"]).contains("agent.renew"));
 
