@@ -41,6 +41,9 @@ pub struct Agent {
     /// Draining: the deadline after which running jobs are killed.
     pub drain: Option<Micros>,
     home: Option<usize>,
+    /// Processes of jobs that survived a crash of agent and guard, and when each would end
+    /// by itself; the next start of the agent kills them before it connects.
+    pub orphans: Vec<(JobId, Attempt, Micros)>,
 }
 
 impl Sim {
@@ -67,6 +70,7 @@ impl Sim {
                 jobs: BTreeMap::new(),
                 drain: None,
                 home: self.opts.agent_shard,
+                orphans: Vec::new(),
             });
             let at = ms(self.opts.agents_after_ms) + self.rng.gen_range(0..ms(50));
             let shard = self.opts.agent_shard;
@@ -395,11 +399,48 @@ impl Sim {
         self.agent_gone(a);
     }
 
+    /// `kill -9` of agent and guard together: the jobs' processes run on, unsupervised (their
+    /// results reach nobody), until the agent starts again. Its worker id is on disk.
+    pub fn crash_orphaning(&mut self, a: usize) {
+        if !self.agents[a].alive {
+            return;
+        }
+        let now = self.now;
+        let worker = self.agents[a].worker;
+        let mut orphans = Vec::new();
+        for (job, h) in &self.agents[a].jobs {
+            if let (Some(started), None) = (h.started, &h.finished) {
+                let (run, _) = crate::runner::behaviour(&h.spec, h.attempt);
+                orphans.push((*job, h.attempt, (started + run).max(now)));
+            }
+        }
+        for (job, ..) in &orphans {
+            // Whatever the orphan does is never reported: a success of it is lost too.
+            self.oracle.lost_success.insert(*job);
+        }
+        if !orphans.is_empty() {
+            self.count("crash left processes running");
+        }
+        self.crash(a);
+        let ag = &mut self.agents[a];
+        ag.orphans.extend(orphans);
+        ag.worker = worker;
+    }
+
     pub fn revive(&mut self, a: usize) {
         let ag = &mut self.agents[a];
         if ag.alive {
             return;
         }
+        // The start sweeps what an earlier run left (`agent/src/runner/guard.rs`), before
+        // anything else.
+        let now = self.now;
+        ag.orphans.retain(|(.., until)| *until > now);
+        if !ag.orphans.is_empty() {
+            ag.orphans.clear();
+            self.count("restart swept orphaned processes");
+        }
+        let ag = &mut self.agents[a];
         ag.alive = true;
         let (life, shard) = (ag.life, ag.home);
         self.at(

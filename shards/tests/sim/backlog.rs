@@ -41,6 +41,23 @@ pub fn faulty_backlog(n: usize) -> Opts {
     }
 }
 
+/// The backlog while disks fill and empty and agents crash leaving their processes
+/// running: every runnable job still starts while a matching slot is free.
+pub fn backlog_at_the_edges(n: usize) -> Opts {
+    Opts {
+        disk_full: 2,
+        full_ms: (1_000, 10_000),
+        orphaning_crashes: 2,
+        ..backlog(n)
+    }
+}
+
+#[test]
+fn a_backlog_while_disks_fill_and_agents_crash_leaving_processes() {
+    let name = "a_backlog_while_disks_fill_and_agents_crash_leaving_processes";
+    scenario(name, 2, || backlog_at_the_edges(10_000));
+}
+
 #[test]
 fn jobs_behind_an_unplaceable_backlog_start_on_free_agents() {
     let name = "jobs_behind_an_unplaceable_backlog_start_on_free_agents";
@@ -66,4 +83,5 @@ fn a_hundred_thousand_job_backlog() {
     let name = "a_hundred_thousand_job_backlog";
     scenario(name, 2, || backlog(100_000));
     scenario(name, 2, || stolen_backlog(100_000));
+    scenario(name, 2, || backlog_at_the_edges(100_000));
 }

@@ -159,6 +159,10 @@ impl Sim {
             run = self.rng.gen_range(hi..=self.opts.long_job_ms);
         }
         spec.env.push(("SIM_MS".to_owned(), run.to_string()));
+        if self.opts.big_output > 0 && self.rng.gen_ratio(1, 4) {
+            let bytes = self.opts.big_output.to_string();
+            spec.env.push(("SIM_OUT".to_owned(), bytes));
+        }
         if self.rng.gen_ratio(1, 5) {
             spec.labels.push(("pool".to_owned(), "even".to_owned()));
         }
@@ -254,6 +258,43 @@ impl Sim {
         if let Some(job) = self.random_acked() {
             let shard = self.rng.gen_range(0..self.opts.shards);
             self.request(shard, JobRequest::Wait { job }, Req::Wait);
+            // And a client that waits too, or follows the output, but may go away first:
+            // what it registered must go with it (checked at the end, `Shard::footprint`).
+            let body = if self.rng.gen_bool(0.5) {
+                JobRequest::Wait { job }
+            } else {
+                JobRequest::Logs { job, follow: true }
+            };
+            self.abandon(shard, body);
+        }
+    }
+
+    /// A request whose client stops listening after a while, half the time (its answers
+    /// are not checked).
+    fn abandon(&mut self, shard: usize, body: JobRequest) {
+        self.clients.next_req += 1;
+        let id = ReqId(self.clients.next_req);
+        let lat = self.rng.gen_range(50..1_000);
+        let era = self.server.era;
+        self.at(
+            lat,
+            Ev::Input {
+                shard,
+                era,
+                input: Input::Client(id, body),
+            },
+        );
+        if self.rng.gen_bool(0.5) {
+            let gone = lat + self.rng.gen_range(0..ms(5_000));
+            self.count("client went away");
+            self.at(
+                gone,
+                Ev::Input {
+                    shard,
+                    era,
+                    input: Input::Gone(id),
+                },
+            );
         }
     }
 

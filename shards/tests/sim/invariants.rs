@@ -120,6 +120,10 @@ impl Sim {
                     chunks,
                 } => {
                     let len: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
+                    if len > crate::runner::BATCH as u64 {
+                        let msg = format!("{job}/{attempt}: {len} bytes of output in one write");
+                        self.violation(msg);
+                    }
                     let end = self.store.output.insert((job, attempt), offset + len);
                     let end = end.unwrap_or(0);
                     if offset != end {
@@ -171,6 +175,14 @@ impl Sim {
         let mut seen: HashMap<JobId, (usize, Attempt)> = HashMap::new();
         let mut found = Vec::new();
         let mut overcommitted = Vec::new();
+        let now = self.now;
+        for (i, a) in self.agents.iter().enumerate() {
+            for (job, attempt, until) in &a.orphans {
+                if *until > now {
+                    seen.insert(*job, (i, *attempt));
+                }
+            }
+        }
         for (i, a) in self.agents.iter().enumerate() {
             if !a.alive {
                 continue;
@@ -312,7 +324,7 @@ impl Sim {
             let cancelled = self.clients.cancelled.contains(&id);
             match r.state {
                 JobState::Succeeded => {
-                    let (a, b) = output(id, r.attempt);
+                    let (a, b) = output(&r.spec, id, r.attempt);
                     let full = (a.len() + b.len()) as u64;
                     if self.store.output.get(&(id, r.attempt)).copied() != Some(full) {
                         v.push(format!("{id} succeeded with incomplete output"));
@@ -417,6 +429,7 @@ impl Sim {
             }
         }
         v.extend(self.clients.open_submit_waits());
+        v.extend(self.check_footprint_at_end());
         v.extend(self.check_worker_events());
         v.extend(self.check_conservation_at_end());
         v.extend(self.check_accepted_at_end());
@@ -481,7 +494,15 @@ impl Sim {
     /// Pending jobs (not waiting for a retry) beside a free worker that fits them.
     fn starving_pairs(&self) -> HashSet<(JobId, WorkerId)> {
         let mut pairs = HashSet::new();
-        for s in &self.server.shards {
+        for (i, s) in self.server.shards.iter().enumerate() {
+            // A shard whose disk is full can make no assignment durable, so none leaves it
+            // (its own queue is still checked at every call, `probe_local_conservation`).
+            let full = self.server.full[i]
+                .iter()
+                .any(|(from, until)| *from <= self.now && self.now < *until);
+            if full {
+                continue;
+            }
             for j in s.jobs() {
                 if j.state != JobState::Pending || j.not_before.is_some_and(|t| t > self.now) {
                     continue;
@@ -496,5 +517,83 @@ impl Sim {
             }
         }
         pairs
+    }
+}
+
+impl Sim {
+    /// No message carries more output than a batch, far under a frame: what an agent sends,
+    /// and what a turn releases (reports forwarded to a job's owner, logs to followers).
+    pub fn check_sizes_from_agent(&mut self, msg: &hodei_core::wire::FromAgent) {
+        if let hodei_core::wire::FromAgent::Output { job, chunks, .. } = msg {
+            let len: usize = chunks.iter().map(|c| c.data.len()).sum();
+            if len > crate::runner::BATCH {
+                self.violation(format!("{job}: an Output of {len} bytes"));
+            }
+        }
+    }
+
+    pub fn check_sizes_of_turn(&mut self, turn: &hodei_shards::Effects) {
+        use hodei_core::frame::MAX_FRAME;
+        use hodei_core::wire::FromServer;
+        use hodei_shards::{Reply, Report, ShardMsg};
+        let mut over = Vec::new();
+        for (_, m) in &turn.shard {
+            if let ShardMsg::Report {
+                job,
+                report: Report::Output { chunks, .. },
+                ..
+            } = m
+            {
+                let len: usize = chunks.iter().map(|c| c.data.len()).sum();
+                if len > MAX_FRAME {
+                    over.push(format!("{job}: a report of {len} bytes of output"));
+                }
+            }
+        }
+        for (req, r, _) in &turn.reply {
+            if let Reply::Msg(FromServer::Log(chunks)) = r {
+                let len: usize = chunks.iter().map(|c| c.data.len()).sum();
+                if len > MAX_FRAME {
+                    over.push(format!("{req:?}: a log reply of {len} bytes"));
+                }
+            }
+        }
+        for v in over {
+            self.violation(v);
+        }
+    }
+}
+
+impl Sim {
+    /// Every job is final at the end: every request was answered or its client went away,
+    /// so no shard holds anything for a client any more. (A client's shard may still list
+    /// a request whose last answer is on its way when the run stops: `open_requests` is not
+    /// checked.)
+    fn check_footprint_at_end(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        for s in &self.server.shards {
+            let f = s.footprint();
+            let held = [
+                f.waiters,
+                f.log_followers,
+                f.event_followers,
+                f.wait_groups,
+                f.registered_requests,
+                f.gathers,
+            ];
+            if held.iter().any(|n| *n > 0) {
+                v.push(format!(
+                    "shard {} holds client state at the end: {f:?}",
+                    s.index()
+                ));
+            }
+            if f.worker_timers > f.workers {
+                v.push(format!(
+                    "shard {}: more worker deadlines than workers: {f:?}",
+                    s.index()
+                ));
+            }
+        }
+        v
     }
 }

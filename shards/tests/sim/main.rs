@@ -11,12 +11,19 @@
 //! flight), agents that reconnect late, drains (SIGTERM or `hodei worker drain`), slow
 //! process starts, backlogs of jobs no agent can run queued ahead of the rest
 //! (`sim/backlog.rs`), random retry policies, failing and timing-out jobs, queue timeouts,
-//! idempotent double submits, cancels, waits and `job retry`. The simulated agent keeps the
-//! lease: disconnected for longer than `Welcome.lease_ms`, it kills its running attempts.
+//! idempotent double submits, cancels, waits and `job retry`, clients that go away while
+//! waiting on a job or following its output, crashes of agent and guard together that leave
+//! the jobs' processes running until the agent's next start sweeps them, output larger than
+//! a frame resent after outages in batches of at most 1 MiB (`runner::BATCH`), and disks that
+//! fill for up to 20 s, holding a shard's commits (and everything they release) until space
+//! returns (`sim/edges.rs`). The simulated agent keeps the lease: disconnected for longer
+//! than `Welcome.lease_ms`, it kills its running attempts.
 //!
 //! Checked (`sim/invariants.rs`), after every event: no job has two attempts running at
-//! once (an attempt runs from its `Assign` until it ends or is dropped), and no agent runs
-//! more attempts than it has slots. At every commit:
+//! once (an attempt runs from its `Assign` until it ends or is dropped; an orphaned process
+//! until it ends or is swept), and no agent runs more attempts than it has slots. On every
+//! message: no `Output` carries more than a batch, and nothing a turn releases or stores
+//! carries more output than `MAX_FRAME`. At every commit:
 //! every stored transition is legal, a final state is never rewritten, attempts that started
 //! never exceed `retries + 1`, a success is the current attempt's own result, every job
 //! state change has its event in the same commit, events are numbered without gaps, output
@@ -28,7 +35,10 @@
 //! agrees with what its process did and with its retry policy (no job fails without ever
 //! starting, short of the bound on attempts lost before they start); idempotent submits got
 //! one id and made one job; `Wait` saw the stored final state; worker events follow the worker
-//! state machine; no pending job is left beside a free worker.
+//! state machine; no pending job is left beside a free worker; no shard holds waiters,
+//! followers, wait groups or registrations of any request, nor more worker deadlines than
+//! workers (`Shard::footprint`). A shard whose disk is full is exempt from the cross-shard
+//! work-conservation probe while it is full (it can make no assignment durable).
 //!
 //! The seeds that found bugs are named tests in `sim/regressions.rs` (a bug not fixed yet
 //! gets an `#[ignore]`d one there).
@@ -52,6 +62,7 @@
 mod agent;
 mod backlog;
 mod client;
+mod edges;
 mod invariants;
 mod net;
 mod opts;

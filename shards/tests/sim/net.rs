@@ -156,6 +156,7 @@ impl Sim {
     }
 
     pub fn send_to_server(&mut self, conn: ConnId, msg: FromAgent) {
+        self.check_sizes_from_agent(&msg);
         let Some(c) = self.net.conns.get(&conn) else {
             return;
         };

@@ -52,6 +52,17 @@ pub struct Opts {
     pub agent_shard: Option<usize>,
     /// All submissions go to this shard.
     pub submit_shard: Option<usize>,
+    /// Agent crashes that kill the guard too (`kill -9` of both, an OOM kill of the agent's
+    /// group): the jobs' processes survive the agent until its next start sweeps them (the
+    /// guard's journal), before its first `Hello`. The agent keeps its worker id.
+    pub orphaning_crashes: usize,
+    /// One job in four writes this many bytes (0: none), more than a frame holds: the agent
+    /// sends it in batches of at most `runner::BATCH` bytes, after an outage too.
+    pub big_output: u64,
+    /// Episodes of a full disk: a shard's commits wait until space returns (the server holds
+    /// the batch and commits it again), for a time within `full_ms`.
+    pub disk_full: usize,
+    pub full_ms: (u64, u64),
 }
 
 impl Opts {
@@ -86,16 +97,22 @@ impl Opts {
             agents_after_ms: 0,
             agent_shard: None,
             submit_shard: None,
+            orphaning_crashes: 0,
+            big_output: 0,
+            disk_full: 0,
+            full_ms: (1_000, 20_000),
         }
     }
 
     /// Can a process legitimately complete successfully twice? Only when a result is lost
     /// with its agent (tracked separately), or an agent stays away longer than the server
     /// waits for it while holding a finished result, or a slow start outlives the ack
-    /// deadline.
+    /// deadline, or a full disk on the agent's shard holds its `Welcome` (stored with the
+    /// worker) until the job's owner stopped waiting for it to re-attach.
     pub fn exactly_once(&self) -> bool {
         (self.partitions == 0 || self.partition_ms.1 <= 5_000)
             && self.late_reconnect_ms == 0
             && !self.slow_spawns
+            && (self.disk_full == 0 || self.full_ms.1 <= 5_000)
     }
 }

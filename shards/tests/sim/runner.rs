@@ -45,12 +45,22 @@ pub fn behaviour(spec: &JobSpec, attempt: Attempt) -> (Micros, Outcome) {
     }
 }
 
-/// The output of an attempt: a part when it starts, the rest when it completes.
-pub fn output(job: JobId, attempt: Attempt) -> (Vec<u8>, Vec<u8>) {
-    (
-        format!("{job}/{attempt} started|").into_bytes(),
-        b"completed\n".to_vec(),
-    )
+/// The most output bytes one `Output` message carries, as the agent's spool reader bounds
+/// its batches (`agent/src/runner/spool.rs`), far under a frame.
+pub const BATCH: usize = 1 << 20;
+
+/// The output of an attempt: a part when it starts, the rest when it completes (`SIM_OUT`
+/// bytes more for a chatty job: more than a frame, so it must travel in batches).
+pub fn output(spec: &JobSpec, job: JobId, attempt: Attempt) -> (Vec<u8>, Vec<u8>) {
+    let big = spec
+        .env
+        .iter()
+        .find(|(n, _)| n == "SIM_OUT")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut rest: Vec<u8> = (0..big).map(|i| b'a' + (i % 26) as u8).collect();
+    rest.extend_from_slice(b"completed\n");
+    (format!("{job}/{attempt} started|").into_bytes(), rest)
 }
 
 impl Sim {
@@ -117,7 +127,7 @@ impl Sim {
             return;
         }
         h.started = Some(now);
-        let (first, _) = output(job, attempt);
+        let (first, _) = output(&h.spec, job, attempt);
         h.produced = first.len() as u64;
         let (run, _) = behaviour(&h.spec, attempt);
         let past_drain = ag.drain.is_some_and(|d| d <= now);
@@ -172,7 +182,7 @@ impl Sim {
             return;
         }
         let (_, outcome) = behaviour(&h.spec, attempt);
-        let (first, rest) = output(job, attempt);
+        let (first, rest) = output(&h.spec, job, attempt);
         let offset = h.produced;
         let completed = matches!(outcome, Outcome::Exited(_));
         if completed {
@@ -181,21 +191,16 @@ impl Sim {
         h.finished = Some((outcome.clone(), now));
         self.oracle.ran(job, attempt, &outcome);
         if completed {
-            let chunks = vec![Chunk {
-                stream: Stream::Stdout,
-                data: rest,
-            }];
             debug_assert_eq!(offset, first.len() as u64);
-            self.job_send(
-                a,
-                job,
-                FromAgent::Output {
+            for (offset, chunks) in batches(offset, &rest) {
+                let msg = FromAgent::Output {
                     job,
                     attempt,
                     offset,
                     chunks,
-                },
-            );
+                };
+                self.job_send(a, job, msg);
+            }
         }
         self.job_send(
             a,
@@ -243,11 +248,12 @@ impl Sim {
         }
         h.resuming = false;
         let (started, produced, finished) = (h.started, h.produced, h.finished.clone());
+        let spec = h.spec.clone();
         if let Some(at) = started {
             self.agent_send(a, FromAgent::Started { job, attempt, at });
         }
         if produced > output_end {
-            let (mut all, rest) = output(job, attempt);
+            let (mut all, rest) = output(&spec, job, attempt);
             all.extend(rest);
             let from = usize::try_from(output_end)
                 .unwrap_or(usize::MAX)
@@ -255,19 +261,20 @@ impl Sim {
             let to = usize::try_from(produced)
                 .unwrap_or(usize::MAX)
                 .min(all.len());
-            let chunks = vec![Chunk {
-                stream: Stream::Stdout,
-                data: all[from..to].to_vec(),
-            }];
-            self.agent_send(
-                a,
-                FromAgent::Output {
+            // What was spooled over the outage goes in bounded batches, in order.
+            let spooled = all.get(from..to).unwrap_or_default();
+            if spooled.len() > BATCH {
+                self.count("spooled output resent in batches");
+            }
+            for (offset, chunks) in batches(output_end, spooled) {
+                let msg = FromAgent::Output {
                     job,
                     attempt,
-                    offset: output_end,
+                    offset,
                     chunks,
-                },
-            );
+                };
+                self.agent_send(a, msg);
+            }
         }
         if let Some((outcome, at)) = finished {
             self.agent_send(
@@ -281,4 +288,20 @@ impl Sim {
             );
         }
     }
+}
+
+/// `data` from `offset` on, cut in `Output` batches of at most [`BATCH`] bytes.
+fn batches(offset: u64, data: &[u8]) -> Vec<(u64, Vec<Chunk>)> {
+    let mut at = offset;
+    data.chunks(BATCH)
+        .map(|part| {
+            let chunk = Chunk {
+                stream: Stream::Stdout,
+                data: part.to_vec(),
+            };
+            let batch = (at, vec![chunk]);
+            at += part.len() as u64;
+            batch
+        })
+        .collect()
 }

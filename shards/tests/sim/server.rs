@@ -21,6 +21,8 @@ pub enum Input {
     Closed(ConnId),
     Shard(ShardMsg),
     Client(ReqId, JobRequest),
+    /// The client's stream of a request closed.
+    Gone(ReqId),
 }
 
 /// The effects of one loop turn (the driver's `Comm`).
@@ -36,6 +38,9 @@ pub struct Server {
     busy: Vec<bool>,
     turn_queued: Vec<bool>,
     timer_at: Vec<Option<Micros>>,
+    /// Per shard, when its disk is full: a commit that would finish within one of these
+    /// finishes when it ends (the batch is held, then committed again).
+    pub full: Vec<Vec<(Micros, Micros)>>,
 }
 
 impl Server {
@@ -48,6 +53,7 @@ impl Server {
             busy: vec![false; n],
             turn_queued: vec![false; n],
             timer_at: vec![None; n],
+            full: vec![Vec::new(); n],
         }
     }
 }
@@ -132,6 +138,7 @@ impl Sim {
                 Input::Closed(conn) => shard.handle_agent_closed(now, conn, &mut turn),
                 Input::Shard(msg) => shard.handle_shard(now, msg, &mut turn),
                 Input::Client(req, body) => shard.handle_client(now, req, body, &mut turn),
+                Input::Gone(req) => shard.handle_client_gone(req, &mut turn),
             }
         }
         shard.handle_timeout(now, &mut turn);
@@ -152,6 +159,19 @@ impl Sim {
             (false, 0) => self.rng.gen_range(200..300),
             (false, max) => self.rng.gen_range(0..=ms(max)),
         };
+        let done = self.now + delay;
+        let held = self.server.full[s]
+            .iter()
+            .filter(|(from, until)| *from <= done && *until > self.now)
+            .map(|(_, until)| *until)
+            .max();
+        let delay = match held {
+            Some(until) if !turn.persists.is_empty() => {
+                self.count("commit held by a full disk");
+                until.max(done) - self.now
+            }
+            _ => delay,
+        };
         self.server.busy[s] = true;
         let era = self.server.era;
         self.at(
@@ -167,6 +187,7 @@ impl Sim {
     /// The turn is durable: apply it to the store, then release its messages.
     pub fn shard_commit(&mut self, s: usize, turn: Turn) {
         self.server.busy[s] = false;
+        self.check_sizes_of_turn(&turn);
         self.apply_commit(s, turn.persists);
         for (conn, msg) in turn.agent {
             self.send_to_agent(conn, msg);

@@ -122,6 +122,10 @@ pub enum Ev {
     Crash {
         agent: usize,
     },
+    /// A crash that leaves the jobs' processes running.
+    CrashOrphaning {
+        agent: usize,
+    },
     Revive {
         agent: usize,
     },
@@ -225,6 +229,17 @@ impl Sim {
             let t = self.rng.gen_range(span.clone());
             let agent = self.rng.gen_range(0..o.agents);
             self.at(t, Ev::Crash { agent });
+        }
+        for _ in 0..o.orphaning_crashes {
+            let t = self.rng.gen_range(span.clone());
+            let agent = self.rng.gen_range(0..o.agents);
+            self.at(t, Ev::CrashOrphaning { agent });
+        }
+        for _ in 0..o.disk_full {
+            let t = self.now + self.rng.gen_range(span.clone());
+            let shard = self.rng.gen_range(0..o.shards);
+            let until = t + ms(self.rng.gen_range(o.full_ms.0..=o.full_ms.1));
+            self.server.full[shard].push((t, until));
         }
         for _ in 0..o.partitions {
             let t = self.now + self.rng.gen_range(span.clone());
@@ -371,6 +386,7 @@ impl Sim {
             Ev::DrainDeadline { agent, life } => self.drain_deadline(agent, life),
             Ev::Leave { agent, life } => self.try_leave(agent, life),
             Ev::Crash { agent } => self.crash(agent),
+            Ev::CrashOrphaning { agent } => self.crash_orphaning(agent),
             Ev::Revive { agent } => self.revive(agent),
             Ev::Submit { shard, specs } => self.submit(shard, specs),
             Ev::Cancel => self.cancel_random(),
