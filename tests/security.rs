@@ -371,7 +371,7 @@ fn first_cert_expiry(work_dir: &std::path::Path) -> u64 {
 #[test]
 fn agents_join_with_mtls_and_refusals_are_explained() {
     let scratch = Scratch::new("sec-mtls");
-    let mut s = Server::start_with(&scratch, 2, &["--agent-cert-ttl", "6s"]);
+    let mut s = Server::start_with(&scratch, 2, &["--agent-cert-ttl", "10s"]);
 
     // No certificate and no token: the agent says how to join.
     let err = agent_refuses(&s, &scratch, "nojoin", None);
@@ -462,8 +462,9 @@ fn agents_join_with_mtls_and_refusals_are_explained() {
         },
     );
 
-    // The certificate is renewed (6 s life, renewed at 55-75 % of it) while a job runs on;
-    // once the first certificate has expired the server restarts, and the agent's reconnect
+    // The certificate is renewed (10 s life, renewed at 55-75 % of it) while a job runs on;
+    // once the first certificate has expired, and just after a renewal (so the certificate
+    // the agent holds outlives the outage), the server restarts, and the agent's reconnect
     // uses the renewed one: the job is re-attached and ends at its first attempt.
     let gate = scratch.path("gate");
     let id = s.submit(&[
@@ -473,16 +474,22 @@ fn agents_join_with_mtls_and_refusals_are_explained() {
         &format!("while [ ! -e {} ]; do sleep 0.05; done", gate.display()),
     ]);
     s.wait_job(&id, "the job to run", |j| j["state"] == "running");
-    wait_for("the renewal", Duration::from_secs(20), || {
+    let renewals = || {
         std::fs::read_to_string(scratch.path("first.log"))
             .unwrap_or_default()
-            .contains("agent certificate renewed")
-            .then_some(())
-    });
+            .matches("agent certificate renewed")
+            .count()
+    };
     wait_for(
         "the first certificate to expire",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         || (now_ms() > first_expiry).then_some(()),
+    );
+    let before = renewals();
+    wait_for(
+        "a renewal after the first certificate expired",
+        Duration::from_secs(30),
+        || (renewals() > before).then_some(()),
     );
     s.kill9();
     s.restart();
