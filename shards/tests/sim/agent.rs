@@ -44,6 +44,8 @@ pub struct Agent {
     /// Processes of jobs that survived a crash of agent and guard, and when each would end
     /// by itself; the next start of the agent kills them before it connects.
     pub orphans: Vec<(JobId, Attempt, Micros)>,
+    /// The host is paused until then.
+    pub paused_until: Option<Micros>,
 }
 
 impl Sim {
@@ -71,6 +73,7 @@ impl Sim {
                 drain: None,
                 home: self.opts.agent_shard,
                 orphans: Vec::new(),
+                paused_until: None,
             });
             let at = ms(self.opts.agents_after_ms) + self.rng.gen_range(0..ms(50));
             let shard = self.opts.agent_shard;

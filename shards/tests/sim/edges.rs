@@ -55,6 +55,42 @@ pub fn full_disks() -> Opts {
     }
 }
 
+/// Hosts paused for 0.5 to 12 s (less than the server's heartbeat timeout and disconnect
+/// grace together), under lost connections and a restart: results arrive late, after the
+/// reconnect, and are taken if their attempt is still the job's, fenced if not.
+pub fn pauses() -> Opts {
+    Opts {
+        pauses: 4,
+        pause_ms: (500, 12_000),
+        conn_losses: 2,
+        restarts: 1,
+        job_ms: (5, 1_500),
+        ..Opts::base(2, 4, 100)
+    }
+}
+
+#[test]
+fn results_of_paused_hosts_arrive_late_and_stale_ones_are_fenced() {
+    let name = "results_of_paused_hosts_arrive_late_and_stale_ones_are_fenced";
+    scenario(name, 60, pauses);
+}
+
+/// A host paused for longer than the server waits (heartbeat timeout and disconnect grace,
+/// 13 s): the server runs the job elsewhere, and the paused attempt goes on at the end of
+/// the pause until the `Abandon` that fences its stale claim reaches it, because the agent's
+/// lease counts from when it notices its connection is gone, which for a paused host is the
+/// end of the pause. A gap of the agent's lease, not of the shard: ignored until the lease
+/// counts from the last message the agent heard from the server.
+#[test]
+#[ignore = "known gap: an agent paused past the grace runs its attempt beside the retry"]
+fn a_host_paused_past_the_grace_never_runs_an_attempt_beside_its_retry() {
+    let name = "a_host_paused_past_the_grace_never_runs_an_attempt_beside_its_retry";
+    scenario(name, 60, || Opts {
+        pause_ms: (12_000, 30_000),
+        ..pauses()
+    });
+}
+
 #[test]
 fn orphaned_processes_die_before_their_retry_starts() {
     let name = "orphaned_processes_die_before_their_retry_starts";
@@ -78,4 +114,5 @@ fn every_edge_at_length() {
     scenario("every_edge_at_length", 400, orphans);
     scenario("every_edge_at_length", 40, chatty);
     scenario("every_edge_at_length", 400, full_disks);
+    scenario("every_edge_at_length", 400, pauses);
 }

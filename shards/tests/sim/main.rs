@@ -13,7 +13,8 @@
 //! (`sim/backlog.rs`), random retry policies, failing and timing-out jobs, queue timeouts,
 //! idempotent double submits, cancels, waits and `job retry`, clients that go away while
 //! waiting on a job or following its output, crashes of agent and guard together that leave
-//! the jobs' processes running until the agent's next start sweeps them, output larger than
+//! the jobs' processes running until the agent's next start sweeps them, hosts paused for up
+//! to 12 s (agent and jobs frozen, their results late, stale ones fenced), output larger than
 //! a frame resent after outages in batches of at most 1 MiB (`runner::BATCH`), and disks that
 //! fill for up to 20 s, holding a shard's commits (and everything they release) until space
 //! returns (`sim/edges.rs`). The simulated agent keeps the lease: disconnected for longer

@@ -63,6 +63,11 @@ pub struct Opts {
     /// the batch and commits it again), for a time within `full_ms`.
     pub disk_full: usize,
     pub full_ms: (u64, u64),
+    /// Pauses of an agent's whole host (a VM suspended, a cgroup frozen): the agent and its
+    /// jobs stop for a time within `pause_ms`, then go on where they were; results of jobs
+    /// that ended before arrive late.
+    pub pauses: usize,
+    pub pause_ms: (u64, u64),
 }
 
 impl Opts {
@@ -101,18 +106,21 @@ impl Opts {
             big_output: 0,
             disk_full: 0,
             full_ms: (1_000, 20_000),
+            pauses: 0,
+            pause_ms: (500, 12_000),
         }
     }
 
     /// Can a process legitimately complete successfully twice? Only when a result is lost
     /// with its agent (tracked separately), or an agent stays away longer than the server
     /// waits for it while holding a finished result, or a slow start outlives the ack
-    /// deadline, or a full disk on the agent's shard holds its `Welcome` (stored with the
+    /// deadline (a paused host is away too), or a full disk on the agent's shard holds its `Welcome` (stored with the
     /// worker) until the job's owner stopped waiting for it to re-attach.
     pub fn exactly_once(&self) -> bool {
         (self.partitions == 0 || self.partition_ms.1 <= 5_000)
             && self.late_reconnect_ms == 0
             && !self.slow_spawns
             && (self.disk_full == 0 || self.full_ms.1 <= 5_000)
+            && (self.pauses == 0 || self.pause_ms.1 <= 5_000)
     }
 }

@@ -122,6 +122,11 @@ pub enum Ev {
     Crash {
         agent: usize,
     },
+    /// The agent's host pauses until `until`.
+    Pause {
+        agent: usize,
+        until: Micros,
+    },
     /// A crash that leaves the jobs' processes running.
     CrashOrphaning {
         agent: usize,
@@ -235,6 +240,12 @@ impl Sim {
             let agent = self.rng.gen_range(0..o.agents);
             self.at(t, Ev::CrashOrphaning { agent });
         }
+        for _ in 0..o.pauses {
+            let t = self.rng.gen_range(span.clone());
+            let agent = self.rng.gen_range(0..o.agents);
+            let until = self.now + t + ms(self.rng.gen_range(o.pause_ms.0..=o.pause_ms.1));
+            self.at(t, Ev::Pause { agent, until });
+        }
         for _ in 0..o.disk_full {
             let t = self.now + self.rng.gen_range(span.clone());
             let shard = self.rng.gen_range(0..o.shards);
@@ -338,7 +349,30 @@ impl Sim {
         c.scheduled == 0 && c.submits_pending() == 0 && c.finals.len() == c.acked.len()
     }
 
+    /// While an agent's host is paused nothing happens on it: its events wait for the end
+    /// of the pause, in their order.
+    fn paused_until(&self, ev: &Ev) -> Option<Micros> {
+        let agent = match ev {
+            Ev::ToAgent { agent, .. }
+            | Ev::AgentSawClose { agent, .. }
+            | Ev::AgentIdle { agent, .. }
+            | Ev::AgentConnect { agent, .. }
+            | Ev::AgentBeat { agent, .. }
+            | Ev::LeaseExpire { agent, .. }
+            | Ev::JobStart { agent, .. }
+            | Ev::JobDone { agent, .. }
+            | Ev::DrainDeadline { agent, .. }
+            | Ev::Leave { agent, .. } => *agent,
+            _ => return None,
+        };
+        self.agents[agent].paused_until.filter(|t| *t > self.now)
+    }
+
     fn dispatch(&mut self, ev: Ev) {
+        if let Some(until) = self.paused_until(&ev) {
+            self.at_abs(until, ev);
+            return;
+        }
         let era = self.server.era;
         match ev {
             Ev::Input {
@@ -387,6 +421,16 @@ impl Sim {
             Ev::Leave { agent, life } => self.try_leave(agent, life),
             Ev::Crash { agent } => self.crash(agent),
             Ev::CrashOrphaning { agent } => self.crash_orphaning(agent),
+            // One pause at a time: a pause is as long as `pause_ms` says.
+            Ev::Pause { agent, until } => {
+                if self.agents[agent]
+                    .paused_until
+                    .is_none_or(|t| t <= self.now)
+                {
+                    self.count("host paused");
+                    self.agents[agent].paused_until = Some(until);
+                }
+            }
             Ev::Revive { agent } => self.revive(agent),
             Ev::Submit { shard, specs } => self.submit(shard, specs),
             Ev::Cancel => self.cancel_random(),
