@@ -1,6 +1,7 @@
 //! Limits that keep one request from stopping the server: a spec over a field's limit is
-//! refused at submit with the field named, and a shard that does stop (its store refused a
-//! commit) makes the server exit non-zero without marking the store as cleanly stopped.
+//! refused at submit with the field named, and a shard that does stop (its store failed for
+//! another reason than a full disk) makes the server exit non-zero without marking the store
+//! as cleanly stopped.
 
 mod common;
 
@@ -84,44 +85,22 @@ fn an_oversized_spec_is_refused_and_the_server_stays_up() {
     assert!(server.ok(&["job", "submit", "--", "true"]).trim().len() > 4);
 }
 
-/// Mounts a tmpfs of `mib` MiB at `dir`; false where this process may not mount.
-fn mount_tmpfs(dir: &std::path::Path, mib: u32) -> bool {
-    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// A store that refuses a commit (its filesystem is full) stops the shard; the server then
-/// exits with a failure status, and the clean-shutdown marker is not written, so the next
-/// start checks the journals as after a crash. Needs to mount a tmpfs (root); without that
-/// it says so and checks nothing.
+/// A store that fails in a way that is not a full disk (here its keyspace directories are
+/// replaced by a file, so fjall's flush fails and the database cannot be reopened) stops
+/// the shard; the server then exits with a failure status, and the clean-shutdown marker is
+/// not written, so the next start checks the journals as after a crash. (A full disk is not
+/// fatal: tests/full_disk.rs.)
 #[test]
 fn a_shard_stopped_by_its_store_fails_the_server() {
     let scratch = Scratch::new("limits-fatal");
-    let mnt = scratch.path("mnt");
-    if !mount_tmpfs(&mnt, 160) {
-        eprintln!("skipped: cannot mount a tmpfs here (needs root)");
-        return;
-    }
-    let _unmount = Unmount(mnt.clone());
     let mut server = Server::start(&scratch, 1);
-    server.kill9();
-    server.data = mnt.join("data");
-    server.restart();
-    // Submit large jobs until a commit fails (the journal cannot grow), or give up.
+    let keyspaces = server.data.join("store").join("keyspaces");
+    std::fs::rename(&keyspaces, server.data.join("store").join("moved-away")).unwrap();
+    std::fs::write(&keyspaces, b"not a directory").unwrap();
+    // Submit large jobs until fjall must flush a memtable (16 MiB) into the broken
+    // directory and the store fails, or give up.
     let mut stopped = false;
-    for _ in 0..400 {
+    for _ in 0..100 {
         let answer = raw(
             &server,
             JobRequest::Submit {
@@ -133,7 +112,7 @@ fn a_shard_stopped_by_its_store_fails_the_server() {
             break;
         }
     }
-    assert!(stopped, "a full filesystem never refused a commit");
+    assert!(stopped, "a broken store never refused a commit");
     let proc = server.proc.as_mut().unwrap();
     let status = proc.wait_exit(Duration::from_secs(30));
     assert!(!status.success(), "the server exited with {status}");
@@ -144,7 +123,7 @@ fn a_shard_stopped_by_its_store_fails_the_server() {
     // The exit names the shard and the store's error as its reason.
     let log = server.log_text();
     assert!(
-        log.contains("hodei: shard 0 stopped: store commit failed"),
+        log.contains("hodei: shard 0 stopped: store commit failed: cannot reopen the store"),
         "{log}"
     );
 }

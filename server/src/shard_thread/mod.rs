@@ -195,7 +195,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
         }
         if let Some(r) = committed {
             let done = match r {
-                Ok(Outcome::Committed(done)) => done,
+                Ok(Outcome::Committed(done)) => Some(done),
                 Ok(Outcome::Held(why)) => {
                     if held_why.is_none() {
                         warn!(
@@ -206,7 +206,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     }
                     held_why = Some(why);
                     retry_at = tokio::time::Instant::now() + full::RETRY;
-                    continue;
+                    None
                 }
                 Err(e) => {
                     error!(
@@ -221,39 +221,41 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     continue;
                 }
             };
-            if held_why.take().is_some() {
-                info!(shard = index, "the held batch is on disk: writes go on");
-            }
-            // Everything the batch answers waited for this: a slow disk shows here first.
-            control.stats.commit(done.took);
-            if done.took >= SLOW_COMMIT {
-                warn!(
-                    shard = index,
-                    ms = done.took.as_millis(),
-                    ops = done.batch.ops.len(),
-                    audit = done.batch.audit.len(),
-                    "slow store commit"
-                );
-            }
-            for op in &done.batch.ops {
-                if let StoreOp::PutEvent(e) = op {
-                    log_event(e);
+            if let Some(done) = done {
+                if held_why.take().is_some() {
+                    info!(shard = index, "the held batch is on disk: writes go on");
                 }
-            }
-            full::forget_answered(&mut reads, &done.msgs);
-            release(
-                done.msgs,
-                &writers,
-                &mut clients,
-                &peers,
-                &mut gone,
-                &control,
-            );
-            // Clients whose stream ended: their subscriptions go with the next batch.
-            for req in gone.drain(..) {
-                clients.remove(&req);
-                reads.remove(&req);
-                shard.handle_client_gone(req, &mut fx);
+                // Everything the batch answers waited for this: a slow disk shows here first.
+                control.stats.commit(done.took);
+                if done.took >= SLOW_COMMIT {
+                    warn!(
+                        shard = index,
+                        ms = done.took.as_millis(),
+                        ops = done.batch.ops.len(),
+                        audit = done.batch.audit.len(),
+                        "slow store commit"
+                    );
+                }
+                for op in &done.batch.ops {
+                    if let StoreOp::PutEvent(e) = op {
+                        log_event(e);
+                    }
+                }
+                full::forget_answered(&mut reads, &done.msgs);
+                release(
+                    done.msgs,
+                    &writers,
+                    &mut clients,
+                    &peers,
+                    &mut gone,
+                    &control,
+                );
+                // Clients whose stream ended: their subscriptions go with the next batch.
+                for req in gone.drain(..) {
+                    clients.remove(&req);
+                    reads.remove(&req);
+                    shard.handle_client_gone(req, &mut fx);
+                }
             }
         }
         let now = wall_now();
@@ -379,10 +381,10 @@ async fn drive(setup: ShardSetup) -> Result<()> {
             note_events(&mut audit, &fx, mark, "server");
         }
         pending.append(&mut fx);
-        if committer.held() {
+        if held_why.is_some() {
             // Answers to reads leave now: the oldest (in the held batch) first.
             let mut early = committer
-                .held_msgs()
+                .waiting_msgs()
                 .map(|m| full::take_reads(m, &reads))
                 .unwrap_or_default();
             early.append(&mut full::take_reads(&mut pending, &reads));

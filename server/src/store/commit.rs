@@ -188,10 +188,14 @@ impl<M> Committer<M> {
         self.held.is_some()
     }
 
-    /// The messages of the held batch (a read's answer may leave before it while the
-    /// store is full).
-    pub fn held_msgs(&mut self) -> Option<&mut M> {
-        self.held.as_mut().map(|h| &mut h.msgs)
+    /// The messages of the batch held or being written (a read's answer may leave before
+    /// them while the store is full).
+    pub fn waiting_msgs(&mut self) -> Option<&mut M> {
+        match (&mut self.held, &mut self.in_flight) {
+            (Some(h), _) => Some(&mut h.msgs),
+            (None, Some(f)) => Some(&mut f.msgs),
+            (None, None) => None,
+        }
     }
 
     /// The earliest time the next batch may start: `interval` after the last one started.

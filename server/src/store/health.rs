@@ -9,17 +9,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
 /// The default of `hodei server --min-free-space`: room for the results and output of the
 /// jobs already running, and for fjall to flush its memtables (16 MiB each).
 pub const DEFAULT_MIN_FREE: u64 = 256 << 20;
-
-/// How stale a free-space reading may be when a submit is checked against the watermark
-/// (one `statvfs` per submit would cost little, but nothing is gained below this).
-const FRESH: Duration = Duration::from_millis(100);
 
 /// A write refused because the store has no room: the message names the cause. The store
 /// keeps what it was asked to write; nothing of it was acknowledged.
@@ -47,14 +42,8 @@ pub struct Health {
     free: AtomicU64,
     /// A write failed for lack of room, or the database must be reopened first.
     full: AtomicBool,
-    /// Why it is full, as the refusals say it; and when free space was last read.
-    inner: Mutex<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    cause: String,
-    read_at: Option<Instant>,
+    /// Why it is full, as the refusals say it.
+    cause: Mutex<String>,
 }
 
 impl Health {
@@ -68,10 +57,7 @@ impl Health {
             floor: min_free / 4,
             free: AtomicU64::new(u64::MAX),
             full: AtomicBool::new(false),
-            inner: Mutex::new(Inner {
-                cause: String::new(),
-                read_at: None,
-            }),
+            cause: Mutex::new(String::new()),
         };
         h.read_free();
         h
@@ -86,23 +72,7 @@ impl Health {
             Err(_) => u64::MAX,
         };
         self.free.store(free, Ordering::Relaxed);
-        if let Ok(mut i) = self.inner.lock() {
-            i.read_at = Some(Instant::now());
-        }
         free
-    }
-
-    /// The free space, read again if the last reading is older than [`FRESH`].
-    fn free_now(&self) -> u64 {
-        let stale = self
-            .inner
-            .lock()
-            .map_or(true, |i| i.read_at.is_none_or(|t| t.elapsed() >= FRESH));
-        if stale {
-            self.read_free()
-        } else {
-            self.free.load(Ordering::Relaxed)
-        }
     }
 
     /// Whether client writes are refused: a write failed for lack of room (or below the
@@ -115,11 +85,7 @@ impl Health {
     /// Why the store is full, as a refusal says it (`store full: ...`).
     #[must_use]
     pub fn refusal(&self) -> String {
-        let cause = self
-            .inner
-            .lock()
-            .map(|i| i.cause.clone())
-            .unwrap_or_default();
+        let cause = self.cause.lock().map(|c| c.clone()).unwrap_or_default();
         StoreFull(cause).to_string()
     }
 
@@ -129,7 +95,9 @@ impl Health {
         if self.is_full() {
             return Err(self.refusal());
         }
-        let free = self.free_now();
+        // Read now, not cached: a submit let in just before the disk filled would wait
+        // (acknowledged only once written) until space is freed. It costs ~1 µs.
+        let free = self.read_free();
         if free < self.watermark {
             return Err(StoreFull(format!(
                 "{} free on {}, below the {} watermark (hodei server --min-free-space); new jobs are refused until space is freed",
@@ -171,8 +139,8 @@ impl Health {
     /// refused with `cause` until one succeeds.
     pub fn set_full(&self, cause: &str) {
         let was = self.full.swap(true, Ordering::AcqRel);
-        if let Ok(mut i) = self.inner.lock() {
-            cause.clone_into(&mut i.cause);
+        if let Ok(mut c) = self.cause.lock() {
+            cause.clone_into(&mut c);
         }
         if !was {
             warn!(
