@@ -165,3 +165,43 @@ fn an_output_spool_that_cannot_be_written_fails_the_job_with_the_reason() {
         "{error}"
     );
 }
+
+/// `hodei job submit --max-output 1M` of a job printing 5 MiB and exiting 3: the job ends
+/// by its own exit code, and `hodei job logs` holds the first 1 MiB and then one line (on
+/// stderr) saying how much was cut. A limit of 0 is refused at submit.
+#[test]
+fn output_past_max_output_is_cut_with_a_final_line() {
+    let scratch = Scratch::new("output-limit");
+    let server = Server::start(&scratch, 1);
+    let _agent = server.agent(&scratch, "a", 1, &[]);
+    server.wait_workers(1);
+    let id = server.submit(&[
+        "--max-output",
+        "1M",
+        "--retries",
+        "0",
+        "--",
+        "sh",
+        "-c",
+        "head -c 5242880 /dev/zero | tr '\\0' a; exit 3",
+    ]);
+    let job = server.wait_job(&id, "the job to end", |j| j["state"] == "failed");
+    assert_eq!(job["exit_code"], 3, "{job}");
+    let logs = server.cli(&["job", "logs", &id]);
+    assert!(logs.status.success());
+    let notice = "[hodei: output cut after 1048576 bytes; 4194304 bytes dropped]\n";
+    // The job's stdout, then the notice, written to stderr as the job's stderr is.
+    assert_eq!(logs.stdout.len(), 1 << 20, "output length");
+    assert!(logs.stdout.iter().all(|b| *b == b'a'));
+    assert!(
+        logs.stderr == notice.as_bytes(),
+        "{:?}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    let refused = server.cli(&["job", "submit", "--max-output", "0", "--", "true"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("output limit"),
+        "{refused:?}"
+    );
+}

@@ -437,6 +437,7 @@ async fn run(
         &redactor,
         has_secrets,
         window,
+        spec.output_limit(),
     );
     // Started is sent by the pump, not here: sending can block on a full channel, and the
     // supervisor must already be enforcing the time limit and cancels while it does.

@@ -195,6 +195,7 @@ mod tests {
                     secrets: vec!["db_pass".to_owned()],
                     secret_delivery: crate::spec::SecretDelivery::Stdin,
                     owner: "ci".to_owned(),
+                    max_output: None,
                 },
             )
     }

@@ -76,7 +76,14 @@ pub struct JobSpec {
     pub secret_delivery: SecretDelivery,
     /// Who submitted it (the token's name); set by the server, whatever the client sent.
     pub owner: String,
+    /// Output bytes kept per attempt (1 to [`limits::MAX_OUTPUT`]); past it the agent drops
+    /// the rest, and the output ends with a line saying how much was cut. `None`:
+    /// [`DEFAULT_MAX_OUTPUT`] ([`JobSpec::output_limit`]).
+    pub max_output: Option<u64>,
 }
+
+/// The output kept per attempt of a spec without `max_output`.
+pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 30;
 
 /// How a job's process receives its secrets.
 #[derive(
@@ -245,7 +252,14 @@ impl JobSpec {
             secrets: Vec::new(),
             secret_delivery: SecretDelivery::Files,
             owner: String::new(),
+            max_output: None,
         }
+    }
+
+    /// Output bytes kept per attempt: `max_output`, or [`DEFAULT_MAX_OUTPUT`].
+    #[must_use]
+    pub fn output_limit(&self) -> u64 {
+        self.max_output.unwrap_or(DEFAULT_MAX_OUTPUT)
     }
 
     /// Checks a spec; the server refuses any spec that fails.
@@ -301,6 +315,12 @@ impl JobSpec {
         }
         if self.owner.len() > MAX_NAME {
             return Err(SpecError::TooLong("owner", MAX_NAME));
+        }
+        if self
+            .max_output
+            .is_some_and(|m| m == 0 || m > limits::MAX_OUTPUT)
+        {
+            return Err(SpecError::BadMaxOutput(limits::MAX_OUTPUT));
         }
         if self.timeout_ms == Some(0) || self.policy.queue_timeout_ms == Some(0) {
             return Err(SpecError::ZeroTimeout);
@@ -358,6 +378,8 @@ pub mod limits {
     /// A secret's value. With [`MAX_SECRETS`] of them, an assignment (the spec plus its
     /// secrets' values, joined as it leaves for its agent) still fits in a frame.
     pub const MAX_SECRET_BYTES: usize = 64 << 10;
+    /// The largest `max_output`: output kept per attempt.
+    pub const MAX_OUTPUT: u64 = 1 << 40;
 }
 
 use limits::{
@@ -457,6 +479,9 @@ pub enum SpecError {
     /// The backoff range is inverted.
     #[error("the backoff minimum is larger than its maximum, or the maximum is over 365 days")]
     BadBackoff,
+    /// `max_output` is 0 or above [`limits::MAX_OUTPUT`].
+    #[error("the output limit must be between 1 byte and {0} bytes")]
+    BadMaxOutput(u64),
 }
 
 /// Parses `key=value`.
@@ -665,5 +690,16 @@ mod tests {
         assert!(matches!(s.validate(), Err(SpecError::BadEnvName(_))));
         assert_eq!(parse_key_value("a=b=c"), Ok(("a".into(), "b=c".into())));
         assert!(parse_key_value("=x").is_err());
+        let mut s = JobSpec::exec("true", &[]);
+        assert_eq!(s.output_limit(), DEFAULT_MAX_OUTPUT);
+        s.max_output = Some(limits::MAX_OUTPUT);
+        assert_eq!(s.validate(), Ok(()));
+        for bad in [0, limits::MAX_OUTPUT + 1] {
+            s.max_output = Some(bad);
+            assert_eq!(
+                s.validate(),
+                Err(SpecError::BadMaxOutput(limits::MAX_OUTPUT))
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::spec::JobSpec;
 use crate::time::Micros;
 
 /// Bumped on any incompatible change of these enums; a frame of another version is refused.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// ALPN protocol id of agent connections ([`FromAgent`]/[`ToAgent`]).
 pub const ALPN_AGENT: &[u8] = b"hodei-agent/1";

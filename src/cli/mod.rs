@@ -171,6 +171,10 @@ pub struct SubmitArgs {
     /// `stdin` (one JSON object).
     #[arg(long, default_value = "files", value_parser = parse_delivery)]
     secret_delivery: SecretDelivery,
+    /// Output kept per attempt (e.g. 10M, 2G; default 1G): past it the rest is dropped, the
+    /// job runs on to its own exit, and its log ends with a line saying how much was cut.
+    #[arg(long, value_parser = hodei_core::spec::parse_size)]
+    max_output: Option<u64>,
     /// Print the job as JSON.
     #[arg(long)]
     json: bool,
@@ -224,6 +228,7 @@ impl SubmitArgs {
             secrets: self.secrets,
             secret_delivery: self.secret_delivery,
             owner: String::new(),
+            max_output: self.max_output,
         };
         spec.validate()?;
         Ok(spec)

@@ -15,6 +15,11 @@
 //! is as prompt as before unless it ends in such a prefix; at EOF (or when the pump gives up on
 //! a pipe) the held tail is released. Batches, offsets and the spool are therefore all in
 //! redacted bytes. A job without secrets skips this step altogether.
+//!
+//! Past the job's output limit (`JobSpec::output_limit`, in redacted bytes) the pump keeps
+//! reading the pipes, so the job is never blocked by it, but drops what it reads; once the
+//! pipes close, one last stderr line says how much was cut
+//! (`[hodei: output cut after N bytes; M bytes dropped]`).
 
 use std::io;
 use std::time::Duration;
@@ -60,6 +65,10 @@ pub(super) struct Pump {
     /// The job has secrets: its read buffers are wiped after use.
     secrets: bool,
     window: Window,
+    /// Output bytes kept; what comes after is dropped.
+    limit: u64,
+    /// Bytes dropped past `limit`.
+    dropped: u64,
 }
 
 /// How far an attempt's output may run ahead of the server's acknowledgement.
@@ -124,6 +133,7 @@ impl Pump {
         redactor: &Redactor,
         secrets: bool,
         window: Window,
+        limit: u64,
     ) -> Self {
         let redact = (!redactor.is_empty()).then(|| Redaction {
             stdout: redactor.stream(),
@@ -141,6 +151,8 @@ impl Pump {
             redact,
             secrets,
             window,
+            limit,
+            dropped: 0,
         }
     }
 
@@ -245,6 +257,13 @@ impl Pump {
                 }
             }
         }
+        if self.dropped > 0 {
+            let line = format!(
+                "[hodei: output cut after {} bytes; {} bytes dropped]\n",
+                self.limit, self.dropped
+            );
+            self.batch_up(sink, Stream::Stderr, line.as_bytes()).await;
+        }
         self.flush(sink).await;
         self.spool.failure().map(str::to_owned)
     }
@@ -277,10 +296,21 @@ impl Pump {
         }
     }
 
+    /// Adds bytes to the batch up to the output limit, and counts the rest as dropped.
+    async fn add(&mut self, sink: &mut Sink, stream: Stream, data: &[u8]) {
+        let kept = self.offset.saturating_add(self.batch_len as u64);
+        let room = usize::try_from(self.limit.saturating_sub(kept)).unwrap_or(usize::MAX);
+        let (keep, cut) = data.split_at(room.min(data.len()));
+        self.dropped = self.dropped.saturating_add(cut.len() as u64);
+        if !keep.is_empty() {
+            self.batch_up(sink, stream, keep).await;
+        }
+    }
+
     /// Adds bytes to the batch, flushing each time it is full. Reads never exceed the room
     /// left, but masking can hand over more than was read (labels are longer than short
     /// secrets, held-back bytes come out later), and no batch may exceed `batch_bytes`.
-    async fn add(&mut self, sink: &mut Sink, stream: Stream, mut data: &[u8]) {
+    async fn batch_up(&mut self, sink: &mut Sink, stream: Stream, mut data: &[u8]) {
         while !data.is_empty() {
             if self.batch_len >= self.max {
                 self.flush(sink).await;
