@@ -13,13 +13,13 @@ use hodei_core::job::JobRecord;
 use hodei_core::wire::{Chunk, ErrorKind, FromServer, JobRequest, Request, Stream, ToServer};
 use hodei_shards::{Reply, ReqId};
 use hodei_transport::{FrameReader, FrameWriter};
-use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, warn};
 
 use super::next_id;
 use super::pages::{flush_or_refuse, off_thread, push_paged, scan, send_paged};
 use crate::control::{Caller, Control};
-use crate::shard_thread::{ClientRequest, Input};
+use crate::shard_thread::{ClientRequest, Input, REPLY_BUDGET, reply_queue};
 use crate::store::Store;
 
 /// Serves one client connection: a task per request stream, a bounded number being read.
@@ -127,7 +127,7 @@ async fn client_stream(
     let only_owner = (!caller.role.sees_all_jobs()).then(|| caller.name.clone());
     let mut redact = LogRedaction::new(redactor);
     let req = ReqId(next_id());
-    let (rtx, mut rrx) = unbounded_channel();
+    let (rtx, mut rrx) = reply_queue();
     let request = ClientRequest {
         req,
         body,
@@ -156,7 +156,15 @@ async fn client_stream(
             },
         };
         let Some((reply, mut last)) = next else {
-            let _ = w.send(&internal("the server is shutting down")).await;
+            let why = if rrx.overflowed() {
+                format!(
+                    "this client read its replies too slowly: more than {} MiB of them waited, so the request was dropped",
+                    REPLY_BUDGET >> 20
+                )
+            } else {
+                "the server is shutting down".to_owned()
+            };
+            let _ = w.send(&internal(&why)).await;
             break;
         };
         let ok = match reply {
@@ -179,15 +187,15 @@ async fn client_stream(
                 let mut pushed = push_paged(&mut w, m);
                 while pushed.is_ok() && !last && w.has_room() {
                     match rrx.try_recv() {
-                        Ok((Reply::Msg(m), l)) if is_plain(&m) => {
+                        Some((Reply::Msg(m), l)) if is_plain(&m) => {
                             pushed = push_paged(&mut w, m);
                             last = l;
                         }
-                        Ok(other) => {
+                        Some(other) => {
                             carried = Some(other);
                             break;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 flush_or_refuse(&mut w, pushed).await
@@ -317,7 +325,7 @@ async fn fetch_job(
     job: JobId,
     caller: &Caller,
 ) -> Result<JobRecord, FromServer> {
-    let (rtx, mut rrx) = unbounded_channel();
+    let (rtx, mut rrx) = reply_queue();
     let req = ReqId(next_id());
     tx.send(Input::Client(ClientRequest {
         req,

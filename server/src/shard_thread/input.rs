@@ -2,7 +2,7 @@
 //! the other shards, and [`AgentOut`] to an agent connection's writer.
 
 use hodei_core::wire::{FromAgent, JobRequest, ToAgent};
-use hodei_shards::{ConnId, Reply, ReqId, ShardMsg};
+use hodei_shards::{ConnId, ReqId, ShardMsg};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Inputs of a shard's loop, from its own tasks and from other shards.
@@ -69,5 +69,5 @@ pub struct ClientRequest {
     /// Who made it (the token's name): the actor in the audit log.
     pub actor: String,
     /// Where its replies go, each with whether it is the last.
-    pub reply: UnboundedSender<(Reply, bool)>,
+    pub reply: super::ReplySender,
 }

@@ -21,7 +21,7 @@ use hodei_core::ids::WorkerId;
 use hodei_core::time::wall_now;
 use hodei_core::wire::{FromAgent, JobRequest};
 use hodei_shards::ShardMsg;
-use hodei_shards::{ConnId, Effects, Reply, ReqId, Shard, StoreOp};
+use hodei_shards::{ConnId, Effects, ReqId, Shard, StoreOp};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tracing::{error, info, warn};
 
@@ -29,8 +29,11 @@ mod full;
 mod input;
 mod release;
 
+mod replies;
+
 pub use input::{AgentMsg, AgentOpen, AgentOut, ClientRequest, Input};
 use release::{has_writes, log_event, note_events, note_welcomes, release, writes_to};
+pub use replies::{BUDGET as REPLY_BUDGET, ReplySender, reply_queue};
 
 use super::audit::ShardAudit;
 use super::control::Control;
@@ -102,7 +105,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
     // each message (heartbeats included) costs no allocation.
     let mut agents: HashMap<ConnId, Rc<str>> = HashMap::new();
     let server_actor: Rc<str> = Rc::from("server");
-    let mut clients: HashMap<ReqId, UnboundedSender<(Reply, bool)>> = HashMap::new();
+    let mut clients: HashMap<ReqId, ReplySender> = HashMap::new();
     let mut fx = Effects::default();
     let mut gone = Vec::new();
     // How long each heartbeat of this turn took from its decode to applied (`hodei stats`).
@@ -285,7 +288,7 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     // A write the store cannot take now is refused at once, naming why,
                     // rather than left waiting behind a held batch.
                     if let Some(no) = full::refusal(&c.body, health, held_why.as_deref()) {
-                        let _ = c.reply.send((no, true));
+                        let _ = c.reply.send(no, true);
                         continue;
                     }
                     if full::is_read(&c.body) {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use hodei_core::event::{Event, EventKind, Subject};
 use hodei_core::ids::{JobId, WorkerId};
 use hodei_core::wire::ToAgent;
-use hodei_shards::{ConnId, Effects, Reply, ReqId, ShardMsg, StoreOp};
+use hodei_shards::{ConnId, Effects, ReqId, ShardMsg, StoreOp};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info};
 
@@ -21,7 +21,7 @@ use crate::control::Control;
 pub(super) fn release(
     turn: Effects,
     writers: &HashMap<ConnId, UnboundedSender<AgentOut>>,
-    clients: &mut HashMap<ReqId, UnboundedSender<(Reply, bool)>>,
+    clients: &mut HashMap<ReqId, super::ReplySender>,
     peers: &[UnboundedSender<Input>],
     gone: &mut Vec<ReqId>,
     control: &Control,
@@ -54,7 +54,7 @@ pub(super) fn release(
     }
     for (req, reply, last) in turn.reply {
         if let Some(c) = clients.get(&req)
-            && c.send((reply, last)).is_err()
+            && c.send(reply, last).is_err()
         {
             gone.push(req);
         }
