@@ -8,7 +8,10 @@ use anyhow::{Context, Result, bail};
 
 /// Marker file that identifies a Hodei data directory.
 const MARKER: &str = "hodei.format";
-const MARKER_TEXT: &str = "hodei-data v1\n";
+/// The store's format. Records are framed with the wire protocol's version (a job record
+/// is its spec), so a change of a stored type bumps both: a data dir of an older format is
+/// refused by name instead of read as corrupt. v2: `JobSpec.max_output` (protocol 4).
+const MARKER_TEXT: &str = "hodei-data v2\n";
 
 /// Checks (or claims) a data directory: refuses one that holds something else.
 pub fn claim_data_dir(dir: &Path) -> Result<()> {
