@@ -205,3 +205,38 @@ fn output_past_max_output_is_cut_with_a_final_line() {
         "{refused:?}"
     );
 }
+
+/// `hodei server --max-output 1M`: a job submitted without `--max-output` is cut at the
+/// server's limit, with the same final line; a limit of 0 or above 1T is refused at start.
+#[test]
+fn the_servers_max_output_applies_to_jobs_that_set_none() {
+    let scratch = Scratch::new("output-server-limit");
+    let server = Server::start_with(&scratch, 1, &["--max-output", "1M"]);
+    let _agent = server.agent(&scratch, "a", 1, &[]);
+    server.wait_workers(1);
+    let id = server.submit(&["--", "sh", "-c", "head -c 3145728 /dev/zero | tr '\\0' a"]);
+    let job = server.wait_job(&id, "the job to end", |j| j["state"] == "succeeded");
+    assert_eq!(job["exit_code"], 0, "{job}");
+    let logs = server.cli(&["job", "logs", &id]);
+    assert!(logs.status.success());
+    assert_eq!(logs.stdout.len(), 1 << 20, "output length");
+    let notice = "[hodei: output cut after 1048576 bytes; 2097152 bytes dropped]\n";
+    assert!(
+        logs.stderr == notice.as_bytes(),
+        "{:?}",
+        String::from_utf8_lossy(&logs.stderr)
+    );
+    for bad in ["0", "2T"] {
+        let out = std::process::Command::new(common::HODEI)
+            .args(["server", "--data-dir"])
+            .arg(scratch.path("other"))
+            .args(["--max-output", bad])
+            .output()
+            .expect("run hodei server");
+        assert!(!out.status.success(), "--max-output {bad} accepted");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("--max-output"),
+            "{out:?}"
+        );
+    }
+}

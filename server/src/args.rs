@@ -71,6 +71,10 @@ pub struct ServerArgs {
     /// until space is freed (writing then resumes by itself). 0 turns the checks off.
     #[arg(long, default_value = "256M", value_parser = hodei_core::spec::parse_size)]
     min_free_space: u64,
+    /// Output kept per attempt of a job submitted without `--max-output` (at most 1T); past
+    /// it the agent drops the rest and the job's log ends with a line saying how much.
+    #[arg(long, default_value = "1G", value_parser = parse_max_output)]
+    max_output: u64,
 }
 
 impl ServerArgs {
@@ -103,7 +107,17 @@ impl ServerArgs {
             },
             commit_interval: self.commit_interval,
             min_free_space: self.min_free_space,
+            max_output: self.max_output,
         }
+    }
+}
+
+fn parse_max_output(s: &str) -> Result<u64, String> {
+    let max = hodei_core::spec::limits::MAX_OUTPUT;
+    match hodei_core::spec::parse_size(s) {
+        Ok(n) if n > 0 && n <= max => Ok(n),
+        Ok(_) => Err(format!("must be 1 byte to {} GiB", max >> 30)),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct ServerOptions {
     /// Free bytes below which new jobs are refused; below a quarter of it nothing is
     /// written until space is freed (`store::Health`).
     pub min_free_space: u64,
+    /// Output kept per attempt of a job whose spec sets no `max_output`.
+    pub max_output: u64,
 }
 
 /// A started server: its shard threads, and how to stop them.
@@ -84,7 +86,9 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
     let opened = t0.elapsed();
     let epoch = store.next_epoch()?;
     let pki = control::Pki::new(authority, server_cert, &opts.data_dir, opts.agent_cert_ttl);
-    let control = std::sync::Arc::new(control::Control::open(&opts.data_dir, store.clone(), pki)?);
+    let mut control = control::Control::open(&opts.data_dir, store.clone(), pki)?;
+    control.max_output = opts.max_output;
+    let control = std::sync::Arc::new(control);
     let jobs = store.load_jobs()?;
     let loaded = jobs.len();
     // Partition by owner. A job whose idempotency key belongs to another shard (only after

@@ -277,6 +277,8 @@ async fn gate(
         JobRequest::Submit { specs } | JobRequest::SubmitWait { specs } => {
             for spec in specs.iter_mut() {
                 spec.owner.clone_from(&caller.name);
+                // Stored with the spec, so retries and re-attached attempts keep it.
+                spec.max_output.get_or_insert(control.max_output);
                 if let Some(name) = control.missing_secret(&spec.secrets) {
                     return Err(FromServer::Error {
                         kind: ErrorKind::Invalid,

@@ -45,6 +45,8 @@ pub struct Control {
     pki: Pki,
     /// The server's own figures (`hodei stats`), fed by the shard threads.
     pub stats: super::stats::Stats,
+    /// `hodei server --max-output`: stamped on specs that set none, at submit.
+    pub max_output: u64,
 }
 
 fn now_ms() -> u64 {
@@ -105,6 +107,7 @@ impl Control {
             audit_key,
             pki,
             stats: super::stats::Stats::new()?,
+            max_output: hodei_core::spec::DEFAULT_MAX_OUTPUT,
         };
         let has_admin = control
             .read_tokens()
