@@ -148,6 +148,7 @@ pub fn full_spec() -> JobSpec {
         secrets: vec!["db_pass".into(), "api-key.v2".into()],
         secret_delivery: SecretDelivery::Stdin,
         owner: "ci".into(),
+        max_output: Some(10 << 20),
         // Fields added later keep their defaults until listed here.
         ..JobSpec::exec("cargo", &[])
     }
@@ -202,6 +203,9 @@ pub fn invalid_specs() -> Vec<JobSpec> {
     v.push(s);
     let mut s = base.clone();
     s.secrets = (0..65).map(|i| format!("s{i}")).collect();
+    v.push(s);
+    let mut s = base.clone();
+    s.max_output = Some(0);
     v.push(s);
     let mut s = base;
     s.owner = "o".repeat(300);
