@@ -5,36 +5,9 @@
 
 mod common;
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{Scratch, Server, pid_alive, read_pid, wait_for};
-
-/// Mounts a tmpfs of `mib` MiB at `dir`; false where this process may not mount.
-fn mount_tmpfs(dir: &Path, mib: u32) -> bool {
-    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct Unmount(PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Fills the filesystem of `path` with one file until a write fails for lack of room.
-fn fill(path: &Path) {
-    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("{e}"));
-    let block = vec![0x5a_u8; 256 << 10];
-    while f.write_all(&block).and_then(|()| f.sync_data()).is_ok() {}
-}
 
 /// Runs the CLI against `server`, failing the test if it does not answer within 20 s (a
 /// request left waiting behind the full store is exactly the failure looked for).
@@ -83,11 +56,10 @@ fn check_ticks(out: &str) -> i32 {
 fn a_full_disk_refuses_writes_serves_reads_and_resumes_by_itself() {
     let scratch = Scratch::new("full-disk");
     let data = scratch.path("data");
-    if !mount_tmpfs(&data, 112) {
+    let Some(_tmpfs) = common::tmpfs::Tmpfs::mount(&data, 112) else {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
-    }
-    let _unmount = Unmount(data.clone());
+    };
     let mut server = Server::start_with(&scratch, 2, &["--min-free-space", "16M"]);
     let _agent = server.agent(&scratch, "a", 2, &[]);
     server.wait_workers(1);
@@ -114,7 +86,7 @@ fn a_full_disk_refuses_writes_serves_reads_and_resumes_by_itself() {
     });
 
     let filler = data.join("filler");
-    fill(&filler);
+    common::tmpfs::fill(&filler);
     // A submit is refused, naming the cause: no room on the data dir's filesystem.
     let refusal = wait_for(
         "a submit refused for a full store",

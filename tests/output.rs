@@ -95,34 +95,6 @@ fn output_waits_for_acknowledgements_and_arrives_whole() {
     assert!(logs.stdout == expected.as_bytes(), "output differs");
 }
 
-/// Mounts a tmpfs of `mib` MiB at `dir`; false where this process may not mount.
-fn mount_tmpfs(dir: &Path, mib: u32) -> bool {
-    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-    std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-        .arg(dir)
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
-    }
-}
-
-/// Fills the filesystem holding `dir` until a write fails.
-fn fill(dir: &Path) {
-    use std::io::Write;
-    let mut f = std::fs::File::create(dir.join("filler")).unwrap_or_else(|e| panic!("filler: {e}"));
-    let block = vec![0u8; 64 << 10];
-    while f.write_all(&block).is_ok() {}
-    // What a partial last write left: up to a page at a time.
-    while f.write_all(&[0u8; 512]).is_ok() {}
-}
-
 /// The agent's work dir is full, so it cannot spool a job's output: the job, which exits
 /// 0, is reported failed with an error saying its output may be incomplete and why, not
 /// succeeded with output that a reconnect would have lost. Needs to mount a tmpfs (root);
@@ -131,18 +103,17 @@ fn fill(dir: &Path) {
 fn an_output_spool_that_cannot_be_written_fails_the_job_with_the_reason() {
     let scratch = Scratch::new("output-full");
     let work = scratch.path("a");
-    if !mount_tmpfs(&work, 4) {
+    let Some(_tmpfs) = common::tmpfs::Tmpfs::mount(&work, 4) else {
         eprintln!("skipped: cannot mount a tmpfs here (needs root)");
         return;
-    }
-    let _unmount = Unmount(work.clone());
+    };
     let server = Server::start(&scratch, 1);
     let _agent = server.agent(&scratch, "a", 1, &[]);
     server.wait_workers(1);
     // A job first, so the agent's directories exist; then nothing more fits.
     let first = server.submit(&["--", "true"]);
     server.wait_job(&first, "a first job", |j| j["state"] == "succeeded");
-    fill(&work);
+    common::tmpfs::fill(&work.join("filler"));
     let dir = scratch.path("wd");
     std::fs::create_dir_all(&dir).unwrap();
     let id = server.submit(&[

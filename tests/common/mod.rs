@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod tmpfs;
+
 pub const HODEI: &str = env!("CARGO_BIN_EXE_hodei");
 
 /// A scratch directory removed when the test passes (kept on failure for inspection).
