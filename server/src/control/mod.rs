@@ -17,7 +17,7 @@ use hodei_auth::audit::{AuditChain, AuditKey, AuditRecord};
 use hodei_auth::role::Role;
 use hodei_auth::seal::SealKey;
 use hodei_auth::token::{self, TokenId, TokenRecord};
-use hodei_core::wire::{ControlRequest, ErrorKind, FromServer, SecretInfo, TokenInfo};
+use hodei_core::wire::{ControlRequest, ErrorKind, FromServer, TokenInfo};
 use tracing::info;
 
 mod caller;
@@ -40,6 +40,9 @@ pub struct Control {
     tokens: RwLock<HashMap<u64, TokenRecord>>,
     key: SealKey,
     secrets: RwLock<BTreeMap<String, Sealed>>,
+    /// Held by a secret's set or remove from reading the entry it replaces to storing the
+    /// new one (readers of `secrets` never wait for the store).
+    secret_writes: Mutex<()>,
     chain: Mutex<AuditChain>,
     audit_key: AuditKey,
     pki: Pki,
@@ -103,6 +106,7 @@ impl Control {
             tokens: RwLock::new(tokens),
             key,
             secrets: RwLock::new(secrets),
+            secret_writes: Mutex::new(()),
             chain: Mutex::new(chain),
             audit_key,
             pki,
@@ -307,34 +311,8 @@ impl Control {
             ControlRequest::SetSecret { name, value } => {
                 vec![self.set_secret(caller, &name, &value.0)]
             }
-            ControlRequest::ListSecrets => vec![FromServer::Secrets(
-                self.read_secrets()
-                    .iter()
-                    .map(|(name, s)| SecretInfo {
-                        name: name.clone(),
-                        updated_at_ms: s.updated_at_ms,
-                        updated_by: s.updated_by.clone(),
-                    })
-                    .collect(),
-            )],
-            ControlRequest::RemoveSecret { name } => {
-                if !self.read_secrets().contains_key(&name) {
-                    return vec![err(ErrorKind::NotFound, format!("no secret {name:?}"))];
-                }
-                let r = self.audited(caller, "secret.remove", &name, "", |a| {
-                    self.store.put_secret(&name, None, a)
-                });
-                match r {
-                    Ok(()) => {
-                        self.secrets
-                            .write()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .remove(&name);
-                        vec![FromServer::Done]
-                    }
-                    Err(e) => vec![internal(&e)],
-                }
-            }
+            ControlRequest::ListSecrets => vec![FromServer::Secrets(self.list_secrets())],
+            ControlRequest::RemoveSecret { name } => vec![self.remove_secret(caller, &name)],
             // Streamed by `handle`.
             ControlRequest::Audit { .. } => Vec::new(),
             ControlRequest::AuditVerify => {
