@@ -7,7 +7,8 @@
 //! both are done:
 //!
 //! - the **supervisor** ([`process`]) waits for the exit, a cancel or the time limit, signals the
-//!   whole group (SIGTERM, then SIGKILL after [`RunnerOptions::kill_grace`]) and, once the main
+//!   whole group (SIGTERM, then SIGKILL after [`RunnerOptions::kill_grace`]; SIGKILL at once
+//!   for [`RunHandle::kill`], the lease's kill) and, once the main
 //!   process is gone, SIGKILLs the group so no stray child keeps the pipes open. It never waits
 //!   on the events channel, so a cancel or a timeout still kills a job whose consumer stalls;
 //! - the **pump** ([`pump`]) reads stdout and stderr, masks the job's secret values in each
@@ -42,7 +43,7 @@ mod workdirs;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use hodei_core::ids::{Attempt, JobId};
@@ -219,6 +220,21 @@ impl RunHandle {
     pub fn cancel(&self) {
         self.cancel.fire();
     }
+
+    /// SIGKILLs the attempt's whole process group now, before returning: no SIGTERM, no
+    /// grace (the lease: the server may start the attempt elsewhere right after). An attempt
+    /// not spawned yet never starts. It then finishes as [`Outcome::Cancelled`], unless its
+    /// main process had already ended on its own (an exit code, or another signal than this
+    /// SIGKILL): that ending is its result. Idempotent.
+    pub fn kill(&self) {
+        self.cancel.hard.store(true, Ordering::Release);
+        let group = self.cancel.group.load(Ordering::Acquire);
+        if group > 0 {
+            process::kill_group_now(group);
+        }
+        // Wakes the supervisor (or stops an attempt that has not spawned yet).
+        self.cancel.fire();
+    }
 }
 
 /// A one-shot, level-triggered cancel flag the supervisor can await.
@@ -226,9 +242,19 @@ impl RunHandle {
 struct CancelSignal {
     fired: AtomicBool,
     notify: Notify,
+    /// [`RunHandle::kill`]: SIGKILL at once instead of SIGTERM and a grace.
+    hard: AtomicBool,
+    /// The attempt's process group while its supervisor may still signal it (0: none yet, or
+    /// no more). Set and cleared by the supervisor on the agent's one runtime thread, so a
+    /// [`RunHandle::kill`] (on that thread too) never signals a group id after the reap.
+    group: AtomicI32,
 }
 
 impl CancelSignal {
+    fn is_hard(&self) -> bool {
+        self.hard.load(Ordering::Acquire)
+    }
+
     fn fire(&self) {
         if !self.fired.swap(true, Ordering::AcqRel) {
             // notify_one stores a permit when nobody waits yet, so a cancel that arrives

@@ -585,3 +585,80 @@ async fn a_gated_attempt_waits_for_the_slot_and_can_be_cancelled_while_queued() 
         "one slot: started before the first ended"
     );
 }
+
+/// `kill` (the lease's) SIGKILLs the whole group at once: a job that ignores SIGTERM, and
+/// its background child, die within a second, though the SIGTERM grace is a minute; the
+/// attempt ends `Cancelled`.
+#[tokio::test]
+async fn kill_sigkills_the_whole_group_at_once() {
+    let root = scratch("kill-now");
+    let opts = Arc::new(RunnerOptions {
+        kill_grace: Duration::from_secs(60),
+        ..(*options(&root)).clone()
+    });
+    let pidfile = root.join("sleep.pid");
+    let spec = script(&format!(
+        "trap '' TERM\nsleep 300 &\necho $! > '{}'\nwait\n",
+        pidfile.display()
+    ));
+    let (tx, mut rx) = mpsc::channel(16);
+    let handle = spawn_job(
+        job(60),
+        Attempt(1),
+        spec,
+        Secrets::default(),
+        Arc::clone(&opts),
+        tx,
+    );
+    let pid = read_pid(&pidfile).await;
+    assert!(alive(pid));
+    let killed = Instant::now();
+    handle.kill();
+    handle.clone().kill(); // idempotent
+    let end = killed + Duration::from_secs(1);
+    while alive(pid) {
+        assert!(
+            Instant::now() < end,
+            "the group outlived its SIGKILL by a second"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (outcome, _) = check(&collect(&mut rx).await);
+    assert_eq!(outcome, Outcome::Cancelled);
+}
+
+/// A job whose main process ended on its own just before `kill` keeps its own result: the
+/// agent keeps the results of jobs that were over before the lease ran out. The test holds
+/// the runtime's only thread while the process exits, so the kill lands before the reap.
+#[tokio::test]
+async fn kill_after_an_unreaped_exit_keeps_the_exit_code() {
+    let root = scratch("kill-late");
+    let opts = options(&root);
+    let pidfile = root.join("leader.pid");
+    let go = root.join("go");
+    let spec = script(&format!(
+        "echo $$ > '{}'\nwhile [ ! -e '{}' ]; do sleep 0.01; done\nexit 7\n",
+        pidfile.display(),
+        go.display()
+    ));
+    let (tx, mut rx) = mpsc::channel(16);
+    let handle = spawn_job(
+        job(61),
+        Attempt(1),
+        spec,
+        Secrets::default(),
+        Arc::clone(&opts),
+        tx,
+    );
+    let pid = read_pid(&pidfile).await;
+    std::fs::write(&go, "").unwrap();
+    // Synchronously, so the supervisor cannot reap it meanwhile: wait for the zombie.
+    let end = Instant::now() + DEADLINE;
+    while alive(pid) {
+        assert!(Instant::now() < end, "the job did not exit");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    handle.kill();
+    let (outcome, _) = check(&collect(&mut rx).await);
+    assert_eq!(outcome, Outcome::Exited(7));
+}

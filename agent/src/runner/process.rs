@@ -10,6 +10,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hodei_core::ids::{Attempt, JobId};
@@ -157,6 +158,10 @@ pub(super) async fn supervise(
         .id()
         .and_then(|pid| i32::try_from(pid).ok())
         .map(Pid::from_raw);
+    // From here on a `RunHandle::kill` signals the group itself, at once.
+    if let Some(g) = group {
+        cancel.group.store(g.as_raw(), Ordering::Release);
+    }
     let deadline = limits.timeout.map(|t| Instant::now() + t);
     let mut killed_for: Option<Outcome> = None;
     let mut escalate_at: Option<Instant> = None;
@@ -165,8 +170,12 @@ pub(super) async fn supervise(
             status = child.wait() => break status,
             () = cancel.fired(), if killed_for.is_none() => {
                 killed_for = Some(Outcome::Cancelled);
-                signal_group(group, Signal::SIGTERM);
-                escalate_at = Some(Instant::now() + limits.kill_grace);
+                if cancel.is_hard() {
+                    signal_group(group, Signal::SIGKILL);
+                } else {
+                    signal_group(group, Signal::SIGTERM);
+                    escalate_at = Some(Instant::now() + limits.kill_grace);
+                }
             }
             () = sleep_until(deadline), if killed_for.is_none() && deadline.is_some() => {
                 killed_for = Some(Outcome::TimedOut);
@@ -182,6 +191,9 @@ pub(super) async fn supervise(
     let at = wall_now();
     // The leader is gone; anything it left in the group dies now, so the pipes reach EOF.
     signal_group(group, Signal::SIGKILL);
+    // Reaped: the group id may be reused once its last member is gone. Cleared in the same
+    // poll as the reap, so a kill from the agent's thread never reaches another group.
+    cancel.group.store(0, Ordering::Release);
     if let (Some(guard), Some(group)) = (guard, group) {
         // Only now: until this kill the group may still hold members the guard must reach.
         guard.ended(group.as_raw());
@@ -189,14 +201,16 @@ pub(super) async fn supervise(
     // The pump may be gone already (both pipes closed early); nothing to tell it then.
     let _ = exited.send(());
     let outcome = match (killed_for, status) {
+        // Killed at once (the lease): an exit code, or another signal than SIGKILL, means the
+        // main process had ended on its own before the kill; that ending is its result.
+        (Some(_), Ok(status))
+            if cancel.is_hard() && status.signal() != Some(Signal::SIGKILL as i32) =>
+        {
+            ended_by(status)
+        }
         // Whatever the process did with our SIGTERM, Hodei ended it.
         (Some(reason), _) => reason,
-        (None, Ok(status)) => match (status.code(), status.signal()) {
-            (Some(code), _) => Outcome::Exited(code),
-            (None, Some(sig)) => Outcome::Signaled(sig),
-            // Neither code nor signal: not a state a reaped process can be in on Unix.
-            (None, None) => Outcome::Exited(-1),
-        },
+        (None, Ok(status)) => ended_by(status),
         (None, Err(e)) => {
             // Only possible if something else reaped our child; we cannot know how it ended.
             tracing::warn!(error = %e, "cannot wait for job process");
@@ -204,6 +218,21 @@ pub(super) async fn supervise(
         }
     };
     (outcome, at)
+}
+
+/// How a process ended, from its wait status.
+fn ended_by(status: std::process::ExitStatus) -> Outcome {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => Outcome::Exited(code),
+        (None, Some(sig)) => Outcome::Signaled(sig),
+        // Neither code nor signal: not a state a reaped process can be in on Unix.
+        (None, None) => Outcome::Exited(-1),
+    }
+}
+
+/// SIGKILLs process group `pgid` now ([`super::RunHandle::kill`]).
+pub(super) fn kill_group_now(pgid: i32) {
+    signal_group(Some(Pid::from_raw(pgid)), Signal::SIGKILL);
 }
 
 /// Sends `sig` to the whole group; a group already gone (ESRCH) is the expected end state.
