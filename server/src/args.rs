@@ -75,7 +75,17 @@ pub struct ServerArgs {
     /// it the agent drops the rest and the job's log ends with a line saying how much.
     #[arg(long, default_value = "1G", value_parser = parse_max_output)]
     max_output: u64,
+    /// Jobs finished longer ago than this are deleted, with their output; events and
+    /// audit records older than this go too (the audit chain is checkpointed first, so
+    /// `hodei audit verify` still passes). At least 1s; `off` (or 0) keeps everything. A
+    /// short window deletes a job soon after it ends: `job get` then says it expired.
+    #[arg(long, default_value = "7d", value_parser = parse_retain_finished)]
+    retain_finished: RetainFinished,
 }
+
+/// `--retain-finished`: a window, or none (`off`).
+#[derive(Clone, Copy, Debug)]
+struct RetainFinished(Option<Duration>);
 
 impl ServerArgs {
     /// The options these flags describe.
@@ -108,8 +118,20 @@ impl ServerArgs {
             commit_interval: self.commit_interval,
             min_free_space: self.min_free_space,
             max_output: self.max_output,
+            retain_finished: self.retain_finished.0,
         }
     }
+}
+
+fn parse_retain_finished(s: &str) -> Result<RetainFinished, String> {
+    if s == "off" || s == "0" {
+        return Ok(RetainFinished(None));
+    }
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (or `off`)"))?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s, or `off`".to_owned());
+    }
+    Ok(RetainFinished(Some(d)))
 }
 
 fn parse_max_output(s: &str) -> Result<u64, String> {
@@ -135,4 +157,21 @@ fn parse_commit_interval(s: &str) -> Result<Duration, String> {
         return Err("must be at most 100ms".to_owned());
     }
     Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--retain-finished` takes a duration of at least 1s, or `off`/`0` for none.
+    #[test]
+    fn retain_finished_is_a_window_or_off() {
+        let parse = |s| parse_retain_finished(s).map(|r| r.0);
+        assert_eq!(parse("7d"), Ok(Some(Duration::from_secs(7 * 86_400))));
+        assert_eq!(parse("1s"), Ok(Some(Duration::from_secs(1))));
+        assert_eq!(parse("off"), Ok(None));
+        assert_eq!(parse("0"), Ok(None));
+        assert!(parse("500ms").is_err());
+        assert!(parse("soon").is_err());
+    }
 }

@@ -9,7 +9,7 @@
 //! recomputing the hashes that follow it.
 
 use anyhow::{Context, Result};
-use hodei_auth::audit::{self, AuditChain, AuditKey, AuditRecord};
+use hodei_auth::audit::{self, AuditChain, AuditKey, AuditRecord, ChainBreak};
 use hodei_core::event::{Event, EventKind, Subject};
 use hodei_core::ids::JobId;
 use hodei_core::wire::JobRequest;
@@ -125,23 +125,89 @@ pub fn query(
     Ok(())
 }
 
-/// Checks every chain; the error names the chain and the first bad record.
+/// Checks every chain, each from its start: record 0, or the checkpoint retention left
+/// when it deleted the oldest records, which must carry this key's seal
+/// (`store::Checkpoint`). A chain missing records without a checkpoint that covers them
+/// fails at the first one missing. The error names the chain and the first bad record;
+/// the count is of the records kept (those deleted were checked before they went).
 pub fn verify_all(store: &Store, key: &AuditKey) -> Result<(u64, u32)> {
     let mut records = 0;
     let mut chains = 0;
-    for chain in store.audit_chains()? {
+    let mut all = store.audit_chains()?;
+    // A chain whose every record went (retention never deletes the newest) is found by its
+    // checkpoint, and fails for want of records.
+    all.extend(store.checkpointed_chains()?);
+    all.sort_unstable();
+    all.dedup();
+    for chain in all {
+        let name = chain_name(chain);
+        let start = match store.audit_checkpoint(chain)? {
+            Some(cp) => {
+                cp.check(key)
+                    .with_context(|| format!("audit chain {name}: its checkpoint"))?;
+                (cp.seq, cp.prev)
+            }
+            None => (0, [0; 32]),
+        };
         let mut decoded = Vec::new();
         for (i, r) in store.read_audit(chain).enumerate() {
             let r = r.with_context(|| {
-                format!("audit chain {} is damaged at record {i}", chain_name(chain))
+                format!(
+                    "audit chain {name} is damaged at record {}",
+                    start.0.saturating_add(i as u64)
+                )
             })?;
             decoded.push(r);
         }
-        records += audit::verify_keyed(chain, decoded, None, key)
-            .map_err(|e| anyhow::anyhow!("audit chain {}: {e}", chain_name(chain)))?;
+        if decoded.is_empty() {
+            anyhow::bail!(
+                "audit chain {name}: every record from {} is missing",
+                start.0
+            );
+        }
+        records += verify_keyed_from(chain, start, decoded, key)
+            .map_err(|e| anyhow::anyhow!("audit chain {name}: {e}"))?;
         chains += 1;
     }
     Ok((records, chains))
+}
+
+/// [`audit::verify_keyed`] for a chain that starts at `start` (the first record's seq and
+/// the hash it links to) rather than at record 0. How many records it checked.
+fn verify_keyed_from(
+    chain: u16,
+    start: (u64, [u8; 32]),
+    records: Vec<AuditRecord>,
+    key: &AuditKey,
+) -> Result<u64, ChainBreak> {
+    if start.0 == 0 {
+        return audit::verify_keyed(chain, records, None, key);
+    }
+    let (mut seq, mut last) = start;
+    for r in &records {
+        if r.chain != chain {
+            return Err(ChainBreak::OtherChain {
+                seq,
+                expected: chain,
+                found: r.chain,
+            });
+        }
+        if r.seq > seq {
+            return Err(ChainBreak::Missing { seq, found: r.seq });
+        }
+        if r.seq < seq {
+            return Err(ChainBreak::OutOfOrder { seq, found: r.seq });
+        }
+        if r.compute_hash_with(Some(key)) != r.hash {
+            return Err(ChainBreak::HashMismatch { seq });
+        }
+        if r.prev != last {
+            return Err(ChainBreak::PrevMismatch { seq });
+        }
+        last = r.hash;
+        seq = seq.wrapping_add(1);
+    }
+    Ok(records.len() as u64)
 }
 
 fn chain_name(chain: u16) -> String {

@@ -8,6 +8,7 @@ pub mod args;
 mod audit;
 pub mod conn;
 pub mod control;
+mod retention;
 mod shard_thread;
 mod stats;
 pub mod store;
@@ -54,12 +55,17 @@ pub struct ServerOptions {
     pub min_free_space: u64,
     /// Output kept per attempt of a job whose spec sets no `max_output`.
     pub max_output: u64,
+    /// Finished jobs (and events and audit records) older than this are deleted; `None`
+    /// keeps everything.
+    pub retain_finished: Option<Duration>,
 }
 
 /// A started server: its shard threads, and how to stop them.
 pub struct Running {
     threads: Vec<std::thread::JoinHandle<Result<()>>>,
     inputs: Vec<tokio::sync::mpsc::UnboundedSender<Input>>,
+    /// Deletes what retention let go of, off the shard threads (none with retention off).
+    sweeper: Option<retention::Sweeper>,
     store: Store,
     /// The address agents and clients connect to.
     pub addr: SocketAddr,
@@ -162,6 +168,7 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
         cfg.disconnect_grace = micros(opts.disconnect_grace);
         cfg.reattach_grace = micros(opts.reattach_grace);
         cfg.assign_timeout = micros(opts.assign_timeout);
+        cfg.retain_finished = opts.retain_finished.map(micros);
         #[allow(clippy::cast_possible_truncation)] // at most 256 shards, checked above
         let seq = store.last_event_seq(i as u8)?;
         // Each shard gets its own jobs (moved, not copied: a million jobs is a lot to copy),
@@ -202,10 +209,15 @@ pub fn start(opts: &ServerOptions) -> Result<Running> {
         threads.push(t);
     }
     control.set_shards(txs.clone());
+    let sweeper = opts
+        .retain_finished
+        .map(|w| retention::start(store.clone(), w, control.audit_key()))
+        .transpose()?;
     info!(%addr, shards = opts.shards, start_ms = t0.elapsed().as_millis(), "hodei server listening");
     Ok(Running {
         threads,
         inputs: txs,
+        sweeper,
         store,
         addr,
         ca_path: tls.ca_cert_path,
@@ -234,6 +246,9 @@ impl Running {
                     first_err.get_or_insert(anyhow::anyhow!("a shard thread panicked"));
                 }
             }
+        }
+        if let Some(s) = self.sweeper {
+            s.stop();
         }
         let flushed = self.store.persist();
         let Some(failure) = first_err else {

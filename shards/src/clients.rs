@@ -57,6 +57,9 @@ pub struct Footprint {
     pub open_requests: usize,
     /// Listings and event reads gathered here.
     pub gathers: usize,
+    /// Final jobs indexed for retention (at most one per final job held; none with
+    /// retention off).
+    pub retained_finished: usize,
 }
 
 impl Shard {
@@ -123,6 +126,7 @@ impl Shard {
             registered_requests: subs.registered,
             open_requests: subs.open,
             gathers: subs.listings + subs.event_streams,
+            retained_finished: self.retention.len(),
         }
     }
 }

@@ -34,6 +34,9 @@ pub enum StoreOp {
     },
     /// Append an event (in the same batch as the change it records).
     PutEvent(Event),
+    /// A final job's retention is over: delete its record (its output and events go later,
+    /// off the shard thread; see `retention.rs`).
+    DeleteJob(JobId),
 }
 
 impl StoreOp {
@@ -42,7 +45,7 @@ impl StoreOp {
     pub fn job(&self) -> Option<JobId> {
         match self {
             StoreOp::PutJob(rec) => Some(rec.id),
-            StoreOp::PutOutput { job, .. } => Some(*job),
+            StoreOp::PutOutput { job, .. } | StoreOp::DeleteJob(job) => Some(*job),
             StoreOp::PutEvent(ev) => match ev.subject {
                 Subject::Job(job) => Some(job),
                 Subject::Worker(_) => None,
@@ -211,6 +214,12 @@ pub enum ShardMsg {
         origin: usize,
         /// Its request there.
         req: ReqId,
+    },
+    /// The sender deleted these jobs (retention); the receiver owns their idempotency keys
+    /// (only after the shard count changed) and forgets them.
+    KeysExpired {
+        /// Key and the job it named.
+        keys: Vec<(String, JobId)>,
     },
     /// From a job's owner to a worker's shard: forward this to the agent.
     ToWorker {

@@ -11,7 +11,8 @@
 //!   in the job id), in time independent of how many jobs it cannot run wait ahead of it.
 //! - An accepted assignment (exempt from its acknowledgement deadline) is forgotten when its
 //!   attempt starts or ends, so no exemption outlives its attempt.
-//! - Minted ids are never reused, not even across a restart within one epoch.
+//! - Minted ids are never reused, not even across a restart within one epoch, nor once
+//!   their job was deleted (retention): the server's epoch grows at every start.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -101,6 +102,24 @@ impl JobTable {
         self.jobs.insert(job.rec.id, Box::new(job));
     }
 
+    /// Takes a job out of the table (retention deletes final jobs only: they are not
+    /// queued, and their attempt's exemption, if any, goes with them).
+    pub(crate) fn remove(&mut self, id: JobId) -> Option<Box<Job>> {
+        let job = self.jobs.remove(&id)?;
+        self.accepted.remove(&(id, job.rec.attempt));
+        Some(job)
+    }
+
+    /// Whether this table minted `id` (for shard `shard` in `epoch`) or an earlier server
+    /// start did: ids are never reused, so such a job existed, whether or not it is here.
+    /// Ids of earlier epochs cannot be told apart from ones never minted in them (their
+    /// last sequence is not kept), so any of them counts.
+    pub(crate) fn minted(&self, id: JobId, shard: u8, epoch: u32) -> bool {
+        let e = id.epoch();
+        (e > 0 && e < epoch)
+            || (e == epoch && id.shard() == shard && (1..=self.next_seq).contains(&id.seq()))
+    }
+
     pub(crate) fn get(&self, id: JobId) -> Option<&Job> {
         self.jobs.get(&id).map(Box::as_ref)
     }
@@ -174,6 +193,14 @@ impl JobTable {
     /// Records that `id` owns `key`.
     pub(crate) fn remember_key(&mut self, key: String, id: JobId) {
         self.idem.insert(key, id);
+    }
+
+    /// Forgets `key` if it still names `id` (the job was deleted; a key submitted again
+    /// since names a newer job).
+    pub(crate) fn forget_key(&mut self, key: &str, id: JobId) {
+        if self.idem.get(key) == Some(&id) {
+            self.idem.remove(key);
+        }
     }
 
     /// The agent queued an assignment for a free slot: its `Ack` deadline no longer fails it.

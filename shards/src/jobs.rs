@@ -19,10 +19,6 @@ fn error(kind: ErrorKind, message: String) -> Reply {
     Reply::Msg(FromServer::Error { kind, message })
 }
 
-pub(crate) fn not_found(job: JobId) -> Reply {
-    error(ErrorKind::NotFound, format!("job {job} does not exist"))
-}
-
 pub(crate) fn job_reply(rec: &JobRecord) -> Reply {
     Reply::Msg(FromServer::Job(Box::new(rec.clone())))
 }
@@ -162,7 +158,7 @@ impl Shard {
                         on_jobs.push(id);
                     }
                     Some(j) => answers.push(job_reply(&j.rec)),
-                    None => answers.push(not_found(id)),
+                    None => answers.push(self.not_found(id)),
                 }
             }
             if !on_jobs.is_empty() {
@@ -260,13 +256,13 @@ impl Shard {
                 let reply = self
                     .jobs
                     .get(job)
-                    .map_or_else(|| not_found(job), |j| job_reply(&j.rec));
+                    .map_or_else(|| self.not_found(job), |j| job_reply(&j.rec));
                 self.reply_to(origin, req, reply, true, comm);
             }
             JobRequest::Cancel { job } => self.cancel(origin, req, job, comm),
             JobRequest::Retry { job } => {
                 let Some(j) = self.jobs.get(job) else {
-                    self.reply_to(origin, req, not_found(job), true, comm);
+                    self.reply_to(origin, req, self.not_found(job), true, comm);
                     return;
                 };
                 if !j.rec.state.is_final() {
@@ -295,7 +291,7 @@ impl Shard {
             }
             JobRequest::Logs { job, follow } => {
                 let Some(j) = self.jobs.get_mut(job) else {
-                    self.reply_to(origin, req, not_found(job), true, comm);
+                    self.reply_to(origin, req, self.not_found(job), true, comm);
                     return;
                 };
                 let stored = Reply::StoredLogs {
@@ -314,7 +310,7 @@ impl Shard {
                 }
             }
             JobRequest::Wait { job } => match self.jobs.get_mut(job) {
-                None => self.reply_to(origin, req, not_found(job), true, comm),
+                None => self.reply_to(origin, req, self.not_found(job), true, comm),
                 Some(j) if j.rec.state.is_final() => {
                     let reply = job_reply(&j.rec);
                     self.reply_to(origin, req, reply, true, comm);
@@ -349,7 +345,7 @@ impl Shard {
     fn cancel(&mut self, origin: usize, req: ReqId, id: JobId, comm: &mut impl Comm) {
         let now = self.now;
         let Some(job) = self.jobs.get_mut(id) else {
-            self.reply_to(origin, req, not_found(id), true, comm);
+            self.reply_to(origin, req, self.not_found(id), true, comm);
             return;
         };
         let before = job.rec.state;
@@ -379,9 +375,11 @@ impl Shard {
 
     /// Tells waiters and followers that a job reached its final state.
     pub(crate) fn finished(&mut self, id: JobId, comm: &mut impl Comm) {
+        let now = self.now;
         let Some(job) = self.jobs.get_mut(id) else {
             return;
         };
+        self.retention.ended(now, id);
         let waiters = std::mem::take(&mut job.waiters);
         let followers = std::mem::take(&mut job.followers);
         let reply = job_reply(&job.rec);

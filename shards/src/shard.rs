@@ -16,6 +16,7 @@ use hodei_core::time::{Micros, ms};
 use crate::comm::{Comm, ShardMsg};
 use crate::job_table::{Job, JobTable};
 use crate::lifecycle::key_shard;
+use crate::retention::Retention;
 use crate::stealing::Stealing;
 use crate::subscriptions::Subscriptions;
 use crate::timers::{Timer, Timers};
@@ -43,6 +44,9 @@ pub struct ShardConfig {
     pub reattach_grace: Micros,
     /// An assignment the agent has not acknowledged (started) within this goes back.
     pub assign_timeout: Micros,
+    /// Jobs final for longer than this are deleted (`hodei server --retain-finished`);
+    /// `None` keeps them forever.
+    pub retain_finished: Option<Micros>,
 }
 
 impl ShardConfig {
@@ -59,6 +63,7 @@ impl ShardConfig {
             disconnect_grace: ms(10_000),
             reattach_grace: ms(15_000),
             assign_timeout: ms(30_000),
+            retain_finished: None,
         }
     }
 }
@@ -66,7 +71,7 @@ impl ShardConfig {
 /// One shard: its jobs, its queue, its workers. See the crate docs.
 ///
 /// The state is split by the rules each part keeps: `JobTable`, `WorkerTable`, `Timers`,
-/// `Stealing` and `Subscriptions`. The handlers (`jobs.rs`, `reports.rs`,
+/// `Stealing`, `Subscriptions` and `Retention`. The handlers (`jobs.rs`, `reports.rs`,
 /// `workers.rs`, `lifecycle.rs`, `sched.rs`, `stealing.rs`) move jobs and workers through
 /// their state machines across those parts.
 ///
@@ -85,6 +90,8 @@ pub struct Shard {
     pub(crate) timers: Timers,
     pub(crate) stealing: Stealing,
     pub(crate) subs: Subscriptions,
+    /// Final jobs by when they ended, for retention.
+    pub(crate) retention: Retention,
     /// Last event number of this shard.
     pub(crate) event_seq: u64,
     /// The call being handled asked for a scheduling pass.
@@ -104,6 +111,7 @@ impl Shard {
     ) -> Self {
         let mut shard = Self {
             stealing: Stealing::new(cfg.shards),
+            retention: Retention::new(cfg.retain_finished),
             cfg,
             now,
             jobs: JobTable::default(),
@@ -127,6 +135,9 @@ impl Shard {
             let id = rec.id;
             let state = rec.state;
             let queued = JobTable::is_queued(&rec);
+            if state.is_final() {
+                shard.retention.loaded(&rec, now);
+            }
             let mut job = Job::new(rec);
             if state.is_on_worker() {
                 let deadline = now + shard.cfg.reattach_grace;
@@ -139,6 +150,7 @@ impl Shard {
             }
             shard.arm_job_timers(id);
         }
+        shard.arm_retention();
         shard
     }
 
@@ -268,6 +280,7 @@ impl Shard {
             } => self.on_report(worker, job, attempt, report, comm),
             ShardMsg::ToWorker { worker, msg } => self.deliver(worker, msg, comm),
             ShardMsg::ClientGone { origin, req } => self.forget_request(origin, req),
+            ShardMsg::KeysExpired { keys } => self.on_keys_expired(keys),
         }
         self.end_call(comm);
     }

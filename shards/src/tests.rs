@@ -4,6 +4,7 @@
 mod backlog;
 mod clock;
 mod leaks;
+mod retention;
 mod retries;
 
 use hodei_core::ids::{JobId, WorkerId};

@@ -34,6 +34,8 @@ pub(crate) enum Timer {
     Ack(JobId, Attempt),
     /// A job's queue timeout.
     Queue(JobId),
+    /// Look for jobs whose retention is over (one such timer is armed at a time).
+    Retention,
 }
 
 /// The shard's timers, earliest first (timers due at the same time fire in [`Timer`] order,

@@ -264,6 +264,7 @@ impl Shard {
                 Timer::Retry(job) => self.on_retry_due(job),
                 Timer::Ack(job, attempt) => self.on_ack_due(job, attempt, comm),
                 Timer::Queue(job) => self.on_queue_due(job, comm),
+                Timer::Retention => self.on_retention_due(comm),
             }
         }
         self.end_call(comm);

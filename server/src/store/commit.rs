@@ -67,12 +67,15 @@ impl Store {
         // A job changed several times in one batch (submitted and assigned in one turn;
         // started and finished under load) needs only its last record: the batch is atomic,
         // so the earlier ones would be overwritten before anyone could read them. Skipping
-        // them saves an encoding of the whole spec and a memtable insert each.
+        // them saves an encoding of the whole spec and a memtable insert each. A deletion
+        // counts as a write of the record: whichever comes last stands.
         let mut last_put: HashMap<JobId, usize> = HashMap::new();
         for (i, op) in ops.iter().enumerate() {
-            if let StoreOp::PutJob(rec) = op {
-                last_put.insert(rec.id, i);
-            }
+            match op {
+                StoreOp::PutJob(rec) => last_put.insert(rec.id, i),
+                StoreOp::DeleteJob(id) => last_put.insert(*id, i),
+                _ => None,
+            };
         }
         // One encoding buffer for the batch: fjall copies each value into its own buffer.
         let mut buf = Vec::new();
@@ -90,6 +93,17 @@ impl Store {
                 }
                 StoreOp::PutEvent(ev) => {
                     events.push(ev.shard, ev.seq, |out| event_codec::encode(ev, out));
+                }
+                StoreOp::DeleteJob(id) => {
+                    if last_put.get(id) != Some(&i) {
+                        continue;
+                    }
+                    // The record goes with the batch; its output is deleted later, off the
+                    // shard thread, from the `expired` mark (`retention.rs`), which the
+                    // same atomic write leaves so that a crash cannot orphan it.
+                    let key = id.to_be_bytes();
+                    batch.remove(&self.jobs, &key[..]);
+                    batch.insert(&self.expired, &key[..], &[][..]);
                 }
                 StoreOp::PutOutput {
                     job,

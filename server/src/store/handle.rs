@@ -20,8 +20,9 @@ use tracing::{info, warn};
 use super::health::{Health, StoreFull};
 
 /// The keyspaces, in the order [`Handles::ks`] holds them.
-pub(super) const KEYSPACES: [&str; 9] = [
+pub(super) const KEYSPACES: [&str; 10] = [
     "jobs", "output", "meta", "events", "tokens", "secrets", "agents", "workers", "audit",
+    "expired",
 ];
 
 /// An open database and its keyspaces (by [`KEYSPACES`] index).
@@ -326,6 +327,14 @@ impl Db {
     /// Flushes the journal with `mode`.
     pub fn persist(&self, mode: PersistMode) -> Result<()> {
         self.shared.persist(mode)
+    }
+
+    /// Bytes the database holds on disk (tables and journals); 0 while it is reopened.
+    #[must_use]
+    pub fn disk_space(&self) -> u64 {
+        self.shared
+            .with(|h| h.db.disk_space().unwrap_or(0))
+            .unwrap_or(0)
     }
 }
 

@@ -6,6 +6,8 @@
 //! - `events`: shard (1) | seq (8), the seq of the first event of a block.
 //! - `audit`: chain (2) | seq (8), the seq of the first record of a block.
 //! - `tokens`: token id (8); `secrets`: name; `agents`: certificate fingerprint (32).
+//! - `expired`: job id (8), an empty value: a job deleted by retention whose output is
+//!   still to delete.
 
 use anyhow::{Context, Result};
 use hodei_core::ids::{Attempt, JobId};

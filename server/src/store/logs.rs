@@ -245,10 +245,16 @@ impl Store {
         Ok(out)
     }
 
-    /// A chain's records in order; a record that cannot be decoded is an error naming its
-    /// key (`hodei audit verify` reports it as tampering).
+    /// A chain's records in order, from its checkpoint if retention deleted the oldest ones;
+    /// a record that cannot be decoded is an error naming its key (`hodei audit verify`
+    /// reports it as tampering).
     pub fn read_audit(&self, chain: u16) -> impl Iterator<Item = Result<AuditRecord>> + '_ {
-        let mut prev = [0u8; 32];
+        // After retention the chain starts at its checkpoint (checked by `verify_all`, not
+        // here: a damaged one only makes the first record's link fail there).
+        let mut prev = match self.audit_checkpoint(chain) {
+            Ok(Some(cp)) => cp.prev,
+            _ => [0u8; 32],
+        };
         self.audit
             .prefix(chain.to_be_bytes())
             .flat_map(

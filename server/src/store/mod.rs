@@ -12,11 +12,15 @@
 //! - [`logs`]: the append-only logs, `events` and `audit`, stored in blocks.
 //! - [`control`]: `tokens`, `secrets` and `agents` (certificates), written by the control plane,
 //!   and `workers` (which agent identity each worker id belongs to), written with shard batches.
+//! - [`retention`]: what retention deletes (expired jobs' output, old events and audit
+//!   records), in bounded writes off the shard threads; [`checkpoint`]: where an audit chain
+//!   starts once its oldest records are gone.
 //!
 //! Every write that changes state carries the audit records of that change in the same
 //! batch. Records are framed or tagged, so bytes of another format are refused with a clear
 //! error instead of misread.
 
+mod checkpoint;
 pub mod commit;
 pub mod control;
 mod data_dir;
@@ -28,6 +32,7 @@ mod jobs;
 mod journal;
 mod keys;
 mod logs;
+mod retention;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,11 +41,13 @@ use anyhow::{Context, Result, bail};
 use fjall::config::FilterPolicy;
 use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 
+pub use checkpoint::Checkpoint;
 pub use commit::{Batch, Committer, Outcome};
 pub use control::AgentCert;
 pub use data_dir::claim_data_dir;
 pub use handle::{Db, Ks, KsIter, Kv, WriteBatch};
 pub use health::{DEFAULT_MIN_FREE, Health, StoreFull, is_full};
+pub use retention::Swept;
 
 use handle::{Handles, KEYSPACES, Shared};
 
@@ -59,6 +66,8 @@ pub struct Store {
     agents: Ks,
     workers: Ks,
     audit: Ks,
+    /// Jobs deleted by retention whose output is still to delete.
+    expired: Ks,
     clean: PathBuf,
 }
 impl std::fmt::Debug for Store {
@@ -127,6 +136,7 @@ impl Store {
             workers: ks("workers"),
             secrets: ks("secrets"),
             audit: ks("audit"),
+            expired: ks("expired"),
             db: Db {
                 shared: Arc::clone(&shared),
             },
@@ -175,6 +185,12 @@ impl Store {
         batch.insert(&self.meta, "epoch", epoch.to_be_bytes().to_vec());
         batch.commit().context("cannot write the epoch")?;
         Ok(epoch)
+    }
+
+    /// Bytes the store holds on disk (fjall's tables and journals).
+    #[must_use]
+    pub fn disk_space(&self) -> u64 {
+        self.db.disk_space()
     }
 
     /// Flushes everything (shutdown).

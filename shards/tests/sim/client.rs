@@ -7,7 +7,7 @@ use hodei_core::ids::{JobId, WorkerId};
 use hodei_core::job::JobRecord;
 use hodei_core::spec::{JobSpec, RetryOn};
 use hodei_core::time::ms;
-use hodei_core::wire::{FromServer, JobRequest};
+use hodei_core::wire::{ErrorKind, FromServer, JobRequest};
 use hodei_shards::{Reply, ReqId};
 use rand::Rng;
 
@@ -23,6 +23,8 @@ pub enum Req {
         key: Option<String>,
         wait: bool,
         answered: BTreeSet<JobId>,
+        /// `hodei job retry` of this job.
+        retry_of: Option<JobId>,
     },
     Cancel,
     Wait,
@@ -233,6 +235,7 @@ impl Sim {
                 key,
                 wait,
                 answered,
+                retry_of: None,
             },
         );
     }
@@ -316,6 +319,7 @@ impl Sim {
                 key: None,
                 wait: false,
                 answered: BTreeSet::new(),
+                retry_of: Some(job),
             },
         );
     }
@@ -377,6 +381,16 @@ impl Sim {
                     }
                 }
             }
+            // A retry of a job that expired meanwhile: it is gone, and says so.
+            (
+                Req::Submit {
+                    retry_of: Some(job),
+                    ..
+                },
+                Reply::Msg(FromServer::Error { kind, message }),
+            ) if self.store.expired.contains_key(job)
+                && kind == ErrorKind::NotFound
+                && message.contains("expired") => {}
             (Req::Submit { .. }, other) => {
                 self.violation(format!("submit {req:?} answered {other:?}"));
             }

@@ -72,6 +72,10 @@ impl Sim {
         for op in ops {
             match op {
                 StoreOp::PutJob(r) => {
+                    if self.store.expired.contains_key(&r.id) {
+                        let msg = format!("{}: stored as {} after it expired", r.id, r.state);
+                        self.violation(msg);
+                    }
                     let prev = self.store.jobs.get(&r.id);
                     let before = prev.map(|p| p.state);
                     if let Some(p) = prev {
@@ -111,6 +115,9 @@ impl Sim {
                     if r.state.is_final() && self.clients.acked.contains(&r.id) {
                         self.clients.finals.insert(r.id);
                     }
+                    if r.state.is_final() {
+                        self.store.final_at.entry(r.id).or_insert(self.now);
+                    }
                     self.store.jobs.insert(r.id, r);
                 }
                 StoreOp::PutOutput {
@@ -119,6 +126,9 @@ impl Sim {
                     offset,
                     chunks,
                 } => {
+                    if self.store.expired.contains_key(&job) {
+                        self.violation(format!("{job}: output stored after it expired"));
+                    }
                     let len: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
                     if len > crate::runner::BATCH as u64 {
                         let msg = format!("{job}/{attempt}: {len} bytes of output in one write");
@@ -140,6 +150,11 @@ impl Sim {
                         self.violation(msg);
                     }
                     last_seq = ev.seq;
+                    if let Subject::Job(j) = ev.subject
+                        && self.store.expired.contains_key(&j)
+                    {
+                        self.violation(format!("{j}: event {} stored after it expired", ev.seq));
+                    }
                     if let (Subject::Job(j), EventKind::Job { state, attempt, .. }) =
                         (&ev.subject, &ev.kind)
                     {
@@ -150,6 +165,7 @@ impl Sim {
                     }
                     self.store.events[shard].push(ev);
                 }
+                StoreOp::DeleteJob(id) => self.apply_delete(shard, id),
             }
         }
         for (job, from, to, attempt) in changes {
@@ -302,7 +318,7 @@ impl Sim {
         let mut acked: Vec<JobId> = self.clients.acked.iter().copied().collect();
         acked.sort();
         for id in acked {
-            let Some(r) = self.store.jobs.get(&id) else {
+            let Some(r) = self.store.record(&id) else {
                 v.push(format!("acknowledged {id} is not in the store"));
                 continue;
             };
@@ -416,7 +432,7 @@ impl Sim {
             }
         }
         for w in &self.clients.waited {
-            match self.store.jobs.get(&w.id) {
+            match self.store.record(&w.id) {
                 Some(r)
                     if (r.state, r.attempt, r.exit_code) == (w.state, w.attempt, w.exit_code) => {}
                 other => v.push(format!(
@@ -433,6 +449,7 @@ impl Sim {
         v.extend(self.check_worker_events());
         v.extend(self.check_conservation_at_end());
         v.extend(self.check_accepted_at_end());
+        v.extend(self.check_retention_at_end());
         v
     }
 

@@ -68,6 +68,7 @@ mod invariants;
 mod net;
 mod opts;
 mod regressions;
+mod retention;
 mod runner;
 mod scenarios;
 mod server;

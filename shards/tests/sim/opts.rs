@@ -68,6 +68,10 @@ pub struct Opts {
     /// that ended before arrive late.
     pub pauses: usize,
     pub pause_ms: (u64, u64),
+    /// `hodei server --retain-finished`: final jobs are deleted this long after they end
+    /// (`None`: kept). A run then goes on past the window once every job is final, and
+    /// checks what expired (`sim/retention.rs`).
+    pub retain_ms: Option<u64>,
 }
 
 impl Opts {
@@ -108,6 +112,7 @@ impl Opts {
             full_ms: (1_000, 20_000),
             pauses: 0,
             pause_ms: (500, 12_000),
+            retain_ms: None,
         }
     }
 

@@ -72,6 +72,7 @@ impl Sim {
             if let Some(t) = self.opts.assign_timeout_ms {
                 cfg.assign_timeout = ms(t);
             }
+            cfg.retain_finished = self.opts.retain_ms.map(ms);
             shards.push(Shard::new(
                 cfg,
                 jobs.clone(),

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use hodei_core::event::Event;
 use hodei_core::ids::{Attempt, JobId};
 use hodei_core::job::JobRecord;
+use hodei_core::time::Micros;
 
 pub struct Store {
     pub jobs: HashMap<JobId, JobRecord>,
@@ -13,6 +14,12 @@ pub struct Store {
     pub output: HashMap<(JobId, Attempt), u64>,
     /// Events per shard, in order.
     pub events: Vec<Vec<Event>>,
+    /// Jobs deleted by retention: their last record, and when it was deleted (the real
+    /// store drops them; the checks still read them).
+    pub expired: HashMap<JobId, (JobRecord, Micros)>,
+    /// When each job's final record was stored (retention counts from the shard's own time
+    /// of the end, which is no later).
+    pub final_at: HashMap<JobId, Micros>,
 }
 
 impl Store {
@@ -21,6 +28,8 @@ impl Store {
             jobs: HashMap::new(),
             output: HashMap::new(),
             events: vec![Vec::new(); shards],
+            expired: HashMap::new(),
+            final_at: HashMap::new(),
         }
     }
 
@@ -38,6 +47,13 @@ impl Store {
             .collect();
         jobs.sort_by_key(|r| r.id);
         jobs
+    }
+
+    /// A job's last record, stored or expired.
+    pub fn record(&self, id: &JobId) -> Option<&JobRecord> {
+        self.jobs
+            .get(id)
+            .or_else(|| self.expired.get(id).map(|(r, _)| r))
     }
 
     pub fn last_seq(&self, shard: usize) -> u64 {

@@ -457,6 +457,11 @@ pub fn seeds(default: u64) -> std::ops::Range<u64> {
 pub fn run_seed(name: &str, seed: u64, opts: Opts) -> Result<Sim, String> {
     let mut sim = Sim::new(seed, opts);
     sim.run(ms(900_000), true);
+    // With retention, on past every job's window: what expires is checked at the end.
+    let tail = sim.retention_tail();
+    if tail > 0 {
+        sim.run(tail, false);
+    }
     let v = sim.check_end();
     if std::env::var("HODEI_SIM_STATS").is_ok() {
         eprintln!("{}", sim.stats(name, seed));
