@@ -33,6 +33,7 @@ mod online;
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -102,10 +103,9 @@ struct Agent {
     welcomed: bool,
     /// When it arrived (for the backoff: how long the connection stayed up).
     welcomed_at: Option<Instant>,
-    /// From the server's last `Welcome`; see [`lease`].
-    lease: Duration,
-    /// When the last welcomed connection ended; `None` while welcomed (or never connected).
-    disconnected_since: Option<Instant>,
+    /// The lease and when the server was last heard ([`lease`]); shared with the watch over
+    /// the current connection.
+    clock: Rc<lease::Clock>,
     /// `--drain-timeout`, for a drain started by a signal.
     drain_timeout: Duration,
     drain: Option<Drain>,
@@ -160,25 +160,27 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
         .next()
         .with_context(|| format!("server address {:?} resolves to nothing", args.server))?;
     // Notice a dead server within about three heartbeats (keep-alives are acknowledged by a
-    // live server), well inside the server's re-attach grace.
-    let transport = TransportOptions {
+    // live server), well inside the server's re-attach grace. The lease does not wait for
+    // this: it counts from the last packet heard (`lease.rs`).
+    let transport = |ack_delay: Duration| TransportOptions {
         idle_timeout: Duration::from_secs(3),
         // Heartbeats (1 s) already keep the connection busy; a shorter keep-alive would add a
         // PING and its ACK between every two heartbeats (measured: twice the packets).
         keep_alive: Duration::from_secs(2),
-        // The server need not ACK each heartbeat at once (messages are not delayed).
-        peer_ack_delay: Some(hodei_transport::AGENT_PEER_ACK_DELAY),
+        // The server need not ACK each heartbeat at once (messages are not delayed), but
+        // must answer often enough for the lease (`lease::ack_delay`).
+        peer_ack_delay: Some(ack_delay),
         ..TransportOptions::default()
     };
     std::fs::create_dir_all(&args.work_dir)
         .with_context(|| format!("cannot create work dir {}", args.work_dir.display()))?;
     // mTLS only: the certificate from an earlier join, or a join now with --join.
     let identity = identity::ensure(&args.work_dir, server, &args.ca, args.join.as_deref()).await?;
-    let agent_cfg = |id: &identity::Identity| {
+    let agent_cfg = |id: &identity::Identity, ack_delay: Duration| {
         hodei_transport::client_config_with(
             &args.ca,
             ALPN_AGENT,
-            &transport,
+            &transport(ack_delay),
             Some(&id.client_identity()),
         )
         .with_context(|| {
@@ -188,7 +190,9 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
             )
         })
     };
-    let mut endpoint = hodei_transport::client_endpoint(server, agent_cfg(&identity)?)?;
+    // Planned for the shortest lease until a server grants one.
+    let mut ack_delay = lease::ack_delay(lease::MIN_LEASE);
+    let mut endpoint = hodei_transport::client_endpoint(server, agent_cfg(&identity, ack_delay)?)?;
     let work_root = std::fs::canonicalize(&args.work_dir).unwrap_or_else(|_| args.work_dir.clone());
     let (cpus, memory) = crate::resources::detect();
     let slots = args.slots.unwrap_or(cpus).max(1);
@@ -236,8 +240,7 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
         fenced: HashSet::new(),
         welcomed: false,
         welcomed_at: None,
-        lease: lease::DEFAULT,
-        disconnected_since: None,
+        clock: Rc::new(lease::Clock::default()),
         drain_timeout: args.drain_timeout,
         drain: None,
         identity,
@@ -261,9 +264,11 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
         if agent.offline(tokio::time::sleep(pause), io).await.is_none() {
             break;
         }
-        if agent.identity_changed {
-            endpoint.set_default_client_config(agent_cfg(&agent.identity)?);
+        let wanted = lease::ack_delay(agent.clock.planned());
+        if agent.identity_changed || wanted != ack_delay {
+            endpoint.set_default_client_config(agent_cfg(&agent.identity, wanted)?);
             agent.identity_changed = false;
+            ack_delay = wanted;
         }
         let io = (&mut events_rx, &mut signals);
         let Some(connected) = agent
@@ -273,7 +278,25 @@ pub async fn run(args: AgentArgs, guard: Option<Arc<crate::runner::Guard>>) -> R
             break;
         };
         let end = match connected {
-            Ok(conn) => agent.session(&conn, &mut events_rx, &mut signals).await,
+            Ok(conn) => {
+                // The watch races the whole session: no await of the session can delay it.
+                let clock = Rc::clone(&agent.clock);
+                let ended = tokio::select! {
+                    end = agent.session(&conn, &mut events_rx, &mut signals) => Some(end),
+                    () = lease::watch(&conn, &clock) => None,
+                };
+                match ended {
+                    Some(end) => end,
+                    None => {
+                        agent.expire_lease(&mut events_rx).await;
+                        conn.close(0u32.into(), b"lease expired");
+                        End::Lost(format!(
+                            "nothing heard from the server for longer than the lease ({:?})",
+                            agent.clock.lease()
+                        ))
+                    }
+                }
+            }
             Err(e) => End::Lost(e.to_string()),
         };
         let welcomed_for = agent
@@ -320,8 +343,9 @@ impl Agent {
         loop {
             let now = Instant::now();
             if self.lease_expired(now) {
-                self.expire_lease(events_rx);
+                self.expire_lease(events_rx).await;
             }
+            self.sync_lease();
             // Offline, made-up results cannot be sent: they go out after the next Resume.
             let (_, drain_wake) = self.drain_tick(now);
             let leave_until = self.drain.as_ref().and_then(Drain::leave_until);
@@ -346,14 +370,12 @@ impl Agent {
         }
     }
 
-    /// A connection ended (or failed before its `Welcome`): the lease clock starts, unless
-    /// it already runs from an earlier loss.
+    /// A connection ended (or failed before its `Welcome`): the lease runs on from the last
+    /// packet the server was heard on a welcomed connection.
     fn connection_ended(&mut self) {
         self.welcomed = false;
         self.welcomed_at = None;
-        if self.disconnected_since.is_none() {
-            self.disconnected_since = Some(Instant::now());
-        }
+        self.clock.connection_ended();
     }
 
     /// A drain is on and no job runs any more: only reporting and leaving remain.

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::drain::LEAVE_GRACE;
-use super::{Agent, End, Signals, earliest, later, millis, sleep_until};
+use super::{Agent, End, Signals, later, millis, sleep_until};
 use crate::runner::{self, RunEvent};
 
 /// How long the last messages and the `Goodbye` get to reach the server before the close.
@@ -38,7 +38,7 @@ impl Agent {
         let mut r = FrameReader::new(recv);
         // The lease may have run out while connecting: such jobs must not be offered.
         if self.lease_expired(Instant::now()) {
-            self.expire_lease(events_rx);
+            self.expire_lease(events_rx).await;
         }
         let held = self
             .jobs
@@ -72,22 +72,14 @@ impl Agent {
         let mut acks_until = None;
         loop {
             let now = Instant::now();
-            if !self.welcomed && self.lease_expired(now) {
-                // The Hello listed jobs now killed: reconnect, so that the next Hello does
-                // not, and the server requeues them.
-                self.expire_lease(events_rx);
-                return End::Lost("the lease ran out before the server answered".into());
-            }
-            let drain_wake = match self.drain_online(now, &mut acks_until, conn, &mut w).await {
+            // The lease itself is kept by `lease::watch`, raced against this session: if it
+            // runs out, even before the Welcome (the Hello listed jobs now killed), the
+            // session ends and the next Hello does not list them.
+            self.sync_lease();
+            let wake = match self.drain_online(now, &mut acks_until, conn, &mut w).await {
                 Ok(wake) => wake,
                 Err(end) => return end,
             };
-            let lease_wake = if self.welcomed {
-                None
-            } else {
-                self.lease_wake()
-            };
-            let wake = earliest(drain_wake, lease_wake);
             let step = tokio::select! {
                 msg = r.next::<ToAgent>() => match msg {
                     Ok(Some(m)) => self.on_server(m, &mut w, &mut heartbeat).await,
@@ -246,12 +238,22 @@ impl Agent {
                 if self.worker != Some(worker) {
                     info!(%worker, lease_ms, "registered");
                 }
+                let lease = Duration::from_millis(lease_ms);
+                if lease < super::lease::MIN_LEASE && lease != self.clock.lease() {
+                    warn!(
+                        ?lease,
+                        "the server's lease is shorter than {:?} (its disconnect grace is under 1s): jobs may be killed on a working connection",
+                        super::lease::MIN_LEASE
+                    );
+                }
+                let now = Instant::now();
                 self.worker = Some(worker);
                 self.welcomed = true;
-                self.welcomed_at = Some(Instant::now());
-                self.disconnected_since = None;
-                self.lease = Duration::from_millis(lease_ms);
-                *heartbeat = tokio::time::interval(Duration::from_millis(heartbeat_ms.max(50)));
+                self.welcomed_at = Some(now);
+                self.clock.welcomed(now, lease);
+                // Often enough that the server's answers keep the lease (`lease::beat`).
+                let every = super::lease::beat(Duration::from_millis(heartbeat_ms), lease);
+                *heartbeat = tokio::time::interval(every);
             }
             ToAgent::Drain { timeout_ms } => {
                 let timeout = Duration::from_millis(timeout_ms);
