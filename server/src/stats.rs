@@ -2,6 +2,14 @@
 //! heartbeat waits and takes to be handled, and how long a store commit takes. The shard
 //! threads feed them; a reader takes a snapshot and may start them afresh.
 //!
+//! Beside them, what the shards hold now ([`footprint_figures`]), summed over the shards:
+//! jobs, workers (departed ones included), timers, and what clients leave while they wait
+//! or follow (waiters, log followers, wait groups, event followers, the requests with
+//! registrations, the reply queues of open requests). Each shard counts its own when
+//! `hodei stats` asks (`Input::Footprint`, fanned out by the connection's shard): counting
+//! waiters visits every job, too dear for every loop turn. A client that went away leaves
+//! none of it behind.
+//!
 //! Heartbeat handling is timed from the moment the agent connection's task has decoded the
 //! heartbeat to the moment the shard core has applied it: the wait in the shard's input
 //! queue, the part of the loop's turn ahead of it (other inputs, a finished commit's
@@ -18,6 +26,7 @@ use hdrhistogram::Histogram;
 use hodei_core::wire::Figure;
 
 use super::micros;
+use super::shard_thread::ShardFootprint;
 
 /// Shared by the shard threads and the control plane.
 pub struct Stats {
@@ -97,6 +106,36 @@ impl Stats {
     }
 }
 
+/// What the shards that answered hold now, summed: `footprint_shards` (how many answered)
+/// first, then one figure per count.
+pub fn footprint_figures(parts: &[ShardFootprint]) -> Vec<Figure> {
+    type Count = fn(&ShardFootprint) -> usize;
+    let sum = |f: Count| u64::try_from(parts.iter().map(f).sum::<usize>()).unwrap_or(u64::MAX);
+    let counts: [(&str, Count); 14] = [
+        ("jobs", |p| p.held.jobs),
+        ("workers", |p| p.held.workers),
+        ("departed_workers", |p| p.held.departed_workers),
+        ("agent_connections", |p| p.agent_connections),
+        ("job_timers", |p| p.held.job_timers),
+        ("worker_timers", |p| p.held.worker_timers),
+        ("waiters", |p| p.held.waiters),
+        ("log_followers", |p| p.held.log_followers),
+        ("event_followers", |p| p.held.event_followers),
+        ("wait_groups", |p| p.held.wait_groups),
+        ("registered_requests", |p| p.held.registered_requests),
+        ("open_requests", |p| p.held.open_requests),
+        ("gathers", |p| p.held.gathers),
+        ("reply_queues", |p| p.reply_queues),
+    ];
+    let mut out = Vec::with_capacity(counts.len() + 1);
+    out.push(fig(
+        "footprint_shards",
+        u64::try_from(parts.len()).unwrap_or(u64::MAX),
+    ));
+    out.extend(counts.iter().map(|&(name, f)| fig(name, sum(f))));
+    out
+}
+
 fn fig(name: &str, value: u64) -> Figure {
     Figure {
         name: name.to_owned(),
@@ -132,5 +171,26 @@ mod tests {
         assert_eq!(value(&after, "heartbeats"), Some(0));
         assert_eq!(value(&after, "store_commits"), Some(0));
         Ok(())
+    }
+
+    #[test]
+    fn footprints_are_summed_over_the_shards_that_answered() {
+        let part = |shard, waiters, reply_queues| ShardFootprint {
+            shard,
+            shards: 2,
+            held: hodei_shards::Footprint {
+                waiters,
+                log_followers: 1,
+                ..hodei_shards::Footprint::default()
+            },
+            reply_queues,
+            agent_connections: 0,
+        };
+        let figs = footprint_figures(&[part(0, 2, 3), part(1, 5, 0)]);
+        assert_eq!(value(&figs, "footprint_shards"), Some(2));
+        assert_eq!(value(&figs, "waiters"), Some(7));
+        assert_eq!(value(&figs, "log_followers"), Some(2));
+        assert_eq!(value(&figs, "reply_queues"), Some(3));
+        assert_eq!(value(&figs, "wait_groups"), Some(0));
     }
 }

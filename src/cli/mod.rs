@@ -529,7 +529,9 @@ pub async fn worker(cmd: WorkerCmd, target: &Target) -> Result<u8> {
     Ok(0)
 }
 
-/// Runs `hodei stats`: the server's own figures, one per line (or one JSON object).
+/// Runs `hodei stats`: the server's own figures, one per line (or one JSON object): timings
+/// since the last reset, then what the shards hold now (jobs, workers, timers, and what
+/// waiting or following clients registered).
 pub async fn stats(reset: bool, json: bool, target: &Target) -> Result<u8> {
     let client = target.connect().await?;
     let mut figures = Vec::new();
@@ -549,6 +551,11 @@ pub async fn stats(reset: bool, json: bool, target: &Target) -> Result<u8> {
         print_json(&serde_json::Value::Object(obj))?;
     } else {
         for f in figures {
+            // What the shards hold now follows the figures since the last reset.
+            if f.name == "footprint_shards" {
+                println!("\nheld now, summed over {} shards:", f.value);
+                continue;
+            }
             println!("{:<24} {}", f.name, f.value);
         }
     }

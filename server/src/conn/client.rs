@@ -10,7 +10,9 @@ use hodei_core::event::Event;
 use hodei_core::frame::MAX_FRAME;
 use hodei_core::ids::JobId;
 use hodei_core::job::JobRecord;
-use hodei_core::wire::{Chunk, ErrorKind, FromServer, JobRequest, Request, Stream, ToServer};
+use hodei_core::wire::{
+    Chunk, ControlRequest, ErrorKind, FromServer, JobRequest, Request, Stream, ToServer,
+};
 use hodei_shards::{Reply, ReqId};
 use hodei_transport::{FrameReader, FrameWriter};
 use tokio::sync::mpsc::UnboundedSender;
@@ -19,7 +21,10 @@ use tracing::{debug, warn};
 use super::next_id;
 use super::pages::{flush_or_refuse, off_thread, push_paged, scan, send_paged};
 use crate::control::{Caller, Control};
-use crate::shard_thread::{ClientRequest, Input, REPLY_BUDGET, reply_queue};
+use crate::shard_thread::{
+    ClientRequest, FootprintAsk, Input, REPLY_BUDGET, ShardFootprint, reply_queue,
+};
+use crate::stats::footprint_figures;
 use crate::store::Store;
 
 /// Serves one client connection: a task per request stream, a bounded number being read.
@@ -104,9 +109,17 @@ async fn client_stream(
     let mut body = match body {
         ToServer::Job(body) => body,
         ToServer::Control(body) => {
+            // `hodei stats` also tells what the shards hold now.
+            let held = match body {
+                ControlRequest::Stats { .. } => Some(footprints(&tx).await),
+                _ => None,
+            };
             let control = Arc::clone(&control);
             let mut replies = off_thread(move |emit| control.handle(&caller, body, emit));
-            while let Some(reply) = replies.recv().await {
+            while let Some(mut reply) = replies.recv().await {
+                if let (FromServer::Stats(figures), Some(parts)) = (&mut reply, &held) {
+                    figures.extend(footprint_figures(parts));
+                }
                 if !send_paged(&mut w, reply).await {
                     return;
                 }
@@ -245,6 +258,35 @@ async fn client_stream(
         }
     }
     let _ = w.finish();
+}
+
+/// How long `hodei stats` waits for the shards to count what they hold.
+const FOOTPRINT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// What every shard holds now, asked through this connection's shard (which asks the
+/// others). A shard that has not answered within [`FOOTPRINT_WAIT`] is left out: the
+/// figures say how many did.
+async fn footprints(tx: &UnboundedSender<Input>) -> Vec<ShardFootprint> {
+    let (reply, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let ask = FootprintAsk {
+        reply,
+        fan_out: true,
+    };
+    if tx.send(Input::Footprint(ask)).is_err() {
+        return Vec::new();
+    }
+    let deadline = tokio::time::Instant::now() + FOOTPRINT_WAIT;
+    let mut parts: Vec<ShardFootprint> = Vec::new();
+    while let Ok(Some(part)) = tokio::time::timeout_at(deadline, answers.recv()).await {
+        let all = part.shards;
+        if !parts.iter().any(|p| p.shard == part.shard) {
+            parts.push(part);
+        }
+        if parts.len() >= all {
+            break;
+        }
+    }
+    parts
 }
 
 /// About the bytes an event takes in a reply.

@@ -2,7 +2,7 @@
 //! the other shards, and [`AgentOut`] to an agent connection's writer.
 
 use hodei_core::wire::{FromAgent, JobRequest, ToAgent};
-use hodei_shards::{ConnId, ReqId, ShardMsg};
+use hodei_shards::{ConnId, Footprint, ReqId, ShardMsg};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Inputs of a shard's loop, from its own tasks and from other shards.
@@ -23,6 +23,8 @@ pub enum Input {
     Shard(Vec<ShardMsg>),
     /// An agent identity was revoked: close its connections now.
     Revoke(String),
+    /// `hodei stats` asks what the shard holds now.
+    Footprint(FootprintAsk),
     /// Stop: close endpoints, flush, exit.
     Shutdown,
 }
@@ -70,4 +72,28 @@ pub struct ClientRequest {
     pub actor: String,
     /// Where its replies go, each with whether it is the last.
     pub reply: super::ReplySender,
+}
+
+/// `hodei stats` asks a shard what it holds ([`Input::Footprint`]).
+#[derive(Debug)]
+pub struct FootprintAsk {
+    /// Where the answer goes.
+    pub reply: UnboundedSender<ShardFootprint>,
+    /// Also ask every other shard (the connection's own shard does; they do not again).
+    pub fan_out: bool,
+}
+
+/// What one shard holds, for `hodei stats`.
+#[derive(Debug)]
+pub struct ShardFootprint {
+    /// Which shard.
+    pub shard: usize,
+    /// How many shards answer in all.
+    pub shards: usize,
+    /// What the sans-IO shard holds.
+    pub held: Footprint,
+    /// Reply queues of client requests the loop still holds.
+    pub reply_queues: usize,
+    /// Agent connections the loop has a writer for.
+    pub agent_connections: usize,
 }

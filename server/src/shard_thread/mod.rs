@@ -31,7 +31,9 @@ mod release;
 
 mod replies;
 
-pub use input::{AgentMsg, AgentOpen, AgentOut, ClientRequest, Input};
+pub use input::{
+    AgentMsg, AgentOpen, AgentOut, ClientRequest, FootprintAsk, Input, ShardFootprint,
+};
 use release::{has_writes, log_event, note_events, note_welcomes, release, writes_to};
 pub use replies::{BUDGET as REPLY_BUDGET, ReplySender, reply_queue};
 
@@ -307,12 +309,34 @@ async fn drive(setup: ShardSetup) -> Result<()> {
                     }
                     continue;
                 }
+                Input::Footprint(ask) => {
+                    // Visits every job (waiters and followers): only when `hodei stats` asks.
+                    let _ = ask.reply.send(ShardFootprint {
+                        shard: index,
+                        shards: peers.len(),
+                        held: shard.footprint(),
+                        reply_queues: clients.len(),
+                        agent_connections: writers.len(),
+                    });
+                    if ask.fan_out {
+                        for (i, p) in peers.iter().enumerate().filter(|(i, _)| *i != index) {
+                            let ask = FootprintAsk {
+                                reply: ask.reply.clone(),
+                                fan_out: false,
+                            };
+                            if p.send(Input::Footprint(ask)).is_err() {
+                                warn!(shard = index, peer = i, "a shard is gone: no footprint");
+                            }
+                        }
+                    }
+                    continue;
+                }
                 Input::Shard(_) | Input::ClientGone(_) | Input::Shutdown => {
                     Rc::clone(&server_actor)
                 }
             };
             match input {
-                Input::AgentOpen(..) | Input::Revoke(_) => {}
+                Input::AgentOpen(..) | Input::Revoke(_) | Input::Footprint(_) => {}
                 Input::Agent(AgentMsg { conn, msg, decoded }) => {
                     let heartbeat = matches!(msg, FromAgent::Heartbeat { .. });
                     let sent = fx.agent.len();
