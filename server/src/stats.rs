@@ -3,12 +3,12 @@
 //! threads feed them; a reader takes a snapshot and may start them afresh.
 //!
 //! Beside them, what the shards hold now ([`footprint_figures`]), summed over the shards:
-//! jobs, workers (departed ones included), timers, and what clients leave while they wait
-//! or follow (waiters, log followers, wait groups, event followers, the requests with
-//! registrations, the reply queues of open requests). Each shard counts its own when
-//! `hodei stats` asks (`Input::Footprint`, fanned out by the connection's shard): counting
-//! waiters visits every job, too dear for every loop turn. A client that went away leaves
-//! none of it behind.
+//! jobs, workers (departed ones included), timers, final jobs indexed for retention, and
+//! what clients leave while they wait or follow (waiters, log followers, wait groups, event
+//! followers, the requests with registrations, the reply queues of open requests). Each
+//! shard counts its own when `hodei stats` asks (`Input::Footprint`, fanned out by the
+//! connection's shard): counting waiters visits every job, too dear for every loop turn. A
+//! client that went away leaves none of it behind.
 //!
 //! Heartbeat handling is timed from the moment the agent connection's task has decoded the
 //! heartbeat to the moment the shard core has applied it: the wait in the shard's input
@@ -111,7 +111,7 @@ impl Stats {
 pub fn footprint_figures(parts: &[ShardFootprint]) -> Vec<Figure> {
     type Count = fn(&ShardFootprint) -> usize;
     let sum = |f: Count| u64::try_from(parts.iter().map(f).sum::<usize>()).unwrap_or(u64::MAX);
-    let counts: [(&str, Count); 14] = [
+    let counts: [(&str, Count); 15] = [
         ("jobs", |p| p.held.jobs),
         ("workers", |p| p.held.workers),
         ("departed_workers", |p| p.held.departed_workers),
@@ -126,6 +126,7 @@ pub fn footprint_figures(parts: &[ShardFootprint]) -> Vec<Figure> {
         ("open_requests", |p| p.held.open_requests),
         ("gathers", |p| p.held.gathers),
         ("reply_queues", |p| p.reply_queues),
+        ("retained_finished", |p| p.held.retained_finished),
     ];
     let mut out = Vec::with_capacity(counts.len() + 1);
     out.push(fig(

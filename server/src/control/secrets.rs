@@ -6,10 +6,12 @@
 //! jobs wrote with the old value is still masked as it is read (the agent masks what a job
 //! writes with the values it was given; this is the second line, for output that reached
 //! the store unmasked, or a job that prints a value it read elsewhere). Retired values are
-//! never handed to a job. The bound is a count, [`KEEP_RETIRED`] per secret, newest kept:
-//! job output has no retention window to tie it to, and a count bounds the entry (and the
-//! redactor built from it) however often a secret is rotated. A removed secret stays as an
-//! entry with no current value: unknown to submits and `secret list`, still masking.
+//! never handed to a job. The bound is a count, [`KEEP_RETIRED`] per secret, newest kept,
+//! not an age: `--retain-finished` bounds how long output stays after its job ended, not how
+//! long a job given a value runs, so a value retired longer ago than the window may still be
+//! in output that is kept; a count bounds the entry (and the redactor built from it) however
+//! often a secret is rotated. A removed secret stays as an entry with no current value:
+//! unknown to submits and `secret list`, still masking.
 
 use std::collections::BTreeMap;
 
