@@ -80,8 +80,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::WorkerCmd,
     },
-    /// The server's own figures since the last reset: heartbeat handling time (decoded →
-    /// applied by its shard) and store commit time, as counts and percentiles in µs.
+    /// The server's own figures since the last reset (heartbeat handling time, decoded →
+    /// applied by its shard, and store commit time, as percentiles in µs), and what its
+    /// shards hold now (jobs, workers, timers, clients' registrations and reply queues).
     Stats {
         #[command(flatten)]
         target: cli::Target,
