@@ -7,14 +7,15 @@
 //! **The clock.** It counts from the last packet heard from the server, not from when the
 //! connection is declared lost (the QUIC idle timeout, seconds later): [`watch`] looks at the
 //! frames the connection has received (decrypted, not duplicates: a replayed datagram does
-//! not count) at every tick `p` = L/16 (5 ms to 250 ms) and, when some arrived since its last
-//! look, moves the anchor `A` to the time of that *previous* look. The anchor is never later
+//! not count) at every tick `p` = L/16 (5 ms to 250 ms; before any `Welcome`, for
+//! [`MIN_LEASE`]) and, when some arrived since its last look, moves the anchor `A` to the
+//! time of that *previous* look. The anchor is never later
 //! than the arrival of what moved it (minus the agent's own read latency), even when packets
 //! waited in the socket while the agent was paused or busy. The lease ends at `A + L`, whether
 //! the connection is still open (a half-open connection silent for longer than the lease
 //! does not extend it; the watch races the whole session, so a write blocked on a silent
 //! server does not delay it either) or gone. Only a welcomed connection moves the anchor; the
-//! `Welcome` itself sets it. A connection that was redirected or refused, or whose `Welcome`
+//! `Welcome` itself sets it, to the watch's last look before it was read. A connection that was redirected or refused, or whose `Welcome`
 //! has not come yet, does not: the server may not know the agent is back. If the lease runs
 //! out after the `Hello` listed the jobs but before the `Welcome`, the agent kills them and
 //! reconnects, so the next `Hello` no longer lists them and the server requeues them at once.
@@ -121,6 +122,8 @@ pub(super) struct Clock {
     heard: Cell<Option<Instant>>,
     /// The current connection was welcomed: what it receives moves the anchor.
     live: Cell<bool>,
+    /// The watch's last look at the current connection.
+    looked: Cell<Option<Instant>>,
     /// Some job runs (as of the session's last look): only then does the lease matter.
     running: Cell<bool>,
 }
@@ -131,6 +134,7 @@ impl Default for Clock {
             lease: Cell::new(DEFAULT),
             heard: Cell::new(None),
             live: Cell::new(false),
+            looked: Cell::new(None),
             running: Cell::new(false),
         }
     }
@@ -159,16 +163,25 @@ impl Clock {
         expired(self.heard.get(), self.lease.get(), now)
     }
 
-    /// A `Welcome` read at `now`: the server knows the agent, with this lease.
+    /// A `Welcome` read at `now`: the server knows the agent, with this lease. The anchor is
+    /// the watch's last look, not `now`: the `Welcome` may have waited in the socket or the
+    /// stream (a pause, a busy agent) since then.
     pub(super) fn welcomed(&self, now: Instant, lease: Duration) {
         self.lease.set(lease);
         self.live.set(true);
-        self.heard.set(Some(now));
+        let anchor = self.looked.get().map_or(now, |at| at.min(now));
+        self.heard.set(Some(anchor));
     }
 
     /// The connection ended: nothing moves the anchor until the next `Welcome`.
     pub(super) fn connection_ended(&self) {
         self.live.set(false);
+        self.looked.set(None);
+    }
+
+    /// The watch looked at the connection at `at`.
+    fn looked_at(&self, at: Instant) {
+        self.looked.set(Some(at));
     }
 
     /// The server was heard no earlier than `at`, on the current connection.
@@ -247,17 +260,22 @@ impl Looks {
 /// returns once the lease has run out while some job runs. Raced against the session: the
 /// session's own awaits (a write blocked on a silent server) cannot delay it.
 pub(super) async fn watch(conn: &quinn::Connection, clock: &Clock) {
-    let mut looks = Looks::new(frames_received(conn), Instant::now());
+    let first = Instant::now();
+    let mut looks = Looks::new(frames_received(conn), first);
+    clock.looked_at(first);
     loop {
         let now = Instant::now();
         if let Some(at) = looks.look(frames_received(conn), now) {
             clock.heard_at(at);
         }
+        clock.looked_at(now);
         let running = clock.running.get();
         if running && clock.expired(now) {
             return;
         }
-        let next = later(now, tick(clock.lease()));
+        // Before a Welcome, as often as the shortest lease needs: the Welcome's anchor is
+        // the last look.
+        let next = later(now, tick(clock.planned()));
         let wake = if running {
             earliest(Some(next), clock.end()).unwrap_or(next)
         } else {
@@ -393,6 +411,21 @@ mod tests {
         assert_eq!(tick(Duration::ZERO), ms(5));
         assert_eq!(beat(Duration::ZERO, Duration::ZERO), ms(50));
         assert_eq!(ack_delay(Duration::ZERO), ms(25));
+    }
+
+    #[test]
+    fn a_welcome_counts_from_the_last_look_before_it_was_read() {
+        let t0 = Instant::now();
+        let clock = Clock::default();
+        clock.looked_at(t0);
+        // Read 20 s later (the agent was paused with the Welcome in its socket).
+        clock.welcomed(t0 + Duration::from_secs(20), ms(1000));
+        assert_eq!(clock.end(), Some(t0 + ms(1000)));
+        assert!(clock.expired(t0 + Duration::from_secs(20)));
+        // A new connection forgets the last connection's looks.
+        clock.connection_ended();
+        clock.welcomed(t0 + Duration::from_secs(30), ms(1000));
+        assert_eq!(clock.end(), Some(t0 + Duration::from_secs(31)));
     }
 
     #[test]
