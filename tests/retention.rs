@@ -4,6 +4,8 @@
 //! verify` passes after audit records were cut, because a checkpoint was kept, and fails
 //! once that checkpoint is gone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::str::FromStr;

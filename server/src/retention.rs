@@ -10,10 +10,10 @@
 //! A pass runs every [`retention_interval`] of the window (the shards' pace) and goes on
 //! in batches until nothing is due, so a backlog after a long downtime drains at once
 //! without any write being large. Below the free-space floor nothing is written (the
-//! store's health says so); the pass waits for the next one. fjall reclaims the space of
-//! what was deleted when its compaction merges the tombstones into the tables that hold
-//! the data (leveled, and a store under 1 GiB sits in level 0 and its last level, whose
-//! merges drop tombstones); nothing here forces a compaction.
+//! store's health says so); the pass waits for the next one. After each pass, a keyspace
+//! that has grown to twice its compacted size is compacted (`store/compaction.rs`): fjall
+//! frees deleted data only when a merge reaches it, and its own merges come too seldom
+//! for a steady load.
 
 use std::collections::HashSet;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
@@ -26,7 +26,7 @@ use hodei_core::time::{Micros, wall_now};
 use hodei_shards::retention_interval;
 use tracing::{debug, error};
 
-use crate::store::Store;
+use crate::store::{Compaction, Store};
 
 /// Keys (or blocks) one write deletes.
 const BUDGET: usize = 1024;
@@ -62,6 +62,7 @@ fn run(store: &Store, window: Micros, key: &AuditKey, stop: &Receiver<()>) {
     let every = Duration::from_micros(retention_interval(window));
     // Chains found broken are named once, not at every pass.
     let mut broken: HashSet<u16> = HashSet::new();
+    let mut compaction = Compaction::default();
     loop {
         match stop.recv_timeout(every) {
             Err(RecvTimeoutError::Timeout) => {}
@@ -87,6 +88,20 @@ fn run(store: &Store, window: Micros, key: &AuditKey, stop: &Receiver<()>) {
             // A full disk shows in the store's health and the next pass retries; anything
             // else is logged, and the next pass retries too.
             Err(e) => error!("retention pass failed: {e:#}"),
+        }
+        // What was deleted takes space until a compaction drops it (`store/compaction.rs`).
+        match store.compact_grown(&mut compaction) {
+            Ok(done) => {
+                for c in done {
+                    debug!(
+                        keyspace = c.keyspace,
+                        before = c.before,
+                        after = c.after,
+                        "keyspace compacted"
+                    );
+                }
+            }
+            Err(e) => error!("compaction after retention failed: {e:#}"),
         }
         if stopping() {
             return;

@@ -256,6 +256,28 @@ impl Ks {
         self.shared.commit(&[item], Some(PersistMode::Buffer))
     }
 
+    /// Bytes this keyspace holds on disk (its tables); 0 while the store is reopened.
+    pub fn disk_space(&self) -> u64 {
+        self.shared
+            .with(|h| h.ks.get(self.index).map(Keyspace::disk_space))
+            .flatten()
+            .unwrap_or(0)
+    }
+
+    /// Merges every table of this keyspace into its last level, dropping what tombstones
+    /// cover (fjall's major compaction; blocks until done). The database stays open under
+    /// it: a reopen after a failed write waits for it to end.
+    pub fn major_compact(&self) -> Result<()> {
+        match self
+            .shared
+            .with(|h| h.ks.get(self.index).map(Keyspace::major_compact))
+            .flatten()
+        {
+            Some(r) => r.map_err(|e| anyhow!("compaction failed: {e}")),
+            None => Ok(()),
+        }
+    }
+
     /// The value at `key`.
     pub fn get<K: AsRef<[u8]>>(&self, key: K) -> fjall::Result<Option<UserValue>> {
         self.shared

@@ -135,6 +135,13 @@ impl Health {
         Ok(())
     }
 
+    /// Whether `bytes` more can be written (a compaction's copy of a keyspace) and leave
+    /// the watermark free.
+    #[must_use]
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.read_free() >= bytes.saturating_add(self.watermark)
+    }
+
     /// A write failed for lack of room (or must wait for a reopen): client writes are
     /// refused with `cause` until one succeeds.
     pub fn set_full(&self, cause: &str) {

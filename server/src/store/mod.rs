@@ -22,6 +22,7 @@
 
 mod checkpoint;
 pub mod commit;
+mod compaction;
 pub mod control;
 mod data_dir;
 #[cfg(test)]
@@ -43,6 +44,7 @@ use fjall::{Database, KeyspaceCreateOptions, PersistMode};
 
 pub use checkpoint::Checkpoint;
 pub use commit::{Batch, Committer, Outcome};
+pub use compaction::{Compacted, Compaction};
 pub use control::AgentCert;
 pub use data_dir::claim_data_dir;
 pub use handle::{Db, Ks, KsIter, Kv, WriteBatch};
