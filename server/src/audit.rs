@@ -140,36 +140,44 @@ pub fn verify_all(store: &Store, key: &AuditKey) -> Result<(u64, u32)> {
     all.sort_unstable();
     all.dedup();
     for chain in all {
-        let name = chain_name(chain);
-        let start = match store.audit_checkpoint(chain)? {
-            Some(cp) => {
-                cp.check(key)
-                    .with_context(|| format!("audit chain {name}: its checkpoint"))?;
-                (cp.seq, cp.prev)
-            }
-            None => (0, [0; 32]),
-        };
-        let mut decoded = Vec::new();
-        for (i, r) in store.read_audit(chain).enumerate() {
-            let r = r.with_context(|| {
-                format!(
-                    "audit chain {name} is damaged at record {}",
-                    start.0.saturating_add(i as u64)
-                )
-            })?;
-            decoded.push(r);
-        }
-        if decoded.is_empty() {
-            anyhow::bail!(
-                "audit chain {name}: every record from {} is missing",
-                start.0
-            );
-        }
-        records += verify_keyed_from(chain, start, decoded, key)
-            .map_err(|e| anyhow::anyhow!("audit chain {name}: {e}"))?;
+        records += verify_chain(store, chain, key)?;
         chains += 1;
     }
     Ok((records, chains))
+}
+
+/// Verifies one chain from its checkpoint (or record 0): how many records it holds. The
+/// checkpoint and the records are read in one snapshot: retention trimming the chain
+/// meanwhile is seen whole or not at all.
+fn verify_chain(store: &Store, chain: u16, key: &AuditKey) -> Result<u64> {
+    let name = chain_name(chain);
+    let (cp, read) = store.audit_view(chain)?;
+    let start = match cp {
+        Some(cp) => {
+            cp.check(key)
+                .with_context(|| format!("audit chain {name}: its checkpoint"))?;
+            (cp.seq, cp.prev)
+        }
+        None => (0, [0; 32]),
+    };
+    let mut decoded = Vec::new();
+    for (i, r) in read.into_iter().enumerate() {
+        let r = r.with_context(|| {
+            format!(
+                "audit chain {name} is damaged at record {}",
+                start.0.saturating_add(i as u64)
+            )
+        })?;
+        decoded.push(r);
+    }
+    if decoded.is_empty() {
+        anyhow::bail!(
+            "audit chain {name}: every record from {} is missing",
+            start.0
+        );
+    }
+    verify_keyed_from(chain, start, decoded, key)
+        .map_err(|e| anyhow::anyhow!("audit chain {name}: {e}"))
 }
 
 /// [`audit::verify_keyed`] for a chain that starts at `start` (the first record's seq and

@@ -160,6 +160,41 @@ impl Store {
         Ok(out)
     }
 
+    /// A chain's checkpoint and records read in one snapshot, so that a trim cannot fall
+    /// between them (`hodei audit verify`): the records from the checkpoint on, each read
+    /// with the hash it links to; the first that cannot be read or decoded ends them as an
+    /// error.
+    pub fn audit_view(&self, chain: u16) -> Result<(Option<Checkpoint>, Vec<Result<AuditRecord>>)> {
+        use fjall::Readable;
+        let (meta, audit) = (self.meta.index, self.audit.index);
+        let view = self.shared.snapshot(|snap, ks| -> Result<_> {
+            let (Some(meta), Some(audit)) = (ks.get(meta), ks.get(audit)) else {
+                bail!("the store has no audit keyspaces");
+            };
+            let cp = snap
+                .get(meta, checkpoint_key(chain))
+                .context("cannot read the audit checkpoints")?
+                .map(|v| Checkpoint::decode(chain, &v))
+                .transpose()
+                .with_context(|| format!("the checkpoint of audit chain {chain} is damaged"))?;
+            let mut prev = cp.as_ref().map_or([0; 32], |c| c.prev);
+            let mut records = Vec::new();
+            for g in snap.prefix(audit, chain.to_be_bytes()) {
+                match g.into_inner().context("cannot read the audit keyspace") {
+                    Ok((k, v)) => {
+                        records.extend(super::logs::decode_audit(chain, &k, &v, &mut prev));
+                    }
+                    Err(e) => records.push(Err(e)),
+                }
+                if records.last().is_some_and(Result::is_err) {
+                    break;
+                }
+            }
+            Ok((cp, records))
+        });
+        view.context("the store is being reopened")?
+    }
+
     /// Adds the writing of `cp` to `batch` (with the deletion of the records it covers).
     pub(super) fn put_checkpoint(&self, batch: &mut super::WriteBatch, cp: &Checkpoint) {
         batch.insert(&self.meta, checkpoint_key(cp.chain), cp.encode());

@@ -77,6 +77,16 @@ impl Shared {
         g.as_ref().map(f)
     }
 
+    /// Runs `f` on one consistent view of the database open now (a fjall snapshot; a write
+    /// batch is in it whole or not at all), with the keyspaces by [`KEYSPACES`] index.
+    /// `None` while the store is being reopened.
+    pub(super) fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&fjall::Snapshot, &[Keyspace]) -> T,
+    ) -> Option<T> {
+        self.with(|h| f(&h.db.snapshot(), &h.ks))
+    }
+
     /// Writes `items` as one fjall batch: refused without calling fjall below the floor or
     /// while a reopen is due and cannot happen; reopens first when it can.
     fn commit(&self, items: &[Item], durability: Option<PersistMode>) -> Result<()> {
