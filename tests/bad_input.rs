@@ -330,3 +330,21 @@ fn token_uses_is_refused_for_roles_that_never_join() {
     let listed = server.ok(&["token", "list"]);
     assert!(!listed.contains("submitter"), "{listed}");
 }
+
+/// A disconnect grace below 1 s would leave agents a lease too short to fence themselves
+/// before their jobs are requeued: the server refuses to start with it.
+#[test]
+fn a_disconnect_grace_below_a_second_is_refused() {
+    let scratch = Scratch::new("short-grace");
+    let out = Command::new(HODEI)
+        .args(["server", "--data-dir"])
+        .arg(scratch.path("data"))
+        .args(["--disconnect-grace", "999ms"])
+        .output()
+        .expect("run hodei server");
+    assert!(!out.status.success(), "a 999ms grace was accepted");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 1s"),
+        "{out:?}"
+    );
+}

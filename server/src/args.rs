@@ -25,15 +25,16 @@ pub struct ServerArgs {
     /// An agent silent this long is treated as disconnected (default: 3 heartbeat intervals).
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_timeout: Option<Duration>,
-    /// A dropped agent that does not reconnect within this is lost; its jobs are requeued.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// A dropped agent that does not reconnect within this is lost; its jobs are requeued
+    /// (at least 1s: agents fence themselves after half of it, see agent/src/session/lease.rs).
+    #[arg(long, default_value = "10s", value_parser = parse_at_least_1s)]
     disconnect_grace: Duration,
     /// After a restart, a job that was on an agent waits this long for it to re-attach.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     reattach_grace: Duration,
     /// An assignment its agent has not started within this goes back to the queue (at
     /// least 1s: a prefetching agent reports a job still queued after 300 ms).
-    #[arg(long, default_value = "30s", value_parser = parse_assign_timeout)]
+    #[arg(long, default_value = "30s", value_parser = parse_at_least_1s)]
     assign_timeout: Duration,
     /// UDP socket receive/send buffer per shard socket, bytes (capped by net.core.rmem_max;
     /// the kernel default of ~208 KiB drops handshakes when thousands of agents connect). A
@@ -143,7 +144,7 @@ fn parse_max_output(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_assign_timeout(s: &str) -> Result<Duration, String> {
+fn parse_at_least_1s(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(1) {
         return Err("must be at least 1s".to_owned());
