@@ -27,16 +27,6 @@ fn blocked_writing(pid: i32) -> bool {
     }
 }
 
-/// Resident memory of a process, in KiB.
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The server is killed while a job prints about 20 MiB. With `--output-window 2M` the agent
 /// spools at most one window beyond what the server acknowledged and then stops reading: the
 /// job blocks on its pipe, the spool and the agent's memory stay small. After the restart
@@ -84,7 +74,7 @@ fn output_waits_for_acknowledgements_and_arrives_whole() {
         spool <= window + (256 << 10),
         "{spool} bytes spooled ahead of the server's acknowledgement"
     );
-    let rss = rss_kib(agent.pid());
+    let rss = common::rss_kib(agent.pid());
     assert!(rss < 64 << 10, "agent resident memory {rss} KiB");
     server.restart();
     server.wait_job(&id, "the job to succeed", |j| j["state"] == "succeeded");

@@ -34,15 +34,6 @@ struct Sample {
     submitted: u64,
 }
 
-fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn du_kib(dir: &std::path::Path) -> u64 {
     let out = std::process::Command::new("du")
         .arg("-sk")
@@ -111,7 +102,7 @@ fn a_steady_load_with_retention_stays_flat() {
                 .map_or(0, Vec::len);
             let sample = Sample {
                 at_s: now.duration_since(start).as_secs(),
-                rss_kib: rss_kib(pid),
+                rss_kib: common::rss_kib(pid),
                 data_kib: du_kib(&s.data),
                 fds: fds(pid),
                 jobs: jobs as u64,
