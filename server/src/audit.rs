@@ -176,46 +176,8 @@ fn verify_chain(store: &Store, chain: u16, key: &AuditKey) -> Result<u64> {
             start.0
         );
     }
-    verify_keyed_from(chain, start, decoded, key)
+    audit::verify_keyed_from(chain, start, decoded, None, key)
         .map_err(|e| anyhow::anyhow!("audit chain {name}: {e}"))
-}
-
-/// [`audit::verify_keyed`] for a chain that starts at `start` (the first record's seq and
-/// the hash it links to) rather than at record 0. How many records it checked.
-fn verify_keyed_from(
-    chain: u16,
-    start: (u64, [u8; 32]),
-    records: Vec<AuditRecord>,
-    key: &AuditKey,
-) -> Result<u64, ChainBreak> {
-    if start.0 == 0 {
-        return audit::verify_keyed(chain, records, None, key);
-    }
-    let (mut seq, mut last) = start;
-    for r in &records {
-        if r.chain != chain {
-            return Err(ChainBreak::OtherChain {
-                seq,
-                expected: chain,
-                found: r.chain,
-            });
-        }
-        if r.seq > seq {
-            return Err(ChainBreak::Missing { seq, found: r.seq });
-        }
-        if r.seq < seq {
-            return Err(ChainBreak::OutOfOrder { seq, found: r.seq });
-        }
-        if r.compute_hash_with(Some(key)) != r.hash {
-            return Err(ChainBreak::HashMismatch { seq });
-        }
-        if r.prev != last {
-            return Err(ChainBreak::PrevMismatch { seq });
-        }
-        last = r.hash;
-        seq = seq.wrapping_add(1);
-    }
-    Ok(records.len() as u64)
 }
 
 fn chain_name(chain: u16) -> String {

@@ -27,7 +27,7 @@ mod codec;
 mod verify;
 
 pub use codec::{AuditError, Position, decode, encode, encode_into};
-pub use verify::{ChainBreak, verify, verify_from, verify_keyed};
+pub use verify::{ChainBreak, verify, verify_from, verify_keyed, verify_keyed_from};
 
 use serde::{Deserialize, Serialize};
 

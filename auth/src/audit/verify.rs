@@ -79,6 +79,18 @@ pub fn verify_from(
     verify_inner(chain, start, records, head, None)
 }
 
+/// [`verify_from`] for a chain written with [`super::AuditChain::keyed`]: what is left of
+/// it after retention cut its oldest records at a checkpoint.
+pub fn verify_keyed_from(
+    chain: u16,
+    start: (u64, [u8; 32]),
+    records: impl IntoIterator<Item = AuditRecord>,
+    head: Option<(u64, [u8; 32])>,
+    key: &super::AuditKey,
+) -> Result<u64, ChainBreak> {
+    verify_inner(chain, start, records, head, Some(key))
+}
+
 fn verify_inner(
     chain: u16,
     start: (u64, [u8; 32]),
