@@ -9,7 +9,7 @@
 //! recomputing the hashes that follow it.
 
 use anyhow::{Context, Result};
-use hodei_auth::audit::{self, AuditChain, AuditKey, AuditRecord, ChainBreak};
+use hodei_auth::audit::{self, AuditChain, AuditKey, AuditRecord};
 use hodei_core::event::{Event, EventKind, Subject};
 use hodei_core::ids::JobId;
 use hodei_core::wire::JobRequest;
