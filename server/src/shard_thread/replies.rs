@@ -7,6 +7,11 @@
 //! client that went away, and its task tells the client why. Bytes rather than messages:
 //! ten thousand small results of one `submit --wait` ending in one turn are fine, a
 //! gigabyte of unread output is not.
+//!
+//! A request's last reply is always queued: it ends the request, so it is one message the
+//! size of what the shard holds (a listing of every job), queued once, and never followed
+//! by more. Only a stream's replies can grow without end, and they are what the budget
+//! bounds.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -58,7 +63,7 @@ impl ReplySender {
     pub fn send(&self, reply: Reply, last: bool) -> Result<(), ()> {
         let size = size_of(&reply);
         let before = self.shared.queued.fetch_add(size, Ordering::Relaxed);
-        if before.saturating_add(size) > BUDGET {
+        if !last && before.saturating_add(size) > BUDGET {
             if !self.shared.overflowed.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "client cut off: more than {} MiB of its replies waited for it to read them",
@@ -139,5 +144,20 @@ mod tests {
             assert!(rx.try_recv().is_some());
         }
         assert!(!rx.overflowed());
+    }
+
+    /// A listing larger than the budget is one last reply: it is queued whole, even behind
+    /// other replies.
+    #[test]
+    fn a_last_reply_over_the_budget_is_queued() {
+        let (tx, _rx) = reply_queue();
+        assert!(tx.send(log(2 * BUDGET), false).is_err(), "a stream's reply is bounded");
+
+        let (tx, mut rx) = reply_queue();
+        assert!(tx.send(log(BUDGET / 2), false).is_ok());
+        assert!(tx.send(log(2 * BUDGET), true).is_ok());
+        assert!(!rx.overflowed());
+        assert!(rx.try_recv().is_some_and(|(_, last)| !last));
+        assert!(rx.try_recv().is_some_and(|(_, last)| last));
     }
 }
