@@ -11,6 +11,7 @@ pub(crate) type HashSet<K> = std::collections::HashSet<K, BuildHasherDefault<Def
 
 use hodei_core::ids::{Attempt, JobId, WorkerId};
 use hodei_core::job::JobRecord;
+use hodei_core::state::WorkerState;
 use hodei_core::time::{Micros, ms};
 
 use crate::comm::{Comm, ShardMsg};
@@ -20,7 +21,7 @@ use crate::retention::Retention;
 use crate::stealing::Stealing;
 use crate::subscriptions::Subscriptions;
 use crate::timers::{Timer, Timers};
-use crate::worker_table::WorkerTable;
+use crate::worker_table::{Worker, WorkerTable};
 
 /// Settings of a shard.
 #[derive(Clone, Debug)]
@@ -129,6 +130,16 @@ impl Shard {
             {
                 shard.jobs.remember_key(key.clone(), rec.id);
             }
+            if let Some(w) = rec.worker
+                && rec.state.is_on_worker()
+                && w.owner(shard.cfg.shards) == shard.cfg.index
+                && shard.workers.get(w).is_none()
+            {
+                // Listed (disconnected) until its agent re-attaches or the grace ends.
+                let back_by = now + shard.cfg.reattach_grace;
+                shard.workers.insert(Worker::restored(w, now, back_by));
+                shard.timers.arm(back_by, Timer::Worker(w));
+            }
             if rec.id.owner(shard.cfg.shards) != shard.cfg.index {
                 continue;
             }
@@ -158,6 +169,16 @@ impl Shard {
     /// about the ones left queued.
     pub fn handle_start(&mut self, comm: &mut impl Comm) {
         self.begin_call();
+        let restored: Vec<WorkerId> = self
+            .workers
+            .values()
+            .filter(|w| w.restored)
+            .map(|w| w.id)
+            .collect();
+        for id in restored {
+            let reason = Some("not back since the server restarted".to_owned());
+            self.worker_event(id, WorkerState::Disconnected, reason, comm);
+        }
         self.want_schedule();
         self.end_call(comm);
     }

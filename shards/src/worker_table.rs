@@ -48,7 +48,9 @@ pub(crate) struct Worker {
     /// Attempts it holds, with what they reserved.
     pub(crate) held: Holdings,
     pub(crate) last_seen: Micros,
-    pub(crate) disconnected_at: Option<Micros>,
+    /// Without a connection: when it is lost unless it is back (the disconnect grace after
+    /// the connection closed, or the re-attach grace after a restart).
+    pub(crate) back_by: Option<Micros>,
     /// When it was last given a job (a shard-local counter), to rotate among equals.
     pub(crate) last_assigned: u64,
     /// Its key in the free set, while it is there.
@@ -57,6 +59,8 @@ pub(crate) struct Worker {
     pub(crate) offered: (u32, u32, u64),
     /// Its stamp in the departed queue, while it is departed.
     departed: Option<u64>,
+    /// Known only from the jobs it held before a restart: not back since.
+    pub(crate) restored: bool,
 }
 
 /// Order of the free set: most free slots first, then idle longest, then id. The first
@@ -84,12 +88,30 @@ impl Worker {
             res,
             held: Holdings::default(),
             last_seen: now,
-            disconnected_at: None,
+            back_by: None,
             last_assigned: 0,
             free_key: None,
             offered: (0, 0, 0),
             departed: None,
+            restored: false,
         }
+    }
+
+    /// A worker that held jobs before a restart and has not said Hello since: disconnected,
+    /// with no capacity, lost at `back_by` unless its agent re-attaches.
+    pub(crate) fn restored(id: WorkerId, now: Micros, back_by: Micros) -> Self {
+        let none = Resources {
+            slots: 0,
+            cpus: 0,
+            memory: 0,
+            labels: Vec::new(),
+        };
+        let mut w = Self::new(id, ConnId(0), String::new(), none, now);
+        w.conn = None;
+        w.state = WorkerState::Disconnected;
+        w.back_by = Some(back_by);
+        w.restored = true;
+        w
     }
 
     pub(crate) fn fits(&self, spec: &JobSpec) -> bool {
@@ -196,11 +218,14 @@ impl WorkerTable {
         self.conns.get(&conn).copied()
     }
 
-    /// Adds a worker registered on `conn`, replacing any worker with its id.
-    pub(crate) fn insert(&mut self, w: Worker, conn: ConnId) {
+    /// Adds a worker (registered on its connection, if it has one), replacing any worker
+    /// with its id.
+    pub(crate) fn insert(&mut self, w: Worker) {
         let id = w.id;
+        if let Some(conn) = w.conn {
+            self.conns.insert(conn, id);
+        }
         self.workers.insert(id, w);
-        self.conns.insert(conn, id);
     }
 
     /// Takes a worker out (a reconnect replaces it), and out of the free set.
@@ -409,7 +434,7 @@ mod tests {
         };
         let mut w = Worker::new(id, conn, "h".to_owned(), res, 0);
         w.state = WorkerState::Ready;
-        t.insert(w, conn);
+        t.insert(w);
         t.refresh(id);
     }
 

@@ -153,7 +153,7 @@ impl Shard {
             WorkerState::Busy
         };
         let state = w.state;
-        self.workers.insert(w, conn);
+        self.workers.insert(w);
         self.worker_event(id, state, Some("registered".to_owned()), comm);
         self.timers
             .arm(now + self.cfg.heartbeat_timeout, Timer::Worker(id));
@@ -196,9 +196,9 @@ impl Shard {
         };
         if w.state.can_transition_to(WorkerState::Disconnected) {
             w.state = WorkerState::Disconnected;
-            w.disconnected_at = Some(now);
-            self.timers
-                .arm(now + self.cfg.disconnect_grace, Timer::Worker(id));
+            let back_by = now + self.cfg.disconnect_grace;
+            w.back_by = Some(back_by);
+            self.timers.arm(back_by, Timer::Worker(id));
             let reason = Some("connection lost or silent".to_owned());
             self.worker_event(id, WorkerState::Disconnected, reason, comm);
         } else if w.state == WorkerState::Terminated {
@@ -228,7 +228,11 @@ impl Shard {
         w.state = WorkerState::Lost;
         let held = w.held.take_all();
         w.recompute();
-        let reason = Some("did not come back within the disconnect grace".to_owned());
+        let reason = Some(if w.restored {
+            "did not come back within the re-attach grace after a restart".to_owned()
+        } else {
+            "did not come back within the disconnect grace".to_owned()
+        });
         self.worker_event(id, WorkerState::Lost, reason, comm);
         self.depart(id);
         for h in held {
@@ -294,7 +298,7 @@ impl Shard {
         let Some(w) = self.workers.get(id) else {
             return;
         };
-        match (w.conn, w.disconnected_at) {
+        match (w.conn, w.back_by) {
             (Some(_), _) => {
                 let due = w.last_seen + self.cfg.heartbeat_timeout;
                 if due <= now {
@@ -303,8 +307,7 @@ impl Shard {
                     self.timers.arm(due, Timer::Worker(id));
                 }
             }
-            (None, Some(since)) => {
-                let due = since + self.cfg.disconnect_grace;
+            (None, Some(due)) => {
                 if due <= now {
                     self.lose(id, comm);
                 } else if w.state == WorkerState::Disconnected {

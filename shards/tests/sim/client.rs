@@ -372,7 +372,10 @@ impl Sim {
                     self.violation(msg);
                 }
                 if let (Some(k), Some(id)) = (key.clone(), ids.first()) {
-                    self.clients.keys.entry(k).or_default().insert(*id);
+                    let known = self.clients.keys.entry(k).or_default();
+                    // Retention deletes a key with its job: a job for the key after that is new.
+                    known.retain(|j| !self.store.expired.contains_key(j));
+                    known.insert(*id);
                 }
                 for id in ids {
                     self.clients.acked.insert(id);

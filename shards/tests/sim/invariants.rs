@@ -478,7 +478,11 @@ impl Sim {
             let (Subject::Worker(w), EventKind::Worker { state }) = (&ev.subject, &ev.kind) else {
                 continue;
             };
-            let registered = ev.reason.as_deref() == Some("registered");
+            // A registration, or a restart that lists a worker not back yet, starts afresh.
+            let registered = matches!(
+                ev.reason.as_deref(),
+                Some("registered" | "not back since the server restarted")
+            );
             if let (Some(prev), false) = (last.get(w), registered) {
                 let from: &[WorkerState] = match prev {
                     WorkerState::Ready | WorkerState::Busy => {
