@@ -109,7 +109,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<u8> {
     match cli.cmd {
-        Cmd::Server(args) => hodei_server::run(&args.options()).map(|()| 0),
+        Cmd::Server(args) => {
+            let opts = args.options().map_err(anyhow::Error::msg)?;
+            hodei_server::run(&opts).map(|()| 0)
+        }
         Cmd::Agent(args) => hodei_agent::run(args).map(|()| 0),
         Cmd::Up(args) => hodei_server::up::run(&args).map(|()| 0),
         Cmd::Job { target, cmd } => block_on(cli::job(cmd, &target)),

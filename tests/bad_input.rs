@@ -331,6 +331,42 @@ fn token_uses_is_refused_for_roles_that_never_join() {
     assert!(!listed.contains("submitter"), "{listed}");
 }
 
+/// Timings that break the lease together are refused at start, naming both flags: a
+/// re-attach grace shorter than an agent's lease plus 500 ms, and a heartbeat timeout under
+/// two heartbeats. Each value one step inside the bound starts.
+#[test]
+fn timings_that_break_the_lease_together_are_refused() {
+    let scratch = Scratch::new("timings");
+    let refused = |flags: &[&str], names: &str| {
+        let out = Command::new(HODEI)
+            .args(["server", "--data-dir"])
+            .arg(scratch.path("data"))
+            .args(flags)
+            .output()
+            .expect("run hodei server");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags:?} accepted: {out:?}");
+        assert!(err.contains(names), "{flags:?}: {err}");
+    };
+    refused(
+        &["--disconnect-grace", "10s", "--reattach-grace", "5499ms"],
+        "--reattach-grace 5s 499ms is less than half the --disconnect-grace plus 500ms (5s 500ms)",
+    );
+    refused(
+        &["--heartbeat", "1s", "--heartbeat-timeout", "1999ms"],
+        "--heartbeat-timeout 1s 999ms is less than two --heartbeat intervals (2s)",
+    );
+    // At the bounds, and with a long grace and the default re-attach grace, it starts.
+    for flags in [
+        &["--disconnect-grace", "10s", "--reattach-grace", "5500ms"][..],
+        &["--heartbeat", "1s", "--heartbeat-timeout", "2s"][..],
+        &["--disconnect-grace", "60s"][..],
+    ] {
+        let ok = Scratch::new("timings-ok");
+        let _server = Server::start_with(&ok, 1, flags);
+    }
+}
+
 /// A disconnect grace below 1 s would leave agents a lease too short to fence themselves
 /// before their jobs are requeued: the server refuses to start with it.
 #[test]

@@ -22,16 +22,20 @@ pub struct ServerArgs {
     /// Agents heartbeat this often (see --heartbeat-timeout for when silence drops one).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     heartbeat: Duration,
-    /// An agent silent this long is treated as disconnected (default: 3 heartbeat intervals).
+    /// An agent silent this long is treated as disconnected (default: 3 heartbeat intervals;
+    /// at least 2).
     #[arg(long, value_parser = humantime::parse_duration)]
     heartbeat_timeout: Option<Duration>,
     /// A dropped agent that does not reconnect within this is lost; its jobs are requeued
     /// (at least 1s: agents fence themselves after half of it, see agent/src/session/lease.rs).
     #[arg(long, default_value = "10s", value_parser = parse_at_least_1s)]
     disconnect_grace: Duration,
-    /// After a restart, a job that was on an agent waits this long for it to re-attach.
-    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
-    reattach_grace: Duration,
+    /// After a restart, a job that was on an agent waits this long for it to re-attach (at
+    /// least half the disconnect grace plus 500ms, so that an agent cut off by the restart
+    /// has killed the job before it is retried). Default: 15s, or half the disconnect grace
+    /// plus 1s if that is more.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    reattach_grace: Option<Duration>,
     /// An assignment its agent has not started within this goes back to the queue (at
     /// least 1s: a prefetching agent reports a job still queued after 300 ms).
     #[arg(long, default_value = "30s", value_parser = parse_at_least_1s)]
@@ -89,9 +93,35 @@ pub struct ServerArgs {
 struct RetainFinished(Option<Duration>);
 
 impl ServerArgs {
-    /// The options these flags describe.
-    #[must_use]
-    pub fn options(&self) -> ServerOptions {
+    /// The options these flags describe, or why they break a guarantee together.
+    ///
+    /// # Errors
+    /// A heartbeat timeout under two heartbeats (one late heartbeat would drop a healthy
+    /// agent), or a re-attach grace that ends before an agent that lost the restarting server
+    /// has killed its jobs (it keeps them for its lease, half the disconnect grace, counted
+    /// from the last packet it heard; 500 ms more cover the kill and the clocks' skew).
+    pub fn options(&self) -> Result<ServerOptions, String> {
+        let heartbeat_timeout = self.heartbeat_timeout.unwrap_or(self.heartbeat * 3);
+        if heartbeat_timeout < self.heartbeat * 2 {
+            return Err(format!(
+                "--heartbeat-timeout {} is less than two --heartbeat intervals ({}): one late \
+                 heartbeat would drop a healthy agent",
+                humantime::format_duration(heartbeat_timeout),
+                humantime::format_duration(self.heartbeat * 2),
+            ));
+        }
+        let least_reattach = self.disconnect_grace / 2 + Duration::from_millis(500);
+        let reattach_grace = self.reattach_grace.unwrap_or_else(|| {
+            (self.disconnect_grace / 2 + Duration::from_secs(1)).max(Duration::from_secs(15))
+        });
+        if reattach_grace < least_reattach {
+            return Err(format!(
+                "--reattach-grace {} is less than half the --disconnect-grace plus 500ms ({}): \
+                 a job could be retried while the agent that lost the server still runs it",
+                humantime::format_duration(reattach_grace),
+                humantime::format_duration(least_reattach),
+            ));
+        }
         let shards = self.shards.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
         });
@@ -100,14 +130,14 @@ impl ServerArgs {
             udp_buffer_bytes: Some(self.udp_buffer),
             ..Default::default()
         };
-        ServerOptions {
+        Ok(ServerOptions {
             data_dir: self.data_dir.clone(),
             listen: self.listen,
             shards,
             heartbeat: self.heartbeat,
-            heartbeat_timeout: self.heartbeat_timeout.unwrap_or(self.heartbeat * 3),
+            heartbeat_timeout,
             disconnect_grace: self.disconnect_grace,
-            reattach_grace: self.reattach_grace,
+            reattach_grace,
             assign_timeout: self.assign_timeout,
             transport,
             pin: !self.no_pin,
@@ -120,7 +150,7 @@ impl ServerArgs {
             min_free_space: self.min_free_space,
             max_output: self.max_output,
             retain_finished: self.retain_finished.0,
-        }
+        })
     }
 }
 

@@ -24,7 +24,7 @@ pub struct UpArgs {
 /// Runs a server and `args.agents` local agents until SIGINT/SIGTERM.
 pub fn run(args: &UpArgs) -> Result<()> {
     let (agents, slots) = (args.agents, args.slots);
-    let mut opts = args.server.options();
+    let mut opts = args.server.options().map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&opts.data_dir)
         .with_context(|| format!("cannot create {}", opts.data_dir.display()))?;
     // Absolute, so the paths printed below work from any directory.

@@ -29,7 +29,7 @@ fn options(dir: &Path) -> Result<hodei_server::ServerOptions> {
         "2".as_ref(),
         "--no-pin".as_ref(),
     ] as [&std::ffi::OsStr; 8])?;
-    Ok(flags.server.options())
+    flags.server.options().map_err(anyhow::Error::msg)
 }
 
 fn scratch(name: &str) -> PathBuf {

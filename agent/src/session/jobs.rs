@@ -85,7 +85,9 @@ impl Agent {
         if let Some(handle) = &h.handle
             && !h.runner_done
         {
-            handle.cancel(); // no-op if it already ended
+            // The server has moved on from this attempt (abandoned, replaced, or its lease
+            // is over): it may already run elsewhere, so no SIGTERM grace. A no-op if it ended.
+            handle.kill();
             // Nobody acknowledges its output any more: a pump held by its window would
             // never see the job's end.
             handle.release();
