@@ -151,7 +151,10 @@ mod tests {
     #[test]
     fn a_last_reply_over_the_budget_is_queued() {
         let (tx, _rx) = reply_queue();
-        assert!(tx.send(log(2 * BUDGET), false).is_err(), "a stream's reply is bounded");
+        assert!(
+            tx.send(log(2 * BUDGET), false).is_err(),
+            "a stream's reply is bounded"
+        );
 
         let (tx, mut rx) = reply_queue();
         assert!(tx.send(log(BUDGET / 2), false).is_ok());
