@@ -186,7 +186,7 @@ fn workers_that_come_back_after_a_restart_are_listed_again() {
 #[test]
 fn a_worker_that_has_not_come_back_after_a_restart_is_listed_disconnected_then_lost() {
     let scratch = Scratch::new("clients-workers-away");
-    let mut s = Server::start_with(&scratch, 2, &["--reattach-grace", "5s"]);
+    let mut s = Server::start_with(&scratch, 2, &["--reattach-grace", "6s"]);
     let mut a = s.agent(&scratch, "a", 1, &[]);
     s.wait_workers(1);
     let wa = Server::worker_of(&scratch, "a");
