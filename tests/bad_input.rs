@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{HODEI, Scratch, Server, block_on, wait_for};
+use common::{HODEI, Scratch, Server, assert_server_refuses, block_on, wait_for};
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -338,15 +338,7 @@ fn token_uses_is_refused_for_roles_that_never_join() {
 fn timings_that_break_the_lease_together_are_refused() {
     let scratch = Scratch::new("timings");
     let refused = |flags: &[&str], names: &str| {
-        let out = Command::new(HODEI)
-            .args(["server", "--data-dir"])
-            .arg(scratch.path("data"))
-            .args(flags)
-            .output()
-            .expect("run hodei server");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{flags:?} accepted: {out:?}");
-        assert!(err.contains(names), "{flags:?}: {err}");
+        assert_server_refuses(&scratch.path("data"), flags, names);
     };
     refused(
         &["--disconnect-grace", "10s", "--reattach-grace", "5499ms"],
@@ -372,15 +364,6 @@ fn timings_that_break_the_lease_together_are_refused() {
 #[test]
 fn a_disconnect_grace_below_a_second_is_refused() {
     let scratch = Scratch::new("short-grace");
-    let out = Command::new(HODEI)
-        .args(["server", "--data-dir"])
-        .arg(scratch.path("data"))
-        .args(["--disconnect-grace", "999ms"])
-        .output()
-        .expect("run hodei server");
-    assert!(!out.status.success(), "a 999ms grace was accepted");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("at least 1s"),
-        "{out:?}"
-    );
+    let data = scratch.path("data");
+    assert_server_refuses(&data, &["--disconnect-grace", "999ms"], "at least 1s");
 }

@@ -188,16 +188,10 @@ fn the_servers_max_output_applies_to_jobs_that_set_none() {
         String::from_utf8_lossy(&logs.stderr)
     );
     for bad in ["0", "2T"] {
-        let out = std::process::Command::new(common::HODEI)
-            .args(["server", "--data-dir"])
-            .arg(scratch.path("other"))
-            .args(["--max-output", bad])
-            .output()
-            .expect("run hodei server");
-        assert!(!out.status.success(), "--max-output {bad} accepted");
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("--max-output"),
-            "{out:?}"
+        common::assert_server_refuses(
+            &scratch.path("other"),
+            &["--max-output", bad],
+            "--max-output",
         );
     }
 }

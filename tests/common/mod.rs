@@ -43,6 +43,20 @@ pub fn block_on<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Runs `hodei server --data-dir data <flags>` and asserts that it refuses to start with an
+/// error containing `names`.
+pub fn assert_server_refuses(data: &Path, flags: &[&str], names: &str) {
+    let out = Command::new(HODEI)
+        .args(["server", "--data-dir"])
+        .arg(data)
+        .args(flags)
+        .output()
+        .expect("run hodei server");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{flags:?} accepted: {out:?}");
+    assert!(err.contains(names), "{flags:?}: {err}");
+}
+
 /// Waits until `f` returns Some, or panics with `what` after `timeout`.
 pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
